@@ -1,0 +1,192 @@
+"""The resolver: all of the architecture's arithmetic, done once, into frozen per-block specs.
+
+Both twins only *read* a `ModelSpec`; they compute no channel, repeat, stride, SE width or drop-path rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .conventions import Conventions, conventions_for
+from .scaling import compound, round_filters, round_repeats
+from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant
+
+__all__ = ["BlockSpec", "FeatureInfo", "ModelSpec", "resolve", "get_variant"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockSpec:
+    """One MBConv block, fully resolved."""
+
+    index: int  # global block index 0..N-1
+    stage: int  # stage index 0..6 (row of the stage table)
+    in_ch: int
+    mid_ch: int  # expanded channels; == in_ch means no expand conv
+    out_ch: int
+    kernel: int
+    stride: int
+    se_ch: int  # SE squeeze width; 0 means no SE
+    drop_path: float  # stochastic-depth rate of this block's residual branch
+    residual: bool  # identity shortcut (stride 1 and in_ch == out_ch)
+    reduction: int  # total stride of the block's output relative to the model input
+
+    @property
+    def has_expand(self) -> bool:
+        return self.mid_ch != self.in_ch
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One multi-scale output: taken after block `block`, with `channels` at total stride `reduction`."""
+
+    block: int
+    channels: int
+    reduction: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    name: str
+    variant: Variant
+    family: Family
+    conv: Conventions
+    num_classes: int
+    in_channels: int
+    stem_ch: int
+    head_ch: int
+    dropout: float
+    blocks: tuple[BlockSpec, ...] = field(repr=False)
+
+    @property
+    def resolution(self) -> int:
+        return self.variant.resolution
+
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        """The last block at each reduction (2, 4, 8, 16, 32): the backbone outputs for detection."""
+        last: dict[int, BlockSpec] = {}
+        for b in self.blocks:
+            last[b.reduction] = b
+        return tuple(FeatureInfo(b.index, b.out_ch, r) for r, b in sorted(last.items()))
+
+    def stage_channels(self) -> tuple[int, ...]:
+        return tuple(self.blocks_of(s)[-1].out_ch for s in range(self.num_stages))
+
+    def stage_repeats(self) -> tuple[int, ...]:
+        return tuple(len(self.blocks_of(s)) for s in range(self.num_stages))
+
+    @property
+    def num_stages(self) -> int:
+        return self.blocks[-1].stage + 1
+
+    def blocks_of(self, stage: int) -> tuple[BlockSpec, ...]:
+        return tuple(b for b in self.blocks if b.stage == stage)
+
+
+def get_variant(name: str) -> Variant:
+    """Look up a named variant.
+
+    Raises:
+        ValueError: unknown name, listing the valid ones.
+    """
+    if not isinstance(name, str) or name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def resolve(
+    variant: str | Variant | float,
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    weights: str = "effnet",
+    conventions: Conventions | None = None,
+    stages: tuple[StageRow, ...] = STAGES,
+    drop_path: float | None = None,
+    dropout: float | None = None,
+) -> ModelSpec:
+    """Turn a variant (name, `Variant`, or compound coefficient phi) into a `ModelSpec`.
+
+    Args:
+        variant: "b0".."b8", "l2", "lite0".."lite4", a `Variant`, or a number phi for `compound(phi)`.
+        num_classes: classifier outputs (0 drops the classifier: `forward` returns pooled features).
+        in_channels: input image channels.
+        weights: weight source whose conventions to use (see `conventions.SOURCES`).
+        conventions: explicit conventions; overrides `weights` (activation still comes from the family).
+        drop_path, dropout: override the variant's rates.
+    Raises:
+        ValueError: unknown variant or source, or invalid numbers.
+    """
+    if isinstance(variant, Variant):
+        v = variant
+    elif isinstance(variant, str):
+        v = get_variant(variant)
+    elif isinstance(variant, (int, float)) and not isinstance(variant, bool):
+        v = compound(float(variant))
+    else:
+        raise ValueError(f"variant must be a name, a Variant or a number phi, got {variant!r}")
+    if drop_path is not None or dropout is not None:
+        v = replace(
+            v,
+            drop_path=v.drop_path if drop_path is None else drop_path,
+            dropout=v.dropout if dropout is None else dropout,
+        )
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
+    if not stages:
+        raise ValueError("stages must hold at least one StageRow")
+
+    fam = FAMILIES[v.family]
+    base = conventions if conventions is not None else conventions_for(weights, v.name)
+    conv = replace(base, activation=fam.activation)
+
+    def width(c: int) -> int:
+        return round_filters(c, v.width)
+
+    stem_ch = width(fam.stem_ch) if fam.scale_stem_head else fam.stem_ch
+    head_ch = width(fam.head_ch) if fam.scale_stem_head else fam.head_ch
+
+    repeats = []
+    for s, row in enumerate(stages):
+        fixed = not fam.scale_first_last_repeats and s in (0, len(stages) - 1)
+        repeats.append(row.repeats if fixed else round_repeats(row.repeats, v.depth))
+    total = sum(repeats)
+
+    blocks: list[BlockSpec] = []
+    in_ch, reduction = stem_ch, 2  # the stem is a stride-2 conv
+    for s, (row, n) in enumerate(zip(stages, repeats)):
+        out_ch = width(row.out_ch)
+        for r in range(n):
+            stride = row.stride if r == 0 else 1
+            reduction *= stride
+            i = len(blocks)
+            blocks.append(
+                BlockSpec(
+                    index=i,
+                    stage=s,
+                    in_ch=in_ch,
+                    mid_ch=in_ch * row.expand,
+                    out_ch=out_ch,
+                    kernel=row.kernel,
+                    stride=stride,
+                    se_ch=max(1, int(in_ch * row.se_ratio)) if fam.se and row.se_ratio > 0 else 0,
+                    drop_path=v.drop_path * i / total,
+                    residual=stride == 1 and in_ch == out_ch,
+                    reduction=reduction,
+                )
+            )
+            in_ch = out_ch
+    return ModelSpec(
+        name=v.name,
+        variant=v,
+        family=fam,
+        conv=conv,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stem_ch=stem_ch,
+        head_ch=head_ch,
+        dropout=v.dropout,
+        blocks=tuple(blocks),
+    )

@@ -1,0 +1,63 @@
+"""A printable model summary in the shape of the paper's Table 1, with totals."""
+
+from __future__ import annotations
+
+from .counting import block_costs, count_macs, count_params
+from .resolve import ModelSpec
+
+__all__ = ["summary_rows", "summary"]
+
+
+def summary_rows(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> list[dict]:
+    """One row per stage: stage number (1-based as in the paper), operator, input resolution, channels, layers."""
+    hw = (spec.resolution,) * 2 if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    costs = block_costs(spec, hw)
+    rows = [dict(stage=1, operator="Conv3x3", resolution=hw, channels=spec.stem_ch, layers=1)]
+    for s in range(spec.num_stages):
+        blocks = spec.blocks_of(s)
+        b0 = blocks[0]
+        expand = b0.mid_ch // b0.in_ch
+        rows.append(
+            dict(
+                stage=s + 2,
+                operator=f"MBConv{expand}, k{b0.kernel}x{b0.kernel}",
+                resolution=costs[b0.index].in_hw,
+                channels=blocks[-1].out_ch,
+                layers=len(blocks),
+            )
+        )
+    rows.append(
+        dict(
+            stage=spec.num_stages + 2,
+            operator="Conv1x1 & Pooling & FC",
+            resolution=costs[-1].out_hw,
+            channels=spec.head_ch,
+            layers=1,
+        )
+    )
+    return rows
+
+
+def summary(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> str:
+    v = spec.variant
+    rows = summary_rows(spec, size)
+    lines = [
+        f"EfficientNet-{spec.name} (family {spec.family.name}; width {v.width:.4g}, depth {v.depth:.4g}, "
+        f"resolution {v.resolution}, dropout {spec.dropout:.3g}, drop-path {v.drop_path:.3g})",
+        f"conventions: padding={spec.conv.padding} bn_eps={spec.conv.bn_eps:g} bn_decay={spec.conv.bn_decay:g} "
+        f"running_var={spec.conv.running_var} activation={spec.conv.activation}",
+        "",
+        "| Stage | Operator | Resolution | Channels | Layers |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        h, w = r["resolution"]
+        lines.append(f"| {r['stage']} | {r['operator']} | {h}x{w} | {r['channels']} | {r['layers']} |")
+    params = count_params(spec)
+    macs = count_macs(spec, size)
+    lines += [
+        "",
+        f"blocks: {len(spec.blocks)}   params: {params:,}   multiply-adds: {macs / 1e9:.3f} G"
+        f"   FLOPs: {2 * macs / 1e9:.3f} G   classes: {spec.num_classes}",
+    ]
+    return "\n".join(lines)
