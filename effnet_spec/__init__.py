@@ -2,6 +2,7 @@
 
 from .conventions import SOURCES, Conventions, conventions_for
 from .counting import block_resolutions, count_macs, count_params
+from .header import FORMAT, Preprocessing, default_preprocessing, make_header, read_header
 from .padding import out_size, pad_amounts, same_pad, symmetric_pad
 from .resolve import BlockSpec, FeatureInfo, ModelSpec, get_variant, resolve
 from .scaling import ALPHA, BETA, GAMMA, compound, flops_growth, round_filters, round_repeats
@@ -9,9 +10,40 @@ from .summary import summary, summary_rows
 from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant, variant_names
 
 __all__ = [
-    "ALPHA", "BETA", "GAMMA", "FAMILIES", "SOURCES", "STAGES", "VARIANTS",
-    "BlockSpec", "Conventions", "Family", "FeatureInfo", "ModelSpec", "StageRow", "Variant",
-    "block_resolutions", "compound", "conventions_for", "count_macs", "count_params", "flops_growth",
-    "get_variant", "out_size", "pad_amounts", "resolve", "round_filters", "round_repeats", "same_pad",
-    "summary", "summary_rows", "symmetric_pad", "variant_names",
+    "ALPHA",
+    "FORMAT",
+    "Preprocessing",
+    "default_preprocessing",
+    "make_header",
+    "read_header",
+    "BETA",
+    "GAMMA",
+    "FAMILIES",
+    "SOURCES",
+    "STAGES",
+    "VARIANTS",
+    "BlockSpec",
+    "Conventions",
+    "Family",
+    "FeatureInfo",
+    "ModelSpec",
+    "StageRow",
+    "Variant",
+    "block_resolutions",
+    "compound",
+    "conventions_for",
+    "count_macs",
+    "count_params",
+    "flops_growth",
+    "get_variant",
+    "out_size",
+    "pad_amounts",
+    "resolve",
+    "round_filters",
+    "round_repeats",
+    "same_pad",
+    "summary",
+    "summary_rows",
+    "symmetric_pad",
+    "variant_names",
 ]

@@ -56,6 +56,7 @@ class ModelSpec:
     head_ch: int
     dropout: float
     blocks: tuple[BlockSpec, ...] = field(repr=False)
+    stages: tuple[StageRow, ...] = field(default=STAGES, repr=False)  # the unscaled table it was built from
 
     @property
     def resolution(self) -> int:
@@ -189,4 +190,5 @@ def resolve(
         head_ch=head_ch,
         dropout=v.dropout,
         blocks=tuple(blocks),
+        stages=tuple(stages),
     )

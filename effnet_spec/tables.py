@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
