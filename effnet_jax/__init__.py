@@ -1,0 +1,1 @@
+"""effnet_jax: EfficientNet in Flax NNX, built from `effnet_spec`."""

@@ -1,0 +1,23 @@
+"""`effnet summary`: the architecture table of a named or compound-scaled variant (spec only, no framework)."""
+
+from __future__ import annotations
+
+import argparse
+
+from effnet_spec import SOURCES, VARIANTS, resolve, summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("variant", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
+    p.add_argument("--phi", type=float, help="compound coefficient: a custom variant from the paper's formula")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--size", type=int, help="input resolution (default: the variant's native one)")
+    p.add_argument("--weights", default="effnet", choices=list(SOURCES), help="conventions of this weight source")
+
+
+def main(args: argparse.Namespace) -> int:
+    if (args.variant is None) == (args.phi is None):
+        raise SystemExit("effnet summary: give exactly one of VARIANT or --phi")
+    spec = resolve(args.variant if args.phi is None else args.phi, num_classes=args.num_classes, weights=args.weights)
+    print(summary(spec, args.size))
+    return 0
