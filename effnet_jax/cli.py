@@ -1,6 +1,7 @@
 """`effnet` command line: one subcommand per module, imported only when it runs.
 
-Each subcommand module defines `add_arguments(parser)` and `main(args) -> int`; this file only dispatches.
+Each subcommand module defines `add_arguments(parser)` and `main(args) -> int`; this file only dispatches,
+so `effnet summary` never pays for importing jax, and a broken module breaks only its own subcommand.
 """
 
 from __future__ import annotations
@@ -12,21 +13,30 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("effnet_jax.summary_cmd", "print a variant's architecture table (paper Table 1 shape) with totals"),
+    "train": ("effnet_jax.train", "train a model (default: the embedded digits dataset)"),
+    "eval": ("effnet_jax.evaluate", "report top-1/top-5 of a checkpoint on a dataset"),
+    "predict": ("effnet_jax.predict", "classify images with a weights file and print the top-5"),
+    "convert": ("effnet_jax.convert_cmd", "import torchvision/timm/efficientnet_pytorch weights into effnet format"),
+    "bench": ("effnet_jax.bench", "benchmark effnet_jax against effnet_torch side by side"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (to add its arguments)."""
     parser = argparse.ArgumentParser(prog="effnet", description="EfficientNet for JAX/Flax NNX with a PyTorch twin")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     return int(importlib.import_module(args._module).main(args) or 0)
 
 
