@@ -217,8 +217,9 @@ def test_custom_stages_round_trip():
 def test_spec_is_stdlib_only():
     """Importing and using the spec pulls in no third-party module (it must run where no framework is installed)."""
     code = (
-        "import sys, effnet_spec as s; s.summary(s.resolve('b3')); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'effnet_spec'}))"
+        "import sys; before = set(sys.modules); import effnet_spec as s; s.summary(s.resolve('b3')); "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(new - set(sys.stdlib_module_names) - {'effnet_spec'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"effnet_spec imported non-stdlib modules: {out}"
