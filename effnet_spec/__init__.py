@@ -6,7 +6,7 @@ from .header import FORMAT, Preprocessing, default_preprocessing, make_header, r
 from .padding import out_size, pad_amounts, same_pad, symmetric_pad
 from .resolve import BlockSpec, FeatureInfo, ModelSpec, get_variant, resolve
 from .scaling import ALPHA, BETA, GAMMA, compound, flops_growth, round_filters, round_repeats
-from .summary import summary, summary_rows
+from .summary import summary, summary_rows, variant_table
 from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant, variant_names
 
 __all__ = [

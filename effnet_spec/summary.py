@@ -5,7 +5,7 @@ from __future__ import annotations
 from .counting import block_costs, count_macs, count_params
 from .resolve import ModelSpec
 
-__all__ = ["summary_rows", "summary"]
+__all__ = ["summary_rows", "summary", "variant_table"]
 
 
 def summary_rows(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> list[dict]:
@@ -60,4 +60,22 @@ def summary(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> str:
         f"blocks: {len(spec.blocks)}   params: {params:,}   multiply-adds: {macs / 1e9:.3f} G"
         f"   FLOPs: {2 * macs / 1e9:.3f} G   classes: {spec.num_classes}",
     ]
+    return "\n".join(lines)
+
+
+def variant_table(num_classes: int = 1000) -> str:
+    """Markdown table of every named variant: coefficients, parameters and multiply-adds at native resolution."""
+    from .resolve import resolve  # local: keeps the module's import list about one concern
+    from .tables import VARIANTS
+
+    lines = [
+        "| variant | width | depth | resolution | dropout | blocks | params | multiply-adds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in VARIANTS.items():
+        spec = resolve(name, num_classes=num_classes)
+        lines.append(
+            f"| {name} | {v.width:g} | {v.depth:g} | {v.resolution} | {v.dropout:g} | {len(spec.blocks)} "
+            f"| {count_params(spec):,} | {count_macs(spec) / 1e9:.3f} G |"
+        )
     return "\n".join(lines)
