@@ -1,0 +1,18 @@
+"""effnet_torch: the PyTorch twin of the EfficientNet library, built from `effnet_spec` (NCHW)."""
+
+from .io import CheckpointMismatchError, load_checkpoint, load_state_dict_checked, save_checkpoint
+from .layers import BatchNorm, ConvBN, DropPath, SqueezeExcite
+from .model import EfficientNet, MBConv
+
+__all__ = [
+    "BatchNorm",
+    "CheckpointMismatchError",
+    "ConvBN",
+    "DropPath",
+    "EfficientNet",
+    "MBConv",
+    "SqueezeExcite",
+    "load_checkpoint",
+    "load_state_dict_checked",
+    "save_checkpoint",
+]

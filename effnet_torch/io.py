@@ -1,0 +1,128 @@
+"""Checkpoint I/O for the PyTorch twin: the interchange format of DESIGN.md, invariant 3.
+
+A checkpoint is the `EfficientNet` state_dict (torch names, OIHW layouts) stored as safetensors — float32
+tensors plus int64 `num_batches_tracked` — with `effnet_spec.make_header` as metadata. Nothing is unpickled,
+so an untrusted file cannot run code; the JAX twin reads the same files with numpy + safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from effnet_spec import Preprocessing, make_header, read_header
+
+from .model import EfficientNet
+
+__all__ = ["CheckpointMismatchError", "save_checkpoint", "load_checkpoint", "load_state_dict_checked"]
+
+_LAYOUTS = {4: "OIHW", 2: "(out, in)", 1: "(C,)", 0: "scalar"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A state_dict whose keys or shapes do not match the model; the message lists every problem."""
+
+
+def _layout(shape: tuple[int, ...]) -> str:
+    return _LAYOUTS.get(len(shape), f"{len(shape)}-D")
+
+
+def mismatch_report(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Sorted `- missing`, `+ unexpected` and `shape` lines between two name -> shape maps (empty if equal)."""
+    lines = [f"- {k}" for k in sorted(expected.keys() - got.keys())]
+    lines += [f"+ {k}" for k in sorted(got.keys() - expected.keys())]
+    for k in sorted(expected.keys() & got.keys()):
+        if tuple(expected[k]) != tuple(got[k]):
+            e, g = tuple(expected[k]), tuple(got[k])
+            lines.append(f"shape {k}: expected {e} {_layout(e)}, got {g}")
+    return lines
+
+
+def load_state_dict_checked(model: EfficientNet, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load `state_dict` into `model` only if every key and shape matches; otherwise change nothing.
+
+    Raises:
+        CheckpointMismatchError: one message listing sorted missing (-) and unexpected (+) keys and shape
+            mismatches (expected vs got).
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    lines = mismatch_report(expected, got)
+    if lines:
+        raise CheckpointMismatchError(
+            f"checkpoint does not match EfficientNet({model.spec.name}): {len(lines)} problem(s)\n  "
+            + "\n  ".join(lines)
+        )
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def _tensors_for_disk(model: EfficientNet) -> dict[str, torch.Tensor]:
+    """The state_dict as contiguous CPU tensors: floats as float32, integer counters as int64."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        v = v.to(torch.float32) if v.dtype.is_floating_point else v.to(torch.int64)
+        out[k] = v.contiguous()
+    return out
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees either the old file or the complete new one."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; not every platform lets a directory be opened
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> None:
+    """Save `model` as an effnet checkpoint (safetensors + JSON header), atomically.
+
+    Args:
+        preprocessing: stored in the header; defaults to `model.preprocessing`, then the family's default.
+    """
+    if not isinstance(model, EfficientNet):
+        raise TypeError(f"save_checkpoint expects an effnet_torch.EfficientNet, got {type(model).__name__}")
+    meta = make_header(model.spec, preprocessing or model.preprocessing)
+    write_atomic(path, st_save(_tensors_for_disk(model), metadata=meta))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EfficientNet:
+    """Rebuild the model named by the checkpoint header and load its weights (strict, never partial).
+
+    The returned model is in eval mode; its `preprocessing` attribute holds the header's preprocessing.
+
+    Raises:
+        ValueError: missing or malformed header; CheckpointMismatchError if the tensors do not fit the spec.
+    """
+    with safe_open(os.fspath(path), framework="pt", device=str(map_location)) as f:
+        spec, pre = read_header(f.metadata())
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    model = EfficientNet(spec)
+    load_state_dict_checked(model, state)
+    model.preprocessing = pre
+    return model.to(map_location).eval()

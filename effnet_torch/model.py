@@ -1,0 +1,185 @@
+"""`EfficientNet` in PyTorch (NCHW), built by walking a resolved `effnet_spec.ModelSpec`.
+
+The module tree is the twin contract shared with `effnet_jax` (DESIGN.md, invariant 2):
+`stem.{conv,bn}`, `blocks.{i}.{expand,depthwise,project}.{conv,bn}`, `blocks.{i}.se.{reduce,excite}`,
+`head.{conv,bn}`, `classifier`. Every number comes from the spec; this file computes none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
+
+from .layers import ConvBN, DropPath, SqueezeExcite, apply_keep_mask
+
+__all__ = ["EfficientNet", "MBConv"]
+
+# The stem is a fixed 3x3 stride-2 conv in every EfficientNet (paper Table 1); effnet_spec counts it the same way.
+STEM_KERNEL, STEM_STRIDE = 3, 2
+
+DropPathMasks = Sequence[torch.Tensor | None] | Mapping[int, torch.Tensor]
+
+
+class MBConv(nn.Module):
+    """Inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (no act) [+ drop-path residual]."""
+
+    def __init__(self, b: BlockSpec, conv: Conventions):
+        super().__init__()
+        self.spec = b
+        if b.has_expand:
+            self.expand = ConvBN(b.in_ch, b.mid_ch, 1, 1, conv)
+        self.depthwise = ConvBN(b.mid_ch, b.mid_ch, b.kernel, b.stride, conv, groups=b.mid_ch)
+        if b.se_ch:
+            self.se = SqueezeExcite(b.mid_ch, b.se_ch)
+        self.project = ConvBN(b.mid_ch, b.out_ch, 1, 1, conv, act=False)
+        if b.residual:
+            self.drop_path = DropPath(b.drop_path)
+
+    def forward(self, x: torch.Tensor, drop_path_mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.expand(x) if self.spec.has_expand else x
+        y = self.depthwise(y)
+        if self.spec.se_ch:
+            y = self.se(y)
+        y = self.project(y)
+        if self.spec.residual:
+            y = x + self.drop_path(y, drop_path_mask)
+        return y
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet from a resolved spec (NCHW float input).
+
+    Use `EfficientNet.from_name("b0", num_classes=10)` or `EfficientNet(resolve(...))`.
+    `forward(x)` returns logits, or pooled features when `spec.num_classes == 0`.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(
+                f"EfficientNet expects a resolved ModelSpec, got {type(spec).__name__}; "
+                "use EfficientNet.from_name(name) for a named variant"
+            )
+        self.spec = spec
+        self.preprocessing = None  # set by io.load_checkpoint; written back by io.save_checkpoint
+        conv = spec.conv
+        self.stem = ConvBN(spec.in_channels, spec.stem_ch, STEM_KERNEL, STEM_STRIDE, conv)
+        self.blocks = nn.ModuleList(MBConv(b, conv) for b in spec.blocks)
+        self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv)
+        self.classifier = self._make_classifier(spec.num_classes)
+
+    @classmethod
+    def from_name(
+        cls, name: str | float, num_classes: int = 1000, in_channels: int = 3, weights: str = "effnet", **resolve_kwargs
+    ) -> EfficientNet:
+        """Build a named variant (or compound phi) with the conventions of weight source `weights`."""
+        return cls(resolve(name, num_classes=num_classes, in_channels=in_channels, weights=weights, **resolve_kwargs))
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        linear = nn.Linear(self.spec.head_ch, num_classes)
+        # torchvision's rule: the uniform range comes from the *out* features.
+        bound = 1.0 / math.sqrt(num_classes)
+        nn.init.uniform_(linear.weight, -bound, bound)
+        nn.init.zeros_(linear.bias)
+        return linear
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for `num_classes` (0 removes it)."""
+        from dataclasses import replace
+
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        old = self.classifier
+        self.spec = replace(self.spec, num_classes=num_classes)
+        self.classifier = self._make_classifier(num_classes)
+        if isinstance(old, nn.Linear):
+            self.classifier.to(device=old.weight.device, dtype=old.weight.dtype)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        ok = (
+            isinstance(x, torch.Tensor)
+            and x.ndim == 4
+            and x.shape[1] == self.spec.in_channels
+            and x.dtype.is_floating_point
+            and x.shape[2] >= 1
+            and x.shape[3] >= 1
+        )
+        if not ok:
+            got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            raise ValueError(
+                f"EfficientNet({self.spec.name}): expected input (N, {self.spec.in_channels}, H, W) "
+                f"floating point, got {got}"
+            )
+
+    def _block_masks(self, masks: DropPathMasks | None) -> DropPathMasks | None:
+        if masks is None or isinstance(masks, Mapping):
+            return masks
+        if len(masks) != len(self.blocks):
+            raise ValueError(
+                f"EfficientNet({self.spec.name}): drop_path_masks must hold one entry per block "
+                f"({len(self.blocks)}), got {len(masks)}"
+            )
+        return masks
+
+    def _run_blocks(self, x: torch.Tensor, masks: DropPathMasks | None, keep: set[int]) -> dict[int, torch.Tensor]:
+        """Stem and blocks; returns the outputs of the blocks whose indices are in `keep`."""
+        masks = self._block_masks(masks)
+        x = self.stem(x)
+        outs = {}
+        for i, block in enumerate(self.blocks):
+            mask = None
+            if masks is not None and block.spec.residual:
+                mask = masks.get(i) if isinstance(masks, Mapping) else masks[i]
+            x = block(x, mask)
+            if i in keep:
+                outs[i] = x
+        return outs
+
+    def forward_features(self, x: torch.Tensor, *, drop_path_masks: DropPathMasks | None = None) -> torch.Tensor:
+        """The feature map after head conv+BN+act, before pooling: (N, head_ch, H/32, W/32)."""
+        self._check_input(x)
+        last = len(self.blocks) - 1
+        return self.head(self._run_blocks(x, drop_path_masks, keep={last})[last])
+
+    def forward_intermediates(
+        self, x: torch.Tensor, *, drop_path_masks: DropPathMasks | None = None
+    ) -> list[torch.Tensor]:
+        """Backbone outputs at `spec.feature_info` (reductions 2, 4, 8, 16, 32), for detection/segmentation."""
+        self._check_input(x)
+        wanted = [f.block for f in self.spec.feature_info]
+        outs = self._run_blocks(x, drop_path_masks, keep=set(wanted))
+        return [outs[i] for i in wanted]
+
+    def forward_classifier(
+        self, x: torch.Tensor, pre_logits: bool = False, *, dropout_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Global average pool -> dropout -> classifier; `pre_logits=True` stops before the classifier."""
+        x = x.mean(dim=(2, 3))
+        if self.training and (dropout_mask is not None or self.spec.dropout > 0):
+            if dropout_mask is None:
+                x = F.dropout(x, self.spec.dropout, training=True)
+            else:
+                x = apply_keep_mask(x, dropout_mask, self.spec.dropout, "dropout", tuple(x.shape))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        drop_path_masks: DropPathMasks | None = None,
+        dropout_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (N, num_classes), or pooled features (N, head_ch) when num_classes == 0."""
+        x = self.forward_features(x, drop_path_masks=drop_path_masks)
+        return self.forward_classifier(x, dropout_mask=dropout_mask)
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec.name}, num_classes={self.spec.num_classes}, padding={self.spec.conv.padding}"
