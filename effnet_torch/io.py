@@ -20,7 +20,14 @@ from effnet_spec import Preprocessing, make_header, read_header
 
 from .model import EfficientNet
 
-__all__ = ["CheckpointMismatchError", "save_checkpoint", "load_checkpoint", "load_state_dict_checked"]
+__all__ = [
+    "CheckpointMismatchError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_state_dict_checked",
+    "mismatch_report",
+    "write_atomic",
+]
 
 _LAYOUTS = {4: "OIHW", 2: "(out, in)", 1: "(C,)", 0: "scalar"}
 

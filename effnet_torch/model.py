@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -93,8 +94,6 @@ class EfficientNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for `num_classes` (0 removes it)."""
-        from dataclasses import replace
-
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         old = self.classifier
@@ -177,7 +176,12 @@ class EfficientNet(nn.Module):
         drop_path_masks: DropPathMasks | None = None,
         dropout_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (N, num_classes), or pooled features (N, head_ch) when num_classes == 0."""
+        """Logits (N, num_classes), or pooled features (N, head_ch) when num_classes == 0.
+
+        In train mode, `drop_path_masks[i]` (0/1, shape (N,), for residual block i; a sequence with one entry
+        per block or a dict) and `dropout_mask` (0/1, shape (N, head_ch)) replace the random draws; kept
+        entries are scaled by 1/(1 - rate). Eval mode ignores them.
+        """
         x = self.forward_features(x, drop_path_masks=drop_path_masks)
         return self.forward_classifier(x, dropout_mask=dropout_mask)
 

@@ -315,6 +315,20 @@ def test_bn_running_stats_closed_form(running_var):
     assert torch.allclose(y, want, rtol=1e-10, atol=1e-10)
 
 
+def test_bn_gradients_do_not_depend_on_running_var_rule():
+    """Only the running-average update differs; the train-mode function and its gradient are the same."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    grads = []
+    for rule in ("unbiased", "biased"):
+        bn = BatchNorm(3, Conventions(running_var=rule)).double().train()
+        xi = x.clone().requires_grad_(True)
+        (bn(xi) ** 3).sum().backward()
+        grads.append((xi.grad, bn.weight.grad, bn.bias.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_model_bn_uses_biased_running_var_when_asked():
     torch.manual_seed(0)
     spec = resolve("b0", num_classes=10, conventions=Conventions(running_var="biased", bn_decay=0.9))
