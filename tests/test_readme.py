@@ -1,0 +1,33 @@
+"""The README's generated parts stay true to the code."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+from effnet_spec import variant_table
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _between(text: str, tag: str) -> str:
+    m = re.search(rf"<!-- {tag}:begin -->\n(.*?)\n<!-- {tag}:end -->", text, re.S)
+    assert m, f"README.md lacks the <!-- {tag}:begin/end --> markers"
+    return m.group(1).strip()
+
+
+def test_variant_table_is_generated_from_the_spec():
+    got = _between(README.read_text(), "variants")
+    assert got == variant_table(), (
+        "README variant table is stale; regenerate it with:\n"
+        "  python -c 'import effnet_spec; print(effnet_spec.variant_table())'"
+    )
+
+
+def test_readme_commands_match_ci():
+    """The test command in the README is the one .ci/run runs."""
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    for line in ("pip install -q torch==2.13.0 -e '.[dev]'", 'pytest -m "not slow" -q'):
+        assert line in ci
+    assert "torch==2.13.0" in text and 'pytest -m "not slow"' in text
