@@ -173,12 +173,21 @@ LAYOUTS: dict[str, Layout] = {
         classifier="classifier.1",
         block=_torchvision_block,
     ),
-    "timm": Layout(stem=("conv_stem", "bn1"), head=lambda s: ("conv_head", "bn2"), classifier="classifier",
-                   block=_timm_block),  # fmt: skip
-    "efficientnet_pytorch": Layout(stem=("_conv_stem", "_bn0"), head=lambda s: ("_conv_head", "_bn1"),
-                                   classifier="_fc", block=_effnet_pytorch_block),  # fmt: skip
-    "effnet": Layout(stem=("stem.conv", "stem.bn"), head=lambda s: ("head.conv", "head.bn"), classifier="classifier",
-                     block=_twin_block),  # fmt: skip
+    "timm": Layout(
+        stem=("conv_stem", "bn1"), head=lambda s: ("conv_head", "bn2"), classifier="classifier", block=_timm_block
+    ),  # fmt: skip
+    "efficientnet_pytorch": Layout(
+        stem=("_conv_stem", "_bn0"),
+        head=lambda s: ("_conv_head", "_bn1"),
+        classifier="_fc",
+        block=_effnet_pytorch_block,
+    ),  # fmt: skip
+    "effnet": Layout(
+        stem=("stem.conv", "stem.bn"),
+        head=lambda s: ("head.conv", "head.bn"),
+        classifier="classifier",
+        block=_twin_block,
+    ),  # fmt: skip
 }
 
 
@@ -230,7 +239,7 @@ _NAME = re.compile(r"^(?P<tf>tf_)?(?:efficientnet[_-]?)?(?P<variant>[a-z]+\d+)(?
 
 
 def parse_model_name(name: str) -> ModelName:
-    """"b0", "lite0", timm's "tf_efficientnet_b3.ns_jft_in1k", efficientnet_pytorch's "efficientnet-b0"."""
+    """ "b0", "lite0", timm's "tf_efficientnet_b3.ns_jft_in1k", efficientnet_pytorch's "efficientnet-b0"."""
     m = _NAME.match(name.strip().lower())
     if not m or m["variant"] not in VARIANTS:
         raise ImportError_(
@@ -313,11 +322,14 @@ def source_preprocessing(source: str, spec: ModelSpec, name: ModelName) -> Prepr
 # --- reading files safely ---------------------------------------------------------------------------------------
 
 
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")  # how training scripts nest a state_dict
+
+
 def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
     """The tensor dict inside a loaded .pth: itself, or under a usual wrapper key; strips DataParallel's "module."."""
     for _ in range(2):
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = [k for k in ("state_dict", "model", "model_state_dict", "module") if isinstance(obj.get(k), Mapping)]
+            inner = [k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
             if inner:
                 obj = obj[inner[0]]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -500,9 +512,7 @@ def import_checkpoint(
     return result
 
 
-def export_state_dict(
-    state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, target: str
-) -> dict[str, torch.Tensor]:
+def export_state_dict(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, target: str) -> dict[str, torch.Tensor]:
     """The twin's state_dict renamed into `target`'s layout ("torchvision", "timm" or "efficientnet_pytorch").
 
     The result loads into the library's own model with `strict=True`; the caller builds that model with
