@@ -46,4 +46,5 @@ __all__ = [
     "summary_rows",
     "symmetric_pad",
     "variant_names",
+    "variant_table",
 ]

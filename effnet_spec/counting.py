@@ -46,7 +46,7 @@ def _block_cost(b: BlockSpec, in_hw: tuple[int, int], spec: ModelSpec) -> BlockC
 
 def block_costs(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> list[BlockCost]:
     hw = _hw(spec, size)
-    hw = _size(spec, hw, 3, 2)  # after the stem
+    hw = _size(spec, hw, spec.stem_kernel, spec.stem_stride)  # after the stem
     costs = []
     for b in spec.blocks:
         c = _block_cost(b, hw, spec)
@@ -71,7 +71,7 @@ def _hw(spec: ModelSpec, size: int | tuple[int, int] | None) -> tuple[int, int]:
 
 def _stem_head_classifier_params(spec: ModelSpec) -> int:
     last = spec.blocks[-1].out_ch
-    p = spec.in_channels * spec.stem_ch * 9 + 2 * spec.stem_ch
+    p = spec.in_channels * spec.stem_ch * spec.stem_kernel**2 + 2 * spec.stem_ch
     p += last * spec.head_ch + 2 * spec.head_ch
     if spec.num_classes:
         p += spec.head_ch * spec.num_classes + spec.num_classes
@@ -85,9 +85,9 @@ def count_params(spec: ModelSpec) -> int:
 def count_macs(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> int:
     """Multiply-adds of one forward pass on one image of `size` (default: native resolution)."""
     hw = _hw(spec, size)
-    stem_hw = _size(spec, hw, 3, 2)
+    stem_hw = _size(spec, hw, spec.stem_kernel, spec.stem_stride)
     costs = block_costs(spec, hw)
-    macs = stem_hw[0] * stem_hw[1] * spec.in_channels * spec.stem_ch * 9
+    macs = stem_hw[0] * stem_hw[1] * spec.in_channels * spec.stem_ch * spec.stem_kernel**2
     macs += sum(c.macs for c in costs)
     final_px = costs[-1].out_hw[0] * costs[-1].out_hw[1]
     macs += final_px * spec.blocks[-1].out_ch * spec.head_ch

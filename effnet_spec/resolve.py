@@ -57,6 +57,8 @@ class ModelSpec:
     dropout: float
     blocks: tuple[BlockSpec, ...] = field(repr=False)
     stages: tuple[StageRow, ...] = field(default=STAGES, repr=False)  # the unscaled table it was built from
+    stem_kernel: int = 3  # the stem is a 3x3 stride-2 conv in every EfficientNet (paper Table 1)
+    stem_stride: int = 2
 
     @property
     def resolution(self) -> int:
@@ -156,7 +158,8 @@ def resolve(
     total = sum(repeats)
 
     blocks: list[BlockSpec] = []
-    in_ch, reduction = stem_ch, 2  # the stem is a stride-2 conv
+    stem_kernel, stem_stride = 3, 2
+    in_ch, reduction = stem_ch, stem_stride
     for s, (row, n) in enumerate(zip(stages, repeats)):
         out_ch = width(row.out_ch)
         for r in range(n):
@@ -191,4 +194,6 @@ def resolve(
         dropout=v.dropout,
         blocks=tuple(blocks),
         stages=tuple(stages),
+        stem_kernel=stem_kernel,
+        stem_stride=stem_stride,
     )

@@ -21,9 +21,6 @@ from .layers import ConvBN, DropPath, SqueezeExcite, apply_keep_mask
 
 __all__ = ["EfficientNet", "MBConv"]
 
-# The stem is a fixed 3x3 stride-2 conv in every EfficientNet (paper Table 1); effnet_spec counts it the same way.
-STEM_KERNEL, STEM_STRIDE = 3, 2
-
 DropPathMasks = Sequence[torch.Tensor | None] | Mapping[int, torch.Tensor]
 
 
@@ -70,7 +67,7 @@ class EfficientNet(nn.Module):
         self.spec = spec
         self.preprocessing = None  # set by io.load_checkpoint; written back by io.save_checkpoint
         conv = spec.conv
-        self.stem = ConvBN(spec.in_channels, spec.stem_ch, STEM_KERNEL, STEM_STRIDE, conv)
+        self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv)
         self.blocks = nn.ModuleList(MBConv(b, conv) for b in spec.blocks)
         self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv)
         self.classifier = self._make_classifier(spec.num_classes)
