@@ -1,0 +1,241 @@
+"""The NNX twin's building blocks: conv+BN, BatchNorm honouring the conventions, DropPath, Dropout, SE, padding.
+
+Each layer translates one `Conventions` field in exactly one place (padding in `ConvBN.pads`, BN constants and the
+running-variance rule in `BatchNorm`, the activation in `activation_fn`), line for line with `effnet_torch.layers`.
+Mode attributes (`use_running_average`, `deterministic`) are static, so `model.train()`, `model.eval()` and
+`nnx.view` flip BN, Dropout and DropPath together and a jitted function retraces when the mode changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from effnet_spec import Conventions, pad_amounts
+
+from .depthwise import depthwise_conv
+
+__all__ = [
+    "BatchNorm",
+    "Conv2d",
+    "ConvBN",
+    "DropPath",
+    "Dropout",
+    "SqueezeExcite",
+    "activation_fn",
+    "apply_keep_mask",
+    "conv_pads",
+]
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation a `Conventions.activation` names ("silu" or "relu6")."""
+    if name == "silu":
+        return jax.nn.silu
+    if name == "relu6":
+        return jax.nn.relu6
+    raise ValueError(f"unknown activation {name!r}; expected 'silu' or 'relu6'")
+
+
+def conv_pads(padding: str, height: int, width: int, kernel: int, stride: int) -> Pads:
+    """((top, bottom), (left, right)) for a conv; `tf_same` depends on the actual (static) input size."""
+    return pad_amounts(padding, height, kernel, stride), pad_amounts(padding, width, kernel, stride)
+
+
+def _normal_fan_out(key: jax.Array, shape: tuple[int, ...], groups: int) -> jax.Array:
+    """Reference init (TF EfficientNet, torchvision): normal(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups."""
+    k_h, k_w, _, out = shape
+    fan_out = k_h * k_w * out // groups
+    return jax.random.normal(key, shape, jnp.float32) * math.sqrt(2.0 / fan_out)
+
+
+class Conv2d(nnx.Module):
+    """A conv's parameters: HWIO `kernel` ((k, k, 1, C) when depthwise) and an optional `bias`.
+
+    It holds no padding rule: `ConvBN` pads, `SqueezeExcite` uses it as a 1x1 matmul.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, groups: int = 1, bias: bool = False, rngs: nnx.Rngs):
+        if in_ch % groups or out_ch % groups:
+            raise ValueError(f"Conv2d: channels {in_ch}->{out_ch} are not divisible by groups={groups}")
+        shape = (kernel, kernel, in_ch // groups, out_ch)
+        self.kernel = nnx.Param(_normal_fan_out(rngs.params(), shape, groups))
+        self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32)) if bias else None
+        self.groups = groups
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over NHWC channels with eps, decay and the running-variance rule from the conventions.
+
+    Train mode normalises with the biased batch variance (as both frameworks do) and feeds the running average the
+    n/(n-1)-corrected variance when `running_var="unbiased"` (PyTorch) or the biased one (`"biased"`, Flax).
+    Statistics are computed in float32 whatever the compute dtype; `num_batches_tracked` is kept (int32) so a
+    torch -> JAX -> torch round trip is bit-exact.
+    """
+
+    def __init__(self, num_features: int, conv: Conventions, *, dtype=jnp.float32, use_running_average: bool = False):
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        self.eps = conv.bn_eps
+        self.decay = conv.bn_decay
+        self.unbiased = conv.running_var == "unbiased"
+        self.dtype = dtype
+        self.use_running_average = use_running_average
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Used by `nnx.view`."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            n = math.prod(x.shape[:-1])
+            if n < 2:
+                raise ValueError(
+                    f"BatchNorm: expected more than 1 value per channel in train mode, got input shape {x.shape}"
+                )
+            axes = tuple(range(x.ndim - 1))
+            mean = xf.mean(axes)
+            var = jnp.square(xf - mean).mean(axes)  # two-pass, like torch: no E[x^2]-E[x]^2 cancellation
+            fed = var * (n / (n - 1)) if self.unbiased else var
+            keep = self.decay
+            self.mean[...] = keep * self.mean[...] + (1.0 - keep) * jax.lax.stop_gradient(mean)
+            self.var[...] = keep * self.var[...] + (1.0 - keep) * jax.lax.stop_gradient(fed)
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        y = (xf - mean) * (self.scale[...] * jax.lax.rsqrt(var + self.eps)) + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class ConvBN(nnx.Module):
+    """conv (no bias) -> BN -> optional activation, padded per `conv.padding` from the actual input size."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int,
+        conv: Conventions,
+        *,
+        groups: int = 1,
+        act: bool = True,
+        dtype=jnp.float32,
+        depthwise_impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv2d(in_ch, out_ch, kernel, groups=groups, rngs=rngs)
+        self.bn = BatchNorm(out_ch, conv, dtype=dtype)
+        self.kernel_size, self.stride, self.padding = kernel, stride, conv.padding
+        self.depthwise = groups > 1 and groups == in_ch == out_ch
+        if groups > 1 and not self.depthwise:
+            raise ValueError(f"ConvBN: only dense or depthwise convs are supported, got groups={groups}")
+        self.activation = conv.activation if act else None
+        self.dtype = dtype
+        self.depthwise_impl = depthwise_impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pads = conv_pads(self.padding, x.shape[1], x.shape[2], self.kernel_size, self.stride)
+        kernel = self.conv.kernel[...].astype(self.dtype)
+        x = x.astype(self.dtype)
+        if self.depthwise:
+            y = depthwise_conv(x, kernel, self.stride, pads, impl=self.depthwise_impl)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride, self.stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        y = self.bn(y)
+        return y if self.activation is None else activation_fn(self.activation)(y)
+
+
+class SqueezeExcite(nnx.Module):
+    """Global average pool -> reduce (1x1, bias) -> SiLU -> excite (1x1, bias) -> sigmoid gate."""
+
+    def __init__(self, channels: int, squeeze: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.reduce = Conv2d(channels, squeeze, 1, bias=True, rngs=rngs)
+        self.excite = Conv2d(squeeze, channels, 1, bias=True, rngs=rngs)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = x.astype(jnp.float32).mean(axis=(1, 2)).astype(self.dtype)  # (N, C): a 1x1 conv is a matmul
+        r, e = self.reduce, self.excite
+        s = jax.nn.silu(s @ r.kernel[...][0, 0].astype(self.dtype) + r.bias[...].astype(self.dtype))
+        s = s @ e.kernel[...][0, 0].astype(self.dtype) + e.bias[...].astype(self.dtype)
+        return x * jax.nn.sigmoid(s)[:, None, None, :]
+
+
+def apply_keep_mask(x: jax.Array, mask, rate: float, what: str, shape: tuple[int, ...]) -> jax.Array:
+    """x * mask / (1 - rate), with `mask` checked to be `shape` and broadcast over x's trailing dims."""
+    got = tuple(getattr(mask, "shape", ()))
+    if not hasattr(mask, "shape") or got != shape:
+        raise ValueError(f"{what}: expected a keep-mask of shape {shape}, got {got or type(mask).__name__}")
+    mask = jnp.asarray(mask).astype(x.dtype).reshape(shape + (1,) * (x.ndim - len(shape)))
+    return x * mask / jnp.asarray(1.0 - rate, x.dtype)
+
+
+class _RandomMask(nnx.Module):
+    """Shared by DropPath and Dropout: a rate, a `deterministic` flag and an own rng stream."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool, rng_collection: str):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{type(self).__name__}: rate must lie in [0, 1), got {rate}")
+        self.rate = rate
+        self.deterministic = deterministic
+        self.rngs = rngs[rng_collection].fork() if rngs is not None else nnx.data(None)
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by `nnx.view`."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def _draw(self, shape: tuple[int, ...], dtype) -> jax.Array:
+        if self.rngs is None:
+            raise ValueError(f"{type(self).__name__}: train mode with rate {self.rate} needs rngs or a keep-mask")
+        return jax.random.bernoulli(self.rngs(), 1.0 - self.rate, shape).astype(dtype)
+
+
+class DropPath(_RandomMask):
+    """Per-sample stochastic depth on a residual branch: drop whole samples, scale the kept by 1/keep.
+
+    Acts only in train mode. A precomputed 0/1 keep-mask of shape (N,) replaces the random draw, so parity tests
+    feed both twins the same randomness.
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool = False, rng_collection="dropout"):
+        super().__init__(rate, rngs=rngs, deterministic=deterministic, rng_collection=rng_collection)
+
+    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
+        if self.deterministic:
+            return x
+        if mask is None:
+            if self.rate == 0.0:
+                return x
+            mask = self._draw((x.shape[0],), x.dtype)
+        return apply_keep_mask(x, mask, self.rate, "DropPath", (x.shape[0],))
+
+
+class Dropout(_RandomMask):
+    """Element-wise dropout on pooled features; a precomputed 0/1 keep-mask of x's shape replaces the draw."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool = False, rng_collection="dropout"):
+        super().__init__(rate, rngs=rngs, deterministic=deterministic, rng_collection=rng_collection)
+
+    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
+        if self.deterministic:
+            return x
+        if mask is None:
+            if self.rate == 0.0:
+                return x
+            mask = self._draw(tuple(x.shape), x.dtype)
+        return apply_keep_mask(x, mask, self.rate, "dropout", tuple(x.shape))
