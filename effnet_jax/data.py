@@ -1,0 +1,263 @@
+"""Input pipeline on Grain: sources (embedded digits, image folder, synthetic), per-host slicing, batching.
+
+The train stream is a pure function of (seed, position): global position p of the run is example
+`perm_e[p % n]` of epoch `e = p // n`, where `perm_e` is a permutation seeded by (seed, e), and its
+augmentation draws from a numpy Generator seeded by (seed, e, example index). A step's global batch is
+positions [step * B, (step + 1) * B); host h of H takes the h-th contiguous slice of B / H. The Grain
+dataset is indexed by step, so its iterator state is a step counter: a resumed run (iterator state
+restored from the checkpoint) sees exactly the batches an uninterrupted one would, with any number of
+worker processes. The stream runs across epoch boundaries, so every batch is full (no recompilation).
+
+Eval batches are the split in order, padded to a multiple of the eval batch with `mask == 0` rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import grain
+import numpy as np
+
+from .augment import EvalTransform, TrainTransform
+
+__all__ = [
+    "DIGITS_SIDE",
+    "DIGITS_VAL_SHARE",
+    "Batches",
+    "DigitsSource",
+    "ImageFolderSource",
+    "SyntheticSource",
+    "eval_dataset",
+    "make_source",
+    "train_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DIGITS_SIDE = 32  # digits are stored upscaled from 8x8 to this side (bicubic), then cropped/resized per model
+DIGITS_VAL_SHARE = 0.2  # fixed stratified split: 1,437 train / 360 val of scikit-learn's 1,797 digits
+DIGITS_SPLIT_SEED = 0  # the split never depends on the run's seed, so every run validates on the same 360
+MAX_SUBSTITUTES = 100  # consecutive unreadable images tolerated before giving up on a folder
+
+
+class DigitsSource:
+    """scikit-learn's handwritten digits (UCI optdigits test set: 1,797 8x8 greyscale, 10 classes) as RGB."""
+
+    def __init__(self, split: str):
+        if split not in ("train", "val"):
+            raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
+        from PIL import Image
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        idx = np.arange(len(digits.target))
+        train_idx, val_idx = train_test_split(
+            idx, test_size=DIGITS_VAL_SHARE, random_state=DIGITS_SPLIT_SEED, stratify=digits.target
+        )
+        keep = np.sort(train_idx if split == "train" else val_idx)
+        small = (digits.images[keep] * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 ink -> 0..255
+        big = [np.asarray(Image.fromarray(im).resize((DIGITS_SIDE, DIGITS_SIDE), Image.BICUBIC)) for im in small]
+        self.images = np.repeat(np.stack(big)[..., None], 3, axis=-1)
+        self.labels = digits.target[keep].astype(np.int32)
+        self.class_names = tuple(str(d) for d in range(10))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], int(self.labels[i])
+
+
+class SyntheticSource:
+    """Random uint8 images with random labels: exercises the pipeline and the step without any files."""
+
+    def __init__(self, size: int, num_classes: int, length: int = 256, seed: int = 0):
+        if num_classes < 1:
+            raise ValueError(f"synthetic data needs num_classes >= 1, got {num_classes}")
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, (length, size, size, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, num_classes, length).astype(np.int32)
+        self.class_names = tuple(str(c) for c in range(num_classes))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], int(self.labels[i])
+
+
+class ImageFolderSource:
+    """`root/<class>/<image>.{jpg,jpeg,png}`; classes are the sorted sub-folder names.
+
+    An unreadable image is skipped with a warning and replaced by the next readable one (so batch shapes
+    never change); `skipped` counts them in this process.
+
+    Raises:
+      ValueError: root missing, no images, or fewer than two classes.
+    """
+
+    def __init__(self, root: str):
+        if not os.path.isdir(root):
+            raise ValueError(f"image folder {root!r} does not exist or is not a directory")
+        classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        files: list[tuple[str, int]] = []
+        empty = []
+        for label, name in enumerate(classes):
+            found = sorted(
+                os.path.join(dirpath, f)
+                for dirpath, _, names in os.walk(os.path.join(root, name))
+                for f in names
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                empty.append(name)
+            files.extend((f, label) for f in found)
+        if not files:
+            raise ValueError(
+                f"image folder {root!r} is empty: expected one sub-folder per class holding "
+                f"{'/'.join(IMAGE_EXTENSIONS)} files, found {len(classes)} sub-folders and no images"
+            )
+        if len(classes) - len(empty) < 2:
+            raise ValueError(
+                f"image folder {root!r} has images of only one class ({[c for c in classes if c not in empty]}); "
+                "classification needs at least two class sub-folders"
+            )
+        if empty:
+            warnings.warn(f"image folder {root!r}: class folders without images: {empty}", stacklevel=2)
+        self.root = root
+        self.files = files
+        self.class_names = tuple(classes)
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, i: int) -> np.ndarray | None:
+        from PIL import Image
+
+        path = self.files[i][0]
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
+            self.skipped += 1
+            warnings.warn(
+                f"skipping unreadable image {path!r} ({type(e).__name__}: {e}); "
+                f"{self.skipped} skipped so far in this process",
+                stacklevel=2,
+            )
+            return None
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        for k in range(MAX_SUBSTITUTES):
+            j = (i + k) % len(self.files)
+            image = self._read(j)
+            if image is not None:
+                return image, self.files[j][1]
+        raise RuntimeError(f"image folder {self.root!r}: {MAX_SUBSTITUTES} consecutive unreadable images from {i}")
+
+
+def make_source(data: str, split: str, *, size: int = 32, num_classes: int = 0):
+    """The source for `data` ("digits", "synthetic" or a folder path) and `split` ("train"/"val")."""
+    if data == "digits":
+        return DigitsSource(split)
+    if data == "synthetic":
+        return SyntheticSource(size, num_classes or 4, seed=0 if split == "train" else 1)
+    if not data:
+        raise ValueError("no dataset given: set data=<image folder with one sub-folder per class>")
+    return ImageFolderSource(data)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """How a global batch is cut across hosts: host `host` of `hosts` takes rows [host*local, (host+1)*local)."""
+
+    global_batch: int
+    host: int = 0
+    hosts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.hosts:
+            raise ValueError(f"global batch {self.global_batch} does not divide over {self.hosts} hosts")
+        if not 0 <= self.host < self.hosts:
+            raise ValueError(f"host index {self.host} out of range for {self.hosts} hosts")
+
+    @property
+    def local(self) -> int:
+        return self.global_batch // self.hosts
+
+    def position(self, local_index: int) -> int:
+        """Global stream position of the `local_index`-th example this host reads."""
+        step, row = divmod(local_index, self.local)
+        return step * self.global_batch + self.host * self.local + row
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+@dataclass(frozen=True)
+class _TrainExample:
+    """local index -> {"image", "label"}: shuffled per epoch, augmented with rng (seed, epoch, index)."""
+
+    source: object
+    transform: TrainTransform
+    seed: int
+    batches: Batches
+
+    def __call__(self, local_index: int) -> dict:
+        n = len(self.source)
+        epoch, k = divmod(self.batches.position(int(local_index)), n)
+        index = int(_epoch_permutation(self.seed, epoch, n)[k])
+        image, label = self.source[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        return {"image": self.transform(image, rng), "label": np.int32(label)}
+
+
+@dataclass(frozen=True)
+class _EvalExample:
+    source: object
+    transform: EvalTransform
+    batches: Batches
+
+    def __call__(self, local_index: int) -> dict:
+        p = self.batches.position(int(local_index))
+        valid = p < len(self.source)
+        image, label = self.source[p if valid else 0]
+        return {"image": self.transform(image), "label": np.int32(label), "mask": np.float32(valid)}
+
+
+def _finish(ds: grain.MapDataset, local_batch: int, num_workers: int) -> grain.IterDataset:
+    it = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
+
+
+def train_dataset(
+    source, transform: TrainTransform, *, seed: int, steps: int, batches: Batches, num_workers: int = 0
+) -> grain.IterDataset:
+    """`steps` local batches {"image": (b, s, s, 3) float32, "label": (b,) int32}, b = batches.local."""
+    if len(source) == 0:
+        raise ValueError("the training split holds no examples")
+    ds = grain.MapDataset.range(steps * batches.local).map(_TrainExample(source, transform, seed, batches))
+    return _finish(ds, batches.local, num_workers)
+
+
+def eval_steps(n: int, global_batch: int) -> int:
+    return max(1, math.ceil(n / global_batch))
+
+
+def eval_dataset(source, transform: EvalTransform, *, batches: Batches, num_workers: int = 0) -> grain.IterDataset:
+    """The whole split in order, padded to full batches; rows with mask 0 are padding."""
+    steps = eval_steps(len(source), batches.global_batch)
+    ds = grain.MapDataset.range(steps * batches.local).map(_EvalExample(source, transform, batches))
+    return _finish(ds, batches.local, num_workers)

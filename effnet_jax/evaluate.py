@@ -1,0 +1,154 @@
+"""`effnet eval --checkpoint DIR`: top-1/top-5 of a training checkpoint (EMA weights by default).
+
+    effnet eval --checkpoint runs/digits                 # the digits val split the run trained against
+    effnet eval --checkpoint runs/b0 --data /imagenet/val --no-ema
+
+Also holds the evaluation step the training loop uses: a jitted, mesh-sharded forward pass in eval mode
+that returns per-batch sums (correct top-1, correct top-5, loss, count) over unmasked rows only, so the
+padded last batch does not bias the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = ["add_arguments", "evaluate_checkpoint", "evaluate_split", "main", "make_eval_step"]
+
+
+def make_eval_step(eval_graphdef, mesh: Mesh):
+    """jit((weights, rest, batch) -> sums) for a model graphdef in eval mode; batch rows sharded on `data`."""
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def eval_step(weights, rest, batch):
+        model = nnx.merge(eval_graphdef, weights, rest)
+        logits = model(batch["image"]).astype(jnp.float32)
+        labels, mask = batch["label"], batch["mask"]
+        k = min(5, logits.shape[-1])
+        topk = jax.lax.top_k(logits, k)[1]
+        hit5 = jnp.any(topk == labels[:, None], axis=-1)
+        hit1 = topk[:, 0] == labels
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return {
+            "top1": jnp.sum(hit1 * mask),
+            "top5": jnp.sum(hit5 * mask),
+            "loss": jnp.sum(loss * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return jax.jit(eval_step, in_shardings=(replicated, replicated, rows), out_shardings=replicated)
+
+
+def evaluate_split(eval_step, weights, rest, batches, mesh: Mesh) -> dict:
+    """Run `eval_step` over an iterator of process-local padded batches; returns mean top1/top5/loss and count."""
+    from .train import to_global
+
+    totals = None
+    for batch in batches:
+        sums = eval_step(weights, rest, to_global(batch, mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        raise ValueError("evaluation split is empty")
+    totals = jax.device_get(totals)
+    n = float(totals["count"])
+    return {k: float(totals[k]) / n for k in ("top1", "top5", "loss")} | {"count": n}
+
+
+def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = True, step: int | None = None,
+                        batch: int | None = None) -> dict:  # fmt: skip
+    """Top-1/top-5 of a training checkpoint on `data` (default: the run's own validation split).
+
+    Args:
+      ckpt_dir: a training workdir, or its `checkpoints` sub-directory.
+      data: "digits", "synthetic" or an image folder; None = the run's val data.
+      ema: evaluate the EMA weights (the run's raw weights if False or if the run kept no EMA).
+      step: which checkpoint (default the latest).
+      batch: global eval batch (default the run's).
+
+    Raises:
+      FileNotFoundError: no checkpoint there.
+      ValueError: the data has a different number of classes than the model.
+    """
+    from . import data as data_lib
+    from .augment import EvalTransform
+    from .checkpoint import Checkpointer, abstract_like
+    from .config import TrainConfig
+    from .train import WEIGHTS, build_model, resolution_of
+
+    sub = os.path.join(ckpt_dir, "checkpoints")
+    ckpt = Checkpointer(sub if os.path.isdir(sub) else ckpt_dir)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"no training checkpoint in {ckpt_dir!r} (expected <workdir>/checkpoints/<step>)")
+    meta = ckpt.restore(step)["meta"]
+    cfg = TrainConfig(**meta["config"])
+    if batch:
+        cfg = dataclasses.replace(cfg, eval_batch=batch)
+    num_classes = int(meta["num_classes"])
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, P())
+    graphdef, weights, rest = nnx.split(nnx.eval_shape(lambda: build_model(cfg, num_classes)), WEIGHTS, ...)
+    item = "ema" if ema and cfg.ema_decay > 0 else "model"
+    want = abstract_like(weights, replicated)
+    abstract = {"ema": want} if item == "ema" else {"model": {"weights": want, "rest": abstract_like(rest, replicated)}}
+    got = ckpt.restore(step, **abstract)
+    weights = got["ema"] if item == "ema" else got["model"]["weights"]
+    rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                        else jax.random.key(0), rest)  # fmt: skip  # RNG streams: unused in eval mode
+    model = nnx.merge(graphdef, weights, rest)
+    model.eval()
+    eval_graphdef, weights, rest = nnx.split(model, WEIGHTS, ...)
+
+    source_name = data or cfg.val_data or cfg.data
+    size = resolution_of(cfg)
+    family = model.spec.family
+    source = data_lib.make_source(source_name, "val", size=size, num_classes=cfg.num_classes)
+    if len(source.class_names) != num_classes and source_name not in ("synthetic",):
+        raise ValueError(
+            f"{source_name!r} has {len(source.class_names)} classes; the checkpoint's model has {num_classes}"
+        )
+    tf = EvalTransform(size, family.mean, family.std, family.interpolation, crop_pct=cfg.eval_crop)
+    hosts = dict(host=jax.process_index(), hosts=jax.process_count())
+    ds = data_lib.eval_dataset(source, tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
+    result = evaluate_split(make_eval_step(eval_graphdef, mesh), weights, rest, iter(ds), mesh)
+    ckpt.close()
+    return {**result, "weights": item, "step": int(meta["step"]), "data": source_name}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/ folder)")
+    parser.add_argument("--data", help="'digits', 'synthetic' or an image folder (default: the run's val data)")
+    parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    parser.add_argument("--batch", type=int, help="global eval batch (default: the run's eval_batch)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        r = evaluate_checkpoint(args.checkpoint, data=args.data, ema=not args.no_ema, step=args.step, batch=args.batch)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"effnet eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"step {r['step']} ({r['weights']} weights) on {r['data']}: top-1 {r['top1']:.4f}  "
+              f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  ({int(r['count'])} images)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m effnet_jax.evaluate", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))
