@@ -23,9 +23,6 @@ from .layers import ConvBN, Dropout, DropPath, SqueezeExcite
 
 __all__ = ["EfficientNet", "MBConv"]
 
-# The stem is a fixed 3x3 stride-2 conv in every EfficientNet (paper Table 1); effnet_spec counts it the same way.
-STEM_KERNEL, STEM_STRIDE = 3, 2
-
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 DropPathMasks = Sequence[jax.Array | None] | Mapping[int, jax.Array]
@@ -95,7 +92,7 @@ class EfficientNet(nnx.Module):
         self.dtype = jnp.dtype(dtype)
         self.preprocessing = None  # set by convert.load_checkpoint; written back by convert.save_checkpoint
         conv, kw = spec.conv, dict(dtype=self.dtype, rngs=rngs)
-        self.stem = ConvBN(spec.in_channels, spec.stem_ch, STEM_KERNEL, STEM_STRIDE, conv, **kw)
+        self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv, **kw)
         self.blocks = nnx.List([MBConv(b, conv, depthwise_impl=depthwise_impl, **kw) for b in spec.blocks])
         self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv, **kw)
         self.dropout = Dropout(spec.dropout, rngs=rngs)
