@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -31,6 +32,33 @@ def abstract_like(tree, sharding=None):
     return jax.tree.map(one, tree)
 
 
+def _flat_shapes(tree) -> dict[str, tuple]:
+    def key(path) -> str:
+        return ".".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+    def shape(x) -> tuple:
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # stored as its key data
+            return tuple(jax.eval_shape(jax.random.key_data, x).shape)
+        return tuple(x.shape)
+
+    return {key(p): shape(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _compare(name: str, abstract, saved) -> list[str]:
+    """Sorted '- missing', '+ unexpected' and 'shape' lines between an abstract tree and saved metadata."""
+    if saved is None:
+        return [f"- {name} (item not in the checkpoint)"]
+    want, got = _flat_shapes(abstract), _flat_shapes(saved)
+    lines = [f"- {name}.{k} (expected, not saved)" for k in sorted(want.keys() - got.keys())]
+    lines += [f"+ {name}.{k} (saved, not expected)" for k in sorted(got.keys() - want.keys())]
+    lines += [
+        f"shape {name}.{k}: expected {want[k]}, saved {got[k]}"
+        for k in sorted(want.keys() & got.keys())
+        if want[k] != got[k]
+    ]
+    return lines
+
+
 class Checkpointer:
     """A thin `CheckpointManager` over the five items, saving every `every` steps and keeping `keep`.
 
@@ -44,7 +72,11 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.every = every
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "opt", "ema")}
+        handlers["meta"] = ocp.JsonCheckpointHandler()
+        handlers["data"] = grain.checkpoint.CheckpointHandler()
+        # Handlers named up front, so a fresh manager can read item metadata (shapes) before restoring.
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -66,8 +98,6 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta),
         )
         if data_iter is not None:
-            import grain
-
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         return bool(self.manager.save(step, args=ocp.args.Composite(**items), force=True))
 
@@ -85,11 +115,16 @@ class Checkpointer:
         unknown = set(abstract) - set(ITEMS)
         if unknown:
             raise ValueError(f"unknown checkpoint items {sorted(unknown)}; expected some of {ITEMS}")
+        saved = self.manager.item_metadata(step)
+        problems = [line for name, tree in abstract.items() for line in _compare(name, tree, saved.get(name))]
+        if problems:
+            raise ValueError(
+                f"checkpoint {self.directory}/{step} does not match the model being restored:\n  "
+                + "\n  ".join(problems)
+            )
         items = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
         items["meta"] = ocp.args.JsonRestore()
         if data_iter is not None:
-            import grain
-
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {name: restored[name] for name in items}

@@ -238,6 +238,10 @@ class _EvalExample:
 def _finish(ds: grain.MapDataset, local_batch: int, num_workers: int) -> grain.IterDataset:
     it = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
     if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside an absl app they are unparsed
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
 

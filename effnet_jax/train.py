@@ -140,6 +140,8 @@ def make_data(cfg: TrainConfig) -> Data:
     else:
         val_src = None
     num_classes = cfg.num_classes or len(train_src.class_names)
+    if num_classes < len(train_src.class_names):
+        raise ValueError(f"num_classes={num_classes} but {cfg.data!r} has {len(train_src.class_names)} classes")
     steps_per_epoch = len(train_src) / cfg.global_batch
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
@@ -337,9 +339,8 @@ def run_eval(cfg, mesh, run, eval_step, logger, data) -> dict | None:
     weights = run.state["ema"] if cfg.ema_decay > 0 else run.state["weights"]
     result = evaluate_split(eval_step, weights, run.state["rest"], iter(data.val), mesh)
     logger.write(run.step, "val", result)
-    note(
-        f"step {run.step}: val top1 {result['top1']:.4f} top5 {result['top5']:.4f} ({'EMA' if cfg.ema_decay else 'raw'})"
-    )
+    which = "EMA" if cfg.ema_decay else "raw"
+    note(f"step {run.step}: val top1 {result['top1']:.4f} top5 {result['top5']:.4f} ({which} weights)")
     return result
 
 

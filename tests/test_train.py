@@ -1,0 +1,152 @@
+"""End-to-end training on a 1-stage b0 at 16 px: outputs, eval CLI, exact resume after kill -9, NaN stop, errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from effnet_jax import evaluate
+from effnet_jax import train as train_mod
+from effnet_jax.checkpoint import Checkpointer
+from effnet_jax.config import from_preset
+
+WORKER = str(Path(__file__).with_name("_train_worker.py"))
+TINY = [
+    "data=digits", "num_classes=0", "stages=1", "resolution=16", "global_batch=16", "eval_batch=120",
+    "steps=8", "ckpt_every=2", "keep=3", "log_every=1", "augment=randaugment", "progress=false",
+]  # fmt: skip
+TIMEOUT_S = 240
+
+
+def _cfg(workdir, *extra):
+    return from_preset("smoke", [*TINY, f"workdir={workdir}", *extra])
+
+
+def _weights(workdir, step):
+    """The saved model weights (params + BN stats) of `step`, as numpy, read without building a model."""
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    got = ckpt.manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore()))
+    import jax
+
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(got["ema"])[0]}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One uninterrupted 8-step run shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("full")
+    summary = train_mod.train(_cfg(workdir))
+    return workdir, summary
+
+
+def test_run_writes_config_metrics_plot_summary_and_checkpoints(finished_run):
+    workdir, summary = finished_run
+    cfg = json.loads((workdir / "config.json").read_text())
+    assert cfg["steps"] == 8 and cfg["stages"] == 1
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    assert all(np.isfinite(r["loss"]) and 0 <= r["top1"] <= 1 and r["lr"] >= 0 for r in train_rows)
+    val = [r for r in rows if r["kind"] == "val"]
+    assert val and val[-1]["count"] == 360
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tb"))
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == 8 == summary["steps"]
+    assert Checkpointer(str(workdir / "checkpoints")).all_steps() == [4, 6, 8]  # keep=3
+
+
+def test_eval_cli_reports_top1_top5(finished_run, capsys):
+    workdir, summary = finished_run
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    assert evaluate.main(parser.parse_args(["--checkpoint", str(workdir), "--json"])) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["step"] == 8 and r["weights"] == "ema" and r["count"] == 360
+    assert r["top1"] == pytest.approx(summary["final_val"]["top1"]), "same weights, same split as the run's eval"
+    assert 0 <= r["top1"] <= r["top5"] <= 1
+
+
+def test_eval_without_checkpoint_is_an_error(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    assert evaluate.main(parser.parse_args(["--checkpoint", str(tmp_path)])) == 2
+    assert "no training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
+    full_dir, _ = finished_run
+    overrides = [*TINY, f"workdir={tmp_path}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    killed = subprocess.run(
+        [sys.executable, WORKER, "kill", "5", "--", *overrides], env=env, capture_output=True, text=True,
+        timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    survivors = Checkpointer(str(tmp_path / "checkpoints")).all_steps()
+    assert survivors and max(survivors) <= 4, f"killed before step 5 finished; checkpoints {survivors}"
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "effnet_jax.train", "--preset", "smoke", "--resume", *sets],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'checkpoints'} at step {max(survivors)}" in resumed.stderr
+    a, b = _weights(full_dir, 8), _weights(tmp_path, 8)
+    assert a.keys() == b.keys()
+    for k in a:  # same program, same inputs, same keys on the same CPU: bit-identical
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real, calls = train_mod.to_global, [0]
+
+    def poisoned(batch, mesh):  # from step 3 on, the images are NaN (think: a corrupt shard)
+        calls[0] += 1
+        if calls[0] >= 3:
+            batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+        return real(batch, mesh)
+
+    monkeypatch.setattr(train_mod, "to_global", poisoned)
+    cfg = _cfg(tmp_path, "log_every=100")  # only the pre-save check can catch it
+    with pytest.raises(train_mod.NonFiniteLoss, match="at step 3 is not finite; stopping without saving"):
+        train_mod.train(cfg)
+    assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+    assert all(np.isfinite(v).all() for v in _weights(tmp_path, 2).values() if v.dtype.kind == "f")
+
+
+def test_existing_checkpoints_without_resume_is_an_error(finished_run):
+    workdir, _ = finished_run
+    with pytest.raises(ValueError, match="already holds checkpoints .*pass --resume"):
+        train_mod.train(_cfg(workdir))
+
+
+def test_resume_with_a_different_config_is_an_error(finished_run):
+    workdir, _ = finished_run
+    with pytest.raises(ValueError, match="global_batch: checkpoint 16 vs now 32"):
+        train_mod.train(_cfg(workdir, "global_batch=32", "resume=true"))
+
+
+def test_cli_errors_exit_2(capsys):
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    assert train_mod.main(parser.parse_args(["--set", "nope=1"])) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
+
+
+def test_print_config(capsys):
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    assert train_mod.main(parser.parse_args(["--print-config", "--set", "seed=9"])) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["seed"] == 9 and cfg["data"] == "digits"
+    assert dataclasses.asdict(from_preset())["steps"] == cfg["steps"]
