@@ -1,41 +1,123 @@
 """Depthwise convolution, one function with several formulations chosen per backend.
 
 XLA's grouped convolution (`feature_group_count = C`) is fast on GPU/TPU but many times slower than
-PyTorch on CPU; the alternatives here compute the same function another way. Every formulation must
-pass the depthwise parity tests (values and gradients, both paddings, strides 1/2, kernels 3/5).
+PyTorch on CPU, and its gradient slower still. The other formulations compute the same function as a
+sum of k*k shifted, scaled (strided) slices of the padded input, which XLA CPU fuses into one
+vectorised loop over channels:
+
+- ``"grouped"``: `lax.conv_general_dilated` with `feature_group_count = C` (GPU/TPU default).
+- ``"shift"``: the shifted-slice sum; JAX differentiates it (the transpose of each strided slice is
+  an interior-padded tensor the size of the input, so the input gradient does k*k full-size adds).
+- ``"shift_vjp"``: the same forward with a hand-written backward (CPU default). The input gradient is
+  again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
+  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k; the kernel
+  gradient is k*k products reduced over (N, H, W).
+
+`impl="auto"` picks by `jax.default_backend()`; the env var ``EFFNET_DEPTHWISE`` overrides "auto".
+Every formulation must pass `tests/test_depthwise.py` (values and gradients against "grouped", both
+paddings, strides 1/2, kernels 3/5).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-__all__ = ["IMPLS", "depthwise_conv", "resolve_impl"]
+__all__ = ["ENV_VAR", "IMPLS", "depthwise_conv", "resolve_impl"]
 
-IMPLS = ("grouped",)
+IMPLS = ("grouped", "shift", "shift_vjp")
+ENV_VAR = "EFFNET_DEPTHWISE"
+# Backends whose native grouped conv is fast; everything else (cpu) gets the shifted-slice path.
+_GROUPED_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+_CPU_DEFAULT = "shift_vjp"
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def resolve_impl(impl: str = "auto") -> str:
-    """The formulation `impl` stands for on the current default backend."""
+    """The formulation `impl` stands for: "auto" -> `$EFFNET_DEPTHWISE` if set, else by backend."""
     if impl == "auto":
-        return "grouped"
+        impl = os.environ.get(ENV_VAR, "") or "auto"
+        if impl == "auto":
+            return "grouped" if jax.default_backend() in _GROUPED_BACKENDS else _CPU_DEFAULT
+        if impl not in IMPLS:
+            raise ValueError(f"{ENV_VAR}={impl!r} is not a depthwise impl; expected 'auto' or one of {IMPLS}")
+        return impl
     if impl not in IMPLS:
         raise ValueError(f"unknown depthwise impl {impl!r}; expected 'auto' or one of {IMPLS}")
     return impl
 
 
-def depthwise_conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    stride: int,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    impl: str = "auto",
-) -> jax.Array:
-    """Depthwise conv of NHWC `x` with an HWIO kernel of shape (k, k, 1, C) and explicit padding."""
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, impl: str = "auto") -> jax.Array:
+    """Depthwise conv of NHWC `x` with an HWIO kernel (kh, kw, 1, C) and explicit padding.
+
+    Args:
+      x: input, (N, H, W, C).
+      kernel: (kh, kw, 1, C), the layout `nnx.Conv(feature_group_count=C)` stores; cast to `x.dtype`.
+      stride: the same stride on both spatial axes (>= 1).
+      padding: ((top, bottom), (left, right)) amounts, each >= 0, e.g. from `effnet_spec.pad_amounts`.
+      impl: "auto", or one of `IMPLS` (see the module docstring).
+
+    Returns:
+      (N, Ho, Wo, C) with Ho = (H + top + bottom - kh) // stride + 1, likewise Wo.
+
+    Raises:
+      ValueError: wrong ranks, a kernel not laid out (kh, kw, 1, C), a bad stride or padding, an
+        input smaller than the kernel after padding, or an unknown impl.
+    """
+    stride, padding = _check(x, kernel, stride, padding)
     impl = resolve_impl(impl)
-    return jax.lax.conv_general_dilated(
+    kernel = kernel.astype(x.dtype)
+    if impl == "grouped":
+        return _grouped(x, kernel, stride, padding)
+    if impl == "shift":
+        return _shift_forward(x, kernel, stride, padding)
+    return _shift_vjp(x, kernel, stride, padding)
+
+
+def _check(x, kernel, stride, padding) -> tuple[int, Padding]:
+    """Validate shapes and arguments; returns (stride, padding) as plain ints."""
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"depthwise_conv: expected x of shape (N, H, W, C), got shape {jnp.shape(x)}")
+    if getattr(kernel, "ndim", None) != 4:
+        raise ValueError(f"depthwise_conv: expected kernel of shape (kh, kw, 1, C), got shape {jnp.shape(kernel)}")
+    channels = x.shape[-1]
+    kh, kw, one, kc = kernel.shape
+    if one != 1 or kc != channels:
+        hint = " (an OIHW torch kernel? transpose it with (2, 3, 1, 0))" if kernel.shape[:2] == (channels, 1) else ""
+        raise ValueError(
+            f"depthwise_conv: expected kernel of shape (kh, kw, 1, {channels}) for x with {channels} channels, "
+            f"got {tuple(kernel.shape)}{hint}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"depthwise_conv: expected a floating-point x, got {x.dtype}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"depthwise_conv: expected an int stride >= 1, got {stride!r}")
+    try:
+        (pt, pb), (pl, pr) = padding
+        pads = tuple(int(p) for p in (pt, pb, pl, pr))
+    except (TypeError, ValueError):
+        raise ValueError(f"depthwise_conv: expected padding ((top, bottom), (left, right)), got {padding!r}") from None
+    if min(pads) < 0:
+        raise ValueError(f"depthwise_conv: padding amounts must be >= 0, got {padding!r}")
+    pt, pb, pl, pr = pads
+    height, width = x.shape[1] + pt + pb, x.shape[2] + pl + pr
+    if height < kh or width < kw:
+        raise ValueError(
+            f"depthwise_conv: padded input {height}x{width} is smaller than the {kh}x{kw} kernel "
+            f"(x {tuple(x.shape)}, padding {padding!r})"
+        )
+    return stride, ((pt, pb), (pl, pr))
+
+
+def _grouped(x, kernel, stride, padding):
+    return lax.conv_general_dilated(
         x,
-        kernel.astype(x.dtype),
+        kernel,
         window_strides=(stride, stride),
         padding=padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -43,4 +125,136 @@ def depthwise_conv(
     )
 
 
-del jnp  # kept importable for formulations to come
+def _out_len(size: int, pad: tuple[int, int], k: int, stride: int) -> int:
+    return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def _window(xp, i, j, out_h, out_w, stride):
+    """xp[:, i::stride, j::stride, :][:, :out_h, :out_w]: the input pixels that tap (i, j) meets."""
+    n, _, _, c = xp.shape
+    limit = (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c)
+    return lax.slice(xp, (0, i, j, 0), limit, (1, stride, stride, 1))
+
+
+def _taps(xp, kernel, stride, out_h, out_w):
+    """sum over (i, j) of xp[:, i::stride, j::stride, :][:, :out_h, :out_w] * kernel[i, j, 0]."""
+    out = None
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            term = _window(xp, i, j, out_h, out_w, stride) * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def _shift_forward(x, kernel, stride, padding):
+    (pt, pb), (pl, pr) = padding
+    out_h = _out_len(x.shape[1], padding[0], kernel.shape[0], stride)
+    out_w = _out_len(x.shape[2], padding[1], kernel.shape[1], stride)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    return _taps(xp, kernel, stride, out_h, out_w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift_vjp(x, kernel, stride, padding):
+    return _shift_forward(x, kernel, stride, padding)
+
+
+def _shift_vjp_fwd(x, kernel, stride, padding):
+    return _shift_forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _phase(size: int, pad_before: int, k: int, stride: int, out_len: int, r: int):
+    """One axis of the input gradient for input positions h = stride*m + r.
+
+    dx[s*m + r] = sum_t g[m + q - t] * k[i0 + s*t], with i0 = (r + pad) % s and q = (r + pad) // s:
+    a stride-1 correlation of g (padded by `low` before, `high` after) with the taps k[i0::s] flipped.
+    Returns (i0, n_taps, low, high, m_len); n_taps may be 0 (no kernel tap reaches this phase).
+    """
+    i0, q = (r + pad_before) % stride, (r + pad_before) // stride
+    n_taps = max(0, -(-(k - i0) // stride))
+    m_len = -(-(size - r) // stride)
+    low = n_taps - 1 - q
+    high = m_len + n_taps - 1 - out_len - low
+    return i0, n_taps, low, high, m_len
+
+
+def _input_grad(g, kernel, stride, padding, in_h, in_w):
+    n, out_h, out_w, c = g.shape
+    kh, kw = kernel.shape[:2]
+    rows = [_phase(in_h, padding[0][0], kh, stride, out_h, r) for r in range(stride)]
+    cols = [_phase(in_w, padding[1][0], kw, stride, out_w, r) for r in range(stride)]
+    zero = jnp.zeros((), g.dtype)
+    phases = []
+    for i0, th, lo_h, hi_h, mh in rows:
+        row = []
+        for j0, tw, lo_w, hi_w, mw in cols:
+            if th == 0 or tw == 0 or mh == 0 or mw == 0:
+                part = jnp.zeros((n, mh, mw, c), g.dtype)
+            else:
+                gp = lax.pad(g, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+                taps = kernel[i0::stride, j0::stride][::-1, ::-1]
+                part = _taps(gp, taps, 1, mh, mw)
+            row.append(part)
+        phases.append(row)
+    if stride == 1:
+        return phases[0][0]
+    # Interleave phases: dx[s*m + r, s*p + q] = phases[r][q][m, p]; phases may be one row/col short.
+    mh_max, mw_max = rows[0][4], cols[0][4]
+    padded = [
+        jnp.stack([jnp.pad(p, ((0, 0), (0, mh_max - p.shape[1]), (0, mw_max - p.shape[2]), (0, 0))) for p in row], 3)
+        for row in phases
+    ]
+    dx = jnp.stack(padded, 2).reshape(n, mh_max * stride, mw_max * stride, c)
+    return dx[:, :in_h, :in_w]
+
+
+# Bytes of output gradient per row block of the kernel gradient. XLA CPU emits one pass per tap, each a
+# slice copy plus a reduction; a block this size keeps those k*k passes in L2 instead of main memory
+# (3-8x faster than whole-tensor passes at B0 shapes on a Sapphire Rapids core; see benchmarks/depthwise.py).
+_KGRAD_BLOCK_BYTES = 128 << 10
+
+
+def _kernel_grad(x, g, kernel_shape, stride, padding):
+    """dk[i, j, c] = sum over (n, a, b) of xp[n, s*a + i, s*b + j, c] * g[n, a, b, c], in row blocks.
+
+    Blocks split the output rows only (never the batch), so a batch-sharded x stays sharded.
+    """
+    (pt, pb), (pl, pr) = padding
+    kh, kw = kernel_shape[:2]
+    n, out_h, out_w, c = g.shape
+    rows = max(1, min(out_h, _KGRAD_BLOCK_BYTES // max(1, n * out_w * c * g.dtype.itemsize)))
+    blocks = -(-out_h // rows)
+    extra = blocks * rows - out_h  # zero rows of g (and matching rows of xp) so blocks tile exactly
+    xp = jnp.pad(x, ((0, 0), (pt, pb + extra * stride), (pl, pr), (0, 0)))
+    gp = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0)))
+    x_rows = (rows - 1) * stride + kh
+
+    def block_taps(xb, gb):
+        taps = []
+        for i in range(kh):
+            for j in range(kw):
+                window = _window(xb, i, j, rows, out_w, stride)
+                taps.append(jnp.sum(window * gb, axis=(0, 1, 2), dtype=jnp.float32))
+        return jnp.stack(taps)
+
+    if blocks == 1:
+        dk = block_taps(xp, gp)
+    else:
+
+        def body(acc, r):
+            xb = lax.dynamic_slice_in_dim(xp, r * rows * stride, x_rows, axis=1)
+            gb = lax.dynamic_slice_in_dim(gp, r * rows, rows, axis=1)
+            return acc + block_taps(xb, gb), None
+
+        dk, _ = lax.scan(body, jnp.zeros((kh * kw, c), jnp.float32), jnp.arange(blocks))
+    return dk.reshape(kernel_shape).astype(g.dtype)
+
+
+def _shift_vjp_bwd(stride, padding, res, g):
+    x, kernel = res
+    dx = _input_grad(g, kernel, stride, padding, x.shape[1], x.shape[2])
+    dk = _kernel_grad(x, g, kernel.shape, stride, padding)
+    return dx, dk
+
+
+_shift_vjp.defvjp(_shift_vjp_fwd, _shift_vjp_bwd)
