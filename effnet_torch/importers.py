@@ -83,7 +83,7 @@ def _twin_modules(spec: ModelSpec) -> list[_Module]:
     def conv_bn(name: str, cin: int, cout: int, k: int, groups: int = 1) -> list[_Module]:
         return [_Module(f"{name}.conv", "conv", (cout, cin // groups, k, k)), _Module(f"{name}.bn", "bn", (cout,))]
 
-    mods = conv_bn("stem", spec.in_channels, spec.stem_ch, 3)
+    mods = conv_bn("stem", spec.in_channels, spec.stem_ch, spec.stem_kernel)
     for b in spec.blocks:
         p = f"blocks.{b.index}"
         if b.has_expand:
@@ -405,6 +405,32 @@ def _problems(spec: ModelSpec, layout: str, shapes: Mapping[str, tuple[int, ...]
     return mismatch_report(expected, got)
 
 
+def _report(problems: list[str], limit: int | None = None) -> str:
+    """Problem lines with one line per module (`- a.bn.{weight,bias,...}`), optionally capped at `limit` lines."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    lines: list[str | tuple[str, str]] = []
+    for line in problems:
+        sign, _, key = line.partition(" ")
+        if sign in ("-", "+") and "." in key:
+            module, leaf = key.rsplit(".", 1)
+            if (sign, module) not in grouped:
+                grouped[(sign, module)] = []
+                lines.append((sign, module))
+            grouped[(sign, module)].append(leaf)
+        else:
+            lines.append(line)
+    out = []
+    for item in lines:
+        if isinstance(item, tuple):
+            leaves = grouped[item]
+            out.append(f"{item[0]} {item[1]}." + (leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}"))
+        else:
+            out.append(item)
+    if limit is not None and len(out) > limit:
+        out = out[:limit] + [f"... and {len(out) - limit} more"]
+    return "\n  " + "\n  ".join(out)
+
+
 def infer_variant(shapes: Mapping[str, tuple[int, ...]], layout: str, conv_source: str | None = None) -> str:
     """The variant whose tensor names and shapes match exactly.
 
@@ -420,7 +446,7 @@ def infer_variant(shapes: Mapping[str, tuple[int, ...]], layout: str, conv_sourc
     n, closest, problems = min(scored)
     raise ImportError_(
         f"the checkpoint's shapes match no EfficientNet variant in the {layout} layout; closest is {closest!r} "
-        f"with {n} difference(s):\n  " + "\n  ".join(problems[:20]) + ("\n  ..." if n > 20 else "")
+        f"with {n} difference(s):" + _report(problems, limit=40)
     )
 
 
@@ -471,9 +497,8 @@ def import_state_dict(
         except ImportError_:
             hint = ""
         raise ImportError_(
-            f"checkpoint does not match {variant!r} in the {source} layout{hint}: {len(problems)} problem(s)\n  "
-            + "\n  ".join(problems[:20])
-            + ("\n  ..." if len(problems) > 20 else "")
+            f"checkpoint does not match {variant!r} in the {source} layout{hint}: {len(problems)} problem(s)"
+            + _report(problems)
         )
     out = {}
     for twin, theirs in key_map(spec, source).items():
@@ -504,7 +529,7 @@ def import_checkpoint(
         spec, pre = read_header(meta)
         problems = mismatch_report(twin_shapes(spec), {k: tuple(v.shape) for k, v in sd.items()})
         if problems:
-            raise ImportError_(f"{os.fspath(src)}: tensors do not match its own header:\n  " + "\n  ".join(problems))
+            raise ImportError_(f"{os.fspath(src)}: tensors do not match its own header:" + _report(problems))
         result = ImportResult(spec, {k: v.contiguous() for k, v in sd.items()}, preprocessing or pre, "effnet")
     else:
         result = import_state_dict(sd, source, model=model, preprocessing=preprocessing)
@@ -524,7 +549,7 @@ def export_state_dict(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, t
         raise ValueError(f"torchvision has no EfficientNet {spec.name!r}; it offers b0..b7")
     problems = mismatch_report(twin_shapes(spec), {k: tuple(v.shape) for k, v in state_dict.items()})
     if problems:
-        raise ValueError(f"state_dict does not match {spec.name!r}:\n  " + "\n  ".join(problems))
+        raise ValueError(f"state_dict does not match {spec.name!r}:" + _report(problems))
     return {theirs: state_dict[twin] for twin, theirs in key_map(spec, target).items()}
 
 

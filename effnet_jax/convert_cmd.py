@@ -1,0 +1,107 @@
+"""`effnet convert SRC OUT`: bring torchvision / timm / efficientnet_pytorch / effnet weights into effnet format.
+
+The output is the interchange checkpoint (the twin's state_dict as safetensors plus the JSON header with the
+source's conventions and preprocessing), which `effnet_jax.convert.load_checkpoint` reads with numpy alone.
+`--to torchvision|timm|efficientnet_pytorch` goes the other way. Reading needs torch (a `.pth` is only ever
+opened with `torch.load(weights_only=True)`); the work is done by `effnet_torch.importers`.
+
+    effnet convert efficientnet_b0.pth b0.safetensors --from torchvision
+    effnet convert tf_efficientnet_lite0.safetensors lite0.safetensors --from timm --model tf_efficientnet_lite0
+    effnet convert b0.safetensors b0_timm.safetensors --to timm
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+SOURCES = ("torchvision", "timm", "efficientnet_pytorch", "effnet")
+TARGETS = ("torchvision", "timm", "efficientnet_pytorch")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="SRC", help="source weights: .safetensors, or .pth/.pt (read with weights_only)")
+    p.add_argument("out", metavar="OUT", help="output .safetensors (written atomically)")
+    p.add_argument("--from", dest="source", choices=SOURCES, help="source layout (default: detected from the keys)")
+    p.add_argument(
+        "--model",
+        help="variant (b0, lite3) or library model name (tf_efficientnet_b3, efficientnet-b0); default: inferred "
+        "from the tensor shapes. For timm, tf_* names select TF SAME padding and eps 1e-3",
+    )
+    p.add_argument("--to", dest="target", choices=TARGETS, help="export an effnet checkpoint to this layout instead")
+    pre = p.add_argument_group("preprocessing overrides (stored in the header)")
+    pre.add_argument("--resolution", type=int, help="eval input size in pixels")
+    pre.add_argument("--crop-pct", type=float, help="center-crop fraction: resize to resolution / crop_pct first")
+    pre.add_argument("--interpolation", choices=("bicubic", "bilinear", "nearest"))
+    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="on [0, 1] input")
+    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="on [0, 1] input")
+
+
+def convert(
+    src: str,
+    out: str,
+    *,
+    source: str | None = None,
+    model: str | None = None,
+    overrides: dict | None = None,
+):
+    """Python API of `effnet convert`: import `src` and write the effnet checkpoint `out`.
+
+    Returns the `effnet_torch.importers.ImportResult` (spec, state_dict, preprocessing, source).
+    Raises:
+        effnet_torch.importers.ImportError_ (a ValueError): unreadable/unsafe file, or shapes matching no variant.
+    """
+    from effnet_torch.importers import import_checkpoint, import_state_dict, read_state_dict
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not overrides:
+        return import_checkpoint(src, out, source=source, model=model)
+    # Overrides apply on top of the source's own preprocessing, so read it first.
+    sd, meta = read_state_dict(src)
+    if meta and "format" in meta:
+        from effnet_spec import read_header
+
+        pre = read_header(meta)[1]
+    else:
+        pre = import_state_dict(sd, source, model=model).preprocessing
+    for k in ("mean", "std"):
+        if k in overrides:
+            overrides[k] = tuple(overrides[k])
+    return import_checkpoint(src, out, source=source, model=model, preprocessing=replace(pre, **overrides))
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401 (only to give a clear message when it is missing)
+    except ModuleNotFoundError:
+        print("effnet convert: needs PyTorch to read other libraries' weights: pip install 'effnet[torch]'")
+        return 2
+    from effnet_torch.importers import export_checkpoint
+
+    try:
+        if args.target:
+            if args.source not in (None, "effnet") or args.model:
+                print("effnet convert: --to exports an effnet checkpoint; --from/--model do not apply", file=sys.stderr)
+                return 2
+            spec = export_checkpoint(args.src, args.out, args.target)
+            print(f"wrote {args.out}: {spec.name} in the {args.target} layout")
+            return 0
+        overrides = {
+            "resolution": args.resolution,
+            "crop_pct": args.crop_pct,
+            "interpolation": args.interpolation,
+            "mean": args.mean,
+            "std": args.std,
+        }
+        r = convert(args.src, args.out, source=args.source, model=args.model, overrides=overrides)
+    except ValueError as e:  # ImportError_, a bad header or override: the message names the problem
+        print(f"effnet convert: {e}", file=sys.stderr)
+        return 1
+    c, p = r.spec.conv, r.preprocessing
+    print(
+        f"wrote {args.out}: {r.spec.name} from {r.source}, {r.spec.num_classes} classes; "
+        f"padding {c.padding}, bn eps {c.bn_eps:g}, {c.activation}; "
+        f"input {p.resolution}px crop {p.crop_pct:g} {p.interpolation} mean {tuple(round(m, 4) for m in p.mean)}"
+    )
+    return 0

@@ -1,0 +1,127 @@
+"""`effnet predict IMAGE... --weights W.safetensors`: top-k classes of each image, prepared as the weights expect.
+
+The checkpoint header carries the preprocessing (resolution, crop fraction, interpolation, mean/std, class
+names), so the same command is right for torchvision, timm, TF-ported and Lite weights alike. Eval transform
+(timm/torchvision): resize the short side to floor(resolution / crop_pct), center-crop resolution x resolution,
+scale to [0, 1], normalise with mean/std. ImageNet-1k class names ship in `effnet_jax/data/imagenet_classes.txt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from importlib.resources import files
+
+import numpy as np
+
+from effnet_spec import Preprocessing
+
+_RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, in index order."""
+    text = files("effnet_jax").joinpath("data", "imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line)
+
+
+def preprocess(image, pre: Preprocessing, in_channels: int = 3) -> np.ndarray:
+    """One PIL image -> (resolution, resolution, C) float32, as the weights were evaluated."""
+    if in_channels not in (1, 3):
+        raise ValueError(f"images can feed a model with 1 or 3 input channels, not {in_channels}")
+    image = image.convert("RGB" if in_channels == 3 else "L")
+    res = pre.resolution
+    scale = math.floor(res / pre.crop_pct + 1e-6)  # 1e-6: 240 / (240/255) must give 255, not 254
+    w, h = image.size
+    if w <= h:
+        size = (scale, max(scale, round(h * scale / w)))
+    else:
+        size = (max(scale, round(w * scale / h)), scale)
+    image = image.resize(size, resample=_RESAMPLE[pre.interpolation])
+    left, top = (size[0] - res) // 2, (size[1] - res) // 2
+    image = image.crop((left, top, left + res, top + res))
+    x = np.asarray(image, dtype=np.float32).reshape(res, res, in_channels) / 255.0
+    mean, std = np.asarray(pre.mean, np.float32)[:in_channels], np.asarray(pre.std, np.float32)[:in_channels]
+    return (x - mean) / std
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def predict(
+    image_paths: Sequence[str | os.PathLike], weights: str | os.PathLike, *, top: int = 5
+) -> list[list[tuple[str, float]]]:
+    """Top-`top` (class name, probability) of each image.
+
+    Raises:
+        FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, or a checkpoint
+            without a classifier.
+    """
+    names, probs = classify(image_paths, weights)
+    order = np.argsort(-probs, axis=-1)[:, :top]
+    return [[(names[i], float(p[i])) for i in row] for p, row in zip(probs, order)]
+
+
+def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """(class names, probabilities (N, num_classes)) for the images, from one jitted forward pass."""
+    import jax
+    from flax import nnx
+
+    from .convert import load_checkpoint
+
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("effnet predict needs Pillow to read images: pip install pillow") from e
+
+    model = load_checkpoint(weights)
+    spec, pre = model.spec, model.preprocessing
+    if spec.num_classes == 0:
+        raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")
+    batch = []
+    for path in image_paths:
+        try:
+            with Image.open(path) as im:
+                batch.append(preprocess(im, pre, spec.in_channels))
+        except UnidentifiedImageError as e:
+            raise ValueError(f"{os.fspath(path)}: not an image Pillow can read") from e
+    graphdef, state = nnx.split(model)
+    logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))
+    return class_names(pre, spec.num_classes), softmax(np.asarray(logits))
+
+
+def class_names(pre: Preprocessing, num_classes: int) -> list[str]:
+    """The header's names; ImageNet-1k's for an unnamed 1000-class head; else `class <i>`."""
+    if pre.class_names is not None and len(pre.class_names) == num_classes:
+        return list(pre.class_names)
+    if num_classes == 1000:
+        return list(imagenet_class_names())
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    p.add_argument("--weights", required=True, help="an effnet checkpoint (.safetensors; see `effnet convert`)")
+    p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        print(f"effnet predict: --top must be >= 1, got {args.top}", file=sys.stderr)
+        return 2
+    try:
+        results = predict(args.images, args.weights, top=args.top)
+    except (OSError, ValueError) as e:
+        print(f"effnet predict: {e}", file=sys.stderr)
+        return 1
+    for path, rows in zip(args.images, results):
+        print(path)
+        for rank, (name, prob) in enumerate(rows, 1):
+            print(f"  {rank}. {prob:7.2%}  {name}")
+    return 0
