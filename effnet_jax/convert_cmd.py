@@ -98,6 +98,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:  # ImportError_, a bad header or override: the message names the problem
         print(f"effnet convert: {e}", file=sys.stderr)
         return 1
+    if r.source == "timm" and not args.model:
+        print(
+            "effnet convert: note: assumed timm efficientnet_* conventions (symmetric padding, eps 1e-5); "
+            "for TF-ported weights pass --model tf_efficientnet_<variant>",
+            file=sys.stderr,
+        )
     c, p = r.spec.conv, r.preprocessing
     print(
         f"wrote {args.out}: {r.spec.name} from {r.source}, {r.spec.num_classes} classes; "

@@ -284,6 +284,7 @@ def test_cli_convert_and_errors(b0, tmp_path, capsys):
 
     rc = cli_main(["convert", str(src), str(out), "--from", "timm", "--resolution", "256", "--crop-pct", "1.0"])
     assert rc == 0 and load_checkpoint(out).preprocessing.resolution == 256
+    assert "assumed timm efficientnet_* conventions" in capsys.readouterr().err  # no --model: say what we assumed
 
     rc = cli_main(["convert", str(out), str(tmp_path / "back.safetensors"), "--to", "timm"])
     assert rc == 0 and "conv_stem.weight" in read_state_dict(tmp_path / "back.safetensors")[0]
