@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One GPU, under 5 minutes: (a) the parity suite on CUDA, (b) the benchmark suite, (c) the depthwise micro-benchmark.
+# Run from a copy of the repo root on the GPU machine (package not installed: PYTHONPATH=.). Everything lands in $OUT.
+# Each step has its own timeout, and a failing step does not stop the next one; exit status = number of failed steps.
+set -u
+OUT=${OUT:?"set OUT to the folder whose files come back"}
+mkdir -p "$OUT"
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the card: no 75% up-front grab by jax
+export EFFNET_TEST_DEVICE=cuda
+PY=${PYTHON:-python3}
+failed=0
+
+step() {  # step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log, report status
+    local name=$1 secs=$2
+    shift 2
+    local t0=$SECONDS
+    echo "== $name (timeout ${secs}s): $*"
+    timeout --kill-after=10 "$secs" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "   $name: exit $rc after $((SECONDS - t0))s (log: $OUT/$name.log)"
+    tail -n 5 "$OUT/$name.log"
+    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
+
+{
+    date -u
+    nvidia-smi || true
+    "$PY" -c "import jax, torch; print('jax', jax.__version__, jax.devices()); print('torch', torch.__version__, torch.cuda.is_available())"
+    git rev-parse --short HEAD 2>/dev/null || true
+} >"$OUT/env.log" 2>&1
+cat "$OUT/env.log"
+
+# (a) parity: values and gradients of both twins, on the GPU.
+if "$PY" -c "import pytest" 2>/dev/null; then
+    step parity 100 "$PY" -m pytest parity_tests -q -x -p no:cacheprovider
+else
+    echo "pytest is not installed for $PY: parity step skipped" | tee "$OUT/parity.log"
+    failed=$((failed + 1))
+fi
+# (b) benchmarks: eager contenders first (always come back), then torch.compile separately (slow to compile).
+step bench 75 "$PY" -m effnet_jax.cli bench --quick --out "$OUT" --tag gpu-eager \
+    --contenders jax,torch_nchw,torch_cl
+step bench_compile 70 "$PY" -m effnet_jax.cli bench --quick --out "$OUT" --tag gpu-compile \
+    --only inference --contenders jax,torch_compile
+# (c) which depthwise formulation wins on this GPU (auto picks "grouped" there).
+step depthwise 20 "$PY" benchmarks/depthwise.py --batch 32 --reps 5 --out "$OUT"
+echo "gpu.sh: $failed step(s) failed"
+exit "$failed"
