@@ -496,6 +496,12 @@ def import_state_dict(
             hint = f"; its shapes match {infer_variant(shapes, source, conv_source)!r}"
         except ImportError_:
             hint = ""
+        try:
+            detected = detect_layout(list(sd))
+        except ImportError_:
+            detected = source
+        if detected != source:
+            hint = f"; its keys are in the {detected} layout, not {source}"
         raise ImportError_(
             f"checkpoint does not match {variant!r} in the {source} layout{hint}: {len(problems)} problem(s)"
             + _report(problems)
@@ -527,6 +533,8 @@ def import_checkpoint(
     sd, meta = read_state_dict(src)
     if (source or detect_layout(list(sd))) == "effnet" and meta and "format" in meta:
         spec, pre = read_header(meta)
+        if model and parse_model_name(model).variant != spec.name:
+            raise ImportError_(f"{os.fspath(src)}: its header says {spec.name!r}, not {model!r}")
         problems = mismatch_report(twin_shapes(spec), {k: tuple(v.shape) for k, v in sd.items()})
         if problems:
             raise ImportError_(f"{os.fspath(src)}: tensors do not match its own header:" + _report(problems))

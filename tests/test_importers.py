@@ -246,6 +246,11 @@ def test_effnet_source_keeps_its_header(b0, tmp_path):
     save_checkpoint(b0, src, Preprocessing(resolution=200, crop_pct=0.9))
     r = import_checkpoint(src, tmp_path / "b.safetensors")
     assert (r.source, r.preprocessing.resolution, r.preprocessing.crop_pct) == ("effnet", 200, 0.9)
+    with pytest.raises(ImportError_, match="its header says 'b0', not 'b1'"):
+        import_checkpoint(src, tmp_path / "c.safetensors", model="b1")
+    sd, _ = read_state_dict(src)
+    with pytest.raises(ImportError_, match="its keys are in the effnet layout, not torchvision"):
+        import_state_dict(sd, "torchvision", model="b0")
 
 
 def test_export_checkpoint_and_refusals(b0, tmp_path):
