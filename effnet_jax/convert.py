@@ -183,9 +183,10 @@ def load_state_dict(model: EfficientNet, state_dict: Mapping[str, np.ndarray]) -
             + "\n  ".join(lines)
         )
     for e in entries:
-        a = e.layout.jax_array(arrays[e.torch_key])
-        var = _variable(model, e.jax_path)
-        var.set_value(jnp.asarray(a, dtype=jnp.int32 if e.layout.integer else jnp.float32))
+        # A private C-contiguous copy: jnp.asarray may alias host memory on CPU, and the source (a torch tensor's
+        # .numpy() view, say) may be mutated in place later; the model must never see that.
+        a = np.array(e.layout.jax_array(arrays[e.torch_key]), np.int32 if e.layout.integer else np.float32, order="C")
+        _variable(model, e.jax_path).set_value(jnp.asarray(a))
 
 
 def model_from_state_dict(
