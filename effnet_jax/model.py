@@ -19,7 +19,7 @@ from flax import nnx
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
 
-from .layers import ConvBN, Dropout, DropPath, SqueezeExcite
+from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
 
 __all__ = ["EfficientNet", "MBConv"]
 
@@ -92,9 +92,10 @@ class EfficientNet(nnx.Module):
         self.dtype = jnp.dtype(dtype)
         self.preprocessing = None  # set by convert.load_checkpoint; written back by convert.save_checkpoint
         conv, kw = spec.conv, dict(dtype=self.dtype, rngs=rngs)
-        self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv, **kw)
-        self.blocks = nnx.List([MBConv(b, conv, depthwise_impl=depthwise_impl, **kw) for b in spec.blocks])
-        self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv, **kw)
+        with batched_kernel_init(rngs):  # all conv kernels in one jitted draw: fast eager construction
+            self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv, **kw)
+            self.blocks = nnx.List([MBConv(b, conv, depthwise_impl=depthwise_impl, **kw) for b in spec.blocks])
+            self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv, **kw)
         self.dropout = Dropout(spec.dropout, rngs=rngs)
         self.classifier = self._make_classifier(spec.num_classes, rngs)
 
