@@ -7,6 +7,8 @@ of the weights and the ops, not of the image size, and compile time dominates. O
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import numpy as np
 import pytest
@@ -19,10 +21,19 @@ import effnet_torch
 from effnet_spec import VARIANTS, resolve
 
 # Acceptance bound: float32 with precision pinned to "highest"; the twins differ only in summation order across
-# up to ~55 blocks (observed max |diff| ~1e-6 on logits of magnitude ~1-10).
+# up to ~55 blocks (observed max |diff| ~1e-6 on SiLU+SE logits of magnitude ~1).
 LOGITS_ATOL = 1e-4
 # forward_features is the unpooled map after the head's activation: same argument, same bound.
 FEATURES_ATOL = 1e-4
+# ...scaled with the logit scale where that exceeds 5 (bound = max(ATOL, LOGITS_RTOL * max|logits|)). The lite family
+# (ReLU6, no SE gate) with our random BN statistics grows its residual stream to |x| ~ 40 and its logits to ~30
+# (lite2 at 64 px), and the float32 rounding of a deep net grows with that scale: measured against a float64 run of
+# the torch twin, *each* float32 twin is off by the same amount (lite2 logits: torch 1.6e-4, JAX 1.4e-4, JAX vs
+# torch 1.9e-4; features 1.3e-4 / 1.0e-4 / 1.9e-4; b2: 4e-7 / 6e-7 / 7e-7), with the relative error growing smoothly
+# block by block (2e-7 at the stem to 1.2e-5 at the head), no jump at any layer. That is conditioning, not a twin
+# mismatch; `test_lite_error_is_float32_rounding` keeps that evidence in the suite. 2e-5 relative is ~160 float32
+# ulps of the logit scale, 1.5-3x the worst measured lite difference; SiLU+SE variants (logits ~1) keep 1e-4 abs.
+LOGITS_RTOL = 2e-5
 
 PADDINGS = {"symmetric": "effnet", "tf_same": "timm_tf"}  # weight source that selects each padding convention
 SMALL = ("b0", "b1", "b2", "b3", "lite0", "lite1", "lite2")  # at 64 px
@@ -56,10 +67,12 @@ def _check(variant: str, padding: str, shape_nchw: tuple[int, ...]) -> None:
         lt = tm.forward_classifier(ft)
     fj, lj = _eval(jm, xj)
     assert lj.dtype == np.float32
-    assert float(lt.abs().max()) > 0.1, "logits too small for the absolute tolerance to mean anything"
+    scale = float(lt.abs().max())
+    assert scale > 0.1, "logits too small for the absolute tolerance to mean anything"
     d_feat, d_logit = max_abs(nhwc(ft), fj), max_abs(lt, lj)
-    assert d_feat <= FEATURES_ATOL, f"{variant}/{padding} {shape_nchw}: features max|diff| {d_feat:.3g}"
-    assert d_logit <= LOGITS_ATOL, f"{variant}/{padding} {shape_nchw}: logits max|diff| {d_logit:.3g}"
+    what = f"{variant}/{padding} {shape_nchw} (logit scale {scale:.3g})"
+    assert d_feat <= max(FEATURES_ATOL, LOGITS_RTOL * scale), f"{what}: features max|diff| {d_feat:.3g}"
+    assert d_logit <= max(LOGITS_ATOL, LOGITS_RTOL * scale), f"{what}: logits max|diff| {d_logit:.3g}"
 
 
 def test_cases_cover_every_b_and_lite_variant():
@@ -70,6 +83,24 @@ def test_cases_cover_every_b_and_lite_variant():
 @pytest.mark.parametrize("variant, padding, res", CASES)
 def test_eval_logits_and_features(variant, padding, res):
     _check(variant, padding, (2, 3, res, res))
+
+
+@pytest.mark.slow
+def test_lite_error_is_float32_rounding():
+    """The premise of LOGITS_RTOL: on lite2, JAX float32 is no farther from a float64 run than torch float32 is."""
+    tm, jm = make_pair("lite2", weights="effnet")
+    td = copy.deepcopy(tm).double()
+    for m in (tm, td, jm):
+        m.eval()
+    xt, xj = images((2, 3, 64, 64))
+    with torch.no_grad():
+        ft, fd = tm.forward_features(xt), td.forward_features(xt.double())
+        lt, ld = tm.forward_classifier(ft), td.forward_classifier(fd)
+    fj, lj = _eval(jm, xj)
+    assert float(ld.abs().max()) > 10, "the lite net no longer has a large logit scale; revisit LOGITS_RTOL"
+    for what, t32, j32, ref in (("logits", lt, lj, ld), ("features", nhwc(ft), fj, nhwc(fd))):
+        e_torch, e_jax = max_abs(t32, ref), max_abs(j32, ref)
+        assert e_jax <= 2 * e_torch, f"lite2 {what}: JAX {e_jax:.3g} vs torch {e_torch:.3g} from float64"
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
