@@ -33,7 +33,7 @@ cat "$OUT/env.log"
 
 # (a) parity: values and gradients of both twins, on the GPU.
 if "$PY" -c "import pytest" 2>/dev/null; then
-    step parity 100 "$PY" -m pytest parity_tests -q -x -p no:cacheprovider
+    step parity 150 "$PY" -m pytest parity_tests -q -m "not slow" --ignore=parity_tests/external -p no:cacheprovider -rfE
 else
     echo "pytest is not installed for $PY: parity step skipped" | tee "$OUT/parity.log"
     failed=$((failed + 1))
