@@ -97,7 +97,7 @@ class EfficientNet(nnx.Module):
             self.blocks = nnx.List([MBConv(b, conv, depthwise_impl=depthwise_impl, **kw) for b in spec.blocks])
             self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv, **kw)
         self.dropout = Dropout(spec.dropout, rngs=rngs)
-        self.classifier = self._make_classifier(spec.num_classes, rngs)
+        self.classifier = nnx.data(self._make_classifier(spec.num_classes, rngs))  # data even when None
 
     @classmethod
     def from_name(
@@ -136,7 +136,7 @@ class EfficientNet(nnx.Module):
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         self.spec = replace(self.spec, num_classes=num_classes)
-        self.classifier = self._make_classifier(num_classes, rngs)
+        self.classifier = nnx.data(self._make_classifier(num_classes, rngs))
 
     def _check_input(self, x) -> None:
         shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)

@@ -328,13 +328,6 @@ def test_reset_classifier_changes_classes(small):
     assert "classifier.weight" not in effnet_jax.state_dict_from_model(m)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="model.py: a None classifier is a static attribute, so reset_classifier(7) on a num_classes=0 model "
-    "raises 'Cannot assign data value of type Linear to static attribute classifier'; fix: "
-    "`self.classifier = nnx.data(self._make_classifier(...))` in __init__ and reset_classifier",
-)
 def test_reset_classifier_on_headless_model():
     m = tiny_model(num_classes=0, stages=STAGES[:2])
     _check_reset(m, nhwc((2, 32, 32, 3), seed=8))
