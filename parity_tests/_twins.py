@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
-from conftest import DEVICE
 from flax import nnx
 
 import effnet_jax
 import effnet_torch
+
+# Validated (and applied to JAX) by conftest.py. Not `from conftest import DEVICE`: with parity_tests/external in the
+# same run, "conftest" in sys.modules may be that folder's.
+DEVICE = os.environ.get("EFFNET_TEST_DEVICE", "cpu")
 
 
 def make_pair(name: str, *, seed: int = 0, num_classes: int = 10, **resolve_kwargs):

@@ -21,8 +21,7 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
-from _twins import grads_as_torch, images, make_pair, max_abs, nhwc, np_, torch_state, worst
-from conftest import DEVICE
+from _twins import DEVICE, grads_as_torch, images, make_pair, max_abs, nhwc, np_, torch_state, worst
 from flax import nnx
 
 import effnet_jax
