@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _twins import images, make_pair, max_abs, nhwc, torch_state, worst
-from conftest import DEVICE
+from _twins import DEVICE, images, make_pair, max_abs, nhwc, torch_state, worst
 from flax import nnx
 
 import effnet_jax
