@@ -5,6 +5,8 @@ from __future__ import annotations
 import pathlib
 import re
 
+import pytest
+
 from effnet_spec import variant_table
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -31,3 +33,16 @@ def test_readme_commands_match_ci():
     for line in ("pip install -q torch==2.13.0 -e '.[dev]'", 'pytest -m "not slow" -q'):
         assert line in ci
     assert "torch==2.13.0" in text and 'pytest -m "not slow"' in text
+
+
+@pytest.mark.slow
+def test_tour_runs_and_shows_what_it_says(tmp_path, monkeypatch):
+    """The README's API tour executes as written (b3 at 300 px eager: ~50 s, hence slow)."""
+    code = _between(README.read_text(), "tour").removeprefix("```python").removesuffix("```")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md:tour", "exec"), ns)
+    assert ns["logits"].shape == (2, 10)
+    assert ns["fmap"].shape == (1, 10, 10, 1536)
+    assert [p.shape[1] for p in ns["pyramid"]] == [128, 64, 32, 16, 8]
+    assert (tmp_path / "b3.safetensors").exists()
