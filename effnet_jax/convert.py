@@ -8,9 +8,7 @@ Torch is imported lazily, inside `from_torch` / `to_torch`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from effnet_spec import ModelSpec, Preprocessing, make_header, read_header
+from effnet_spec.atomic import write_atomic
 
 from .model import EfficientNet
 
@@ -224,29 +223,6 @@ def _abstract(v: nnx.Variable) -> bool:
 # --- safetensors files ------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees either the old file or the complete new one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where a directory can be opened
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> None:
     """Save `model` as an effnet checkpoint (torch-layout safetensors + JSON header), atomically.
 
@@ -257,7 +233,7 @@ def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing:
 
     _check_model(model, "save_checkpoint")
     meta = make_header(model.spec, preprocessing or model.preprocessing)
-    _write_atomic(path, save(state_dict_from_model(model), metadata=meta))
+    write_atomic(path, save(state_dict_from_model(model), metadata=meta))
 
 
 def load_checkpoint(

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from effnet_spec import STAGES, VARIANTS, resolve
+from effnet_spec.atomic import write_atomic
 
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
@@ -56,14 +56,6 @@ def note(msg: str) -> None:
         from tqdm import tqdm
 
         tqdm.write(f"[effnet] {msg}", file=sys.stderr)
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:

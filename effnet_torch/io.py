@@ -7,9 +7,7 @@ so an untrusted file cannot run code; the JAX twin reads the same files with num
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 
 import torch
@@ -17,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from effnet_spec import Preprocessing, make_header, read_header
+from effnet_spec.atomic import write_atomic
 
 from .model import EfficientNet
 
@@ -77,33 +76,6 @@ def _tensors_for_disk(model: EfficientNet) -> dict[str, torch.Tensor]:
         v = v.to(torch.float32) if v.dtype.is_floating_point else v.to(torch.int64)
         out[k] = v.contiguous()
     return out
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees either the old file or the complete new one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not every platform lets a directory be opened
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> None:
