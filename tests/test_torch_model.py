@@ -8,27 +8,11 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from test_spec import PARAM_COUNTS  # DESIGN.md's exact counts, kept in one place
 from torch import nn
 
 from effnet_spec import Conventions, count_params, pad_amounts, resolve
 from effnet_torch import BatchNorm, ConvBN, DropPath, EfficientNet
-
-# DESIGN.md "Exact parameter counts (1000 classes)", identical in torchvision, timm and efficientnet_pytorch.
-PARAM_COUNTS = {
-    "b0": 5_288_548,
-    "b1": 7_794_184,
-    "b2": 9_109_994,
-    "b3": 12_233_232,
-    "b4": 19_341_616,
-    "b5": 30_389_784,
-    "b6": 43_040_704,
-    "b7": 66_347_960,
-    "lite0": 4_652_008,
-    "lite1": 5_416_680,
-    "lite2": 6_092_072,
-    "lite3": 8_197_096,
-    "lite4": 13_006_568,
-}
 
 # Stage output channels, repeats, stem and head widths of the reference builds (torchvision
 # `_efficientnet_conf`, timm `_gen_efficientnet` / `_gen_efficientnet_lite`).
