@@ -261,7 +261,11 @@ def apply_keep_mask(x: jax.Array, mask, rate: float, what: str, shape: tuple[int
 class _RandomMask(nnx.Module):
     """Shared by DropPath and Dropout: a rate, a `deterministic` flag and an own rng stream."""
 
-    def __init__(self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool, rng_collection: str):
+    name: str  # how errors name the layer
+
+    def __init__(
+        self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool = False, rng_collection: str = "dropout"
+    ):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"{type(self).__name__}: rate must lie in [0, 1), got {rate}")
         self.rate = rate
@@ -278,6 +282,16 @@ class _RandomMask(nnx.Module):
             raise ValueError(f"{type(self).__name__}: train mode with rate {self.rate} needs rngs or a keep-mask")
         return jax.random.bernoulli(self.rngs(), 1.0 - self.rate, shape).astype(dtype)
 
+    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
+        if self.deterministic:
+            return x
+        shape = self._mask_shape(x)
+        if mask is None:
+            if self.rate == 0.0:
+                return x
+            mask = self._draw(shape, x.dtype)
+        return apply_keep_mask(x, mask, self.rate, self.name, shape)
+
 
 class DropPath(_RandomMask):
     """Per-sample stochastic depth on a residual branch: drop whole samples, scale the kept by 1/keep.
@@ -286,30 +300,16 @@ class DropPath(_RandomMask):
     feed both twins the same randomness.
     """
 
-    def __init__(self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool = False, rng_collection="dropout"):
-        super().__init__(rate, rngs=rngs, deterministic=deterministic, rng_collection=rng_collection)
+    name = "DropPath"
 
-    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
-        if self.deterministic:
-            return x
-        if mask is None:
-            if self.rate == 0.0:
-                return x
-            mask = self._draw((x.shape[0],), x.dtype)
-        return apply_keep_mask(x, mask, self.rate, "DropPath", (x.shape[0],))
+    def _mask_shape(self, x: jax.Array) -> tuple[int, ...]:
+        return (x.shape[0],)
 
 
 class Dropout(_RandomMask):
     """Element-wise dropout on pooled features; a precomputed 0/1 keep-mask of x's shape replaces the draw."""
 
-    def __init__(self, rate: float, *, rngs: nnx.Rngs | None, deterministic: bool = False, rng_collection="dropout"):
-        super().__init__(rate, rngs=rngs, deterministic=deterministic, rng_collection=rng_collection)
+    name = "dropout"
 
-    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
-        if self.deterministic:
-            return x
-        if mask is None:
-            if self.rate == 0.0:
-                return x
-            mask = self._draw(tuple(x.shape), x.dtype)
-        return apply_keep_mask(x, mask, self.rate, "dropout", tuple(x.shape))
+    def _mask_shape(self, x: jax.Array) -> tuple[int, ...]:
+        return tuple(x.shape)
