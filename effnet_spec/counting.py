@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .padding import out_size
 from .resolve import BlockSpec, ModelSpec
 
-__all__ = ["count_params", "count_macs", "block_resolutions", "BlockCost", "block_costs"]
+__all__ = ["count_params", "count_macs", "block_resolutions", "BlockCost", "block_costs", "input_hw"]
 
 
 def _size(spec: ModelSpec, hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int]:
@@ -27,25 +27,28 @@ class BlockCost:
     out_hw: tuple[int, int]
 
 
+def _block_params(b: BlockSpec) -> int:
+    """Convs (SE ones with bias) plus BN scale and shift; independent of the input size."""
+    params = b.in_ch * b.mid_ch + 2 * b.mid_ch if b.has_expand else 0
+    params += b.mid_ch * b.kernel**2 + 2 * b.mid_ch
+    if b.se_ch:
+        params += 2 * b.mid_ch * b.se_ch + b.se_ch + b.mid_ch
+    return params + b.mid_ch * b.out_ch + 2 * b.out_ch
+
+
 def _block_cost(b: BlockSpec, in_hw: tuple[int, int], spec: ModelSpec) -> BlockCost:
     out_hw = _size(spec, in_hw, b.kernel, b.stride)
     in_px, out_px = in_hw[0] * in_hw[1], out_hw[0] * out_hw[1]
-    params = macs = 0
-    if b.has_expand:
-        params += b.in_ch * b.mid_ch + 2 * b.mid_ch
-        macs += in_px * b.in_ch * b.mid_ch
-    params += b.mid_ch * b.kernel**2 + 2 * b.mid_ch
+    macs = in_px * b.in_ch * b.mid_ch if b.has_expand else 0
     macs += out_px * b.mid_ch * b.kernel**2
     if b.se_ch:
-        params += 2 * b.mid_ch * b.se_ch + b.se_ch + b.mid_ch
         macs += 2 * b.mid_ch * b.se_ch
-    params += b.mid_ch * b.out_ch + 2 * b.out_ch
     macs += out_px * b.mid_ch * b.out_ch
-    return BlockCost(params, macs, in_hw, out_hw)
+    return BlockCost(_block_params(b), macs, in_hw, out_hw)
 
 
 def block_costs(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> list[BlockCost]:
-    hw = _hw(spec, size)
+    hw = input_hw(spec, size)
     hw = _size(spec, hw, spec.stem_kernel, spec.stem_stride)  # after the stem
     costs = []
     for b in spec.blocks:
@@ -60,7 +63,12 @@ def block_resolutions(spec: ModelSpec, size: int | tuple[int, int] | None = None
     return [c.out_hw for c in block_costs(spec, size)]
 
 
-def _hw(spec: ModelSpec, size: int | tuple[int, int] | None) -> tuple[int, int]:
+def input_hw(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+    """(H, W) of an input given as an int, a pair, or None for the variant's native resolution.
+
+    Raises:
+        ValueError: not an int or a pair of positive ints.
+    """
     if size is None:
         size = spec.resolution
     hw = (size, size) if isinstance(size, int) else tuple(size)
@@ -79,12 +87,12 @@ def _stem_head_classifier_params(spec: ModelSpec) -> int:
 
 
 def count_params(spec: ModelSpec) -> int:
-    return _stem_head_classifier_params(spec) + sum(c.params for c in block_costs(spec, 32))
+    return _stem_head_classifier_params(spec) + sum(_block_params(b) for b in spec.blocks)
 
 
 def count_macs(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> int:
     """Multiply-adds of one forward pass on one image of `size` (default: native resolution)."""
-    hw = _hw(spec, size)
+    hw = input_hw(spec, size)
     stem_hw = _size(spec, hw, spec.stem_kernel, spec.stem_stride)
     costs = block_costs(spec, hw)
     macs = stem_hw[0] * stem_hw[1] * spec.in_channels * spec.stem_ch * spec.stem_kernel**2

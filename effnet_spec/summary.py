@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .counting import block_costs, count_macs, count_params
+from .counting import block_costs, count_macs, count_params, input_hw
 from .resolve import ModelSpec
 
 __all__ = ["summary_rows", "summary", "variant_table"]
@@ -10,9 +10,10 @@ __all__ = ["summary_rows", "summary", "variant_table"]
 
 def summary_rows(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> list[dict]:
     """One row per stage: stage number (1-based as in the paper), operator, input resolution, channels, layers."""
-    hw = (spec.resolution,) * 2 if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    hw = input_hw(spec, size)
     costs = block_costs(spec, hw)
-    rows = [dict(stage=1, operator="Conv3x3", resolution=hw, channels=spec.stem_ch, layers=1)]
+    k = spec.stem_kernel
+    rows = [dict(stage=1, operator=f"Conv{k}x{k}", resolution=hw, channels=spec.stem_ch, layers=1)]
     for s in range(spec.num_stages):
         blocks = spec.blocks_of(s)
         b0 = blocks[0]

@@ -186,6 +186,7 @@ def test_summary_table():
         (lambda: compound(-1.0), "phi must be a finite number >= 0"),
         (lambda: read_header({"format": "other/9"}), "format 'other/9' is not supported"),
         (lambda: read_header({}), "no effnet header"),
+        (lambda: summary(resolve("b0"), (0, 3)), "size must be an int or (H, W) of positive ints, got (0, 3)"),
     ],
 )
 def test_bad_input(make, message):
