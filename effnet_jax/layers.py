@@ -21,6 +21,7 @@ from flax import nnx
 
 from effnet_spec import Conventions, pad_amounts
 
+from .bn_act import batch_norm_act
 from .depthwise import depthwise_conv
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "activation_fn",
     "apply_keep_mask",
     "conv_pads",
+    "pointwise_conv",
     "batched_kernel_init",
 ]
 
@@ -170,26 +172,41 @@ class BatchNorm(nnx.Module):
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
+    def __call__(self, x: jax.Array, activation: str | None = None) -> jax.Array:
+        """BN of NHWC `x`, then `activation` (None, "silu", "relu6"): fused so train mode has a lean backward."""
         if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            n = math.prod(x.shape[:-1])
-            if n < 2:
-                raise ValueError(
-                    f"BatchNorm: expected more than 1 value per channel in train mode, got input shape {x.shape}"
-                )
-            axes = tuple(range(x.ndim - 1))
-            mean = xf.mean(axes)
-            var = jnp.square(xf - mean).mean(axes)  # two-pass, like torch: no E[x^2]-E[x]^2 cancellation
-            fed = var * (n / (n - 1)) if self.unbiased else var
-            keep = self.decay
-            self.mean[...] = keep * self.mean[...] + (1.0 - keep) * jax.lax.stop_gradient(mean)
-            self.var[...] = keep * self.var[...] + (1.0 - keep) * jax.lax.stop_gradient(fed)
-            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
-        y = (xf - mean) * (self.scale[...] * jax.lax.rsqrt(var + self.eps)) + self.bias[...]
+            xf = x.astype(jnp.float32)
+            y = (xf - self.mean[...]) * (self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)) + self.bias[...]
+            y = y if activation is None else activation_fn(activation)(y)
+            return y.astype(self.dtype)
+        n = math.prod(x.shape[:-1])
+        if n < 2:
+            raise ValueError(
+                f"BatchNorm: expected more than 1 value per channel in train mode, got input shape {x.shape}"
+            )
+        y, mean, var = batch_norm_act(
+            x, self.scale[...], self.bias[...], self.eps, None if activation is None else activation_fn(activation)
+        )
+        fed = var * (n / (n - 1)) if self.unbiased else var
+        keep = self.decay
+        self.mean[...] = keep * self.mean[...] + (1.0 - keep) * jax.lax.stop_gradient(mean)
+        self.var[...] = keep * self.var[...] + (1.0 - keep) * jax.lax.stop_gradient(fed)
+        self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
         return y.astype(self.dtype)
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A 1x1 stride-1 conv of NHWC `x` with a (1, 1, C, D) kernel, written as one (N*H*W, C) @ (C, D) matmul.
+
+    Same function as `lax.conv_general_dilated`, but XLA CPU runs the matmul and above all its gradients several
+    times faster: it lowers the conv's kernel gradient to a conv over transposed (C, H, W, N) copies of both
+    operands, where the matmul's is one (N*H*W, C)^T @ (N*H*W, D) product (see benchmarks/README.md). A 1x1 conv
+    pads nothing under either padding convention, so no padding is applied.
+    """
+    n, h, w, c = x.shape
+    if kernel.shape[:3] != (1, 1, c):
+        raise ValueError(f"pointwise_conv: kernel {kernel.shape} does not fit input channels {c}")
+    return (x.reshape(n * h * w, c) @ kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
 
 
 class ConvBN(nnx.Module):
@@ -225,12 +242,13 @@ class ConvBN(nnx.Module):
         x = x.astype(self.dtype)
         if self.depthwise:
             y = depthwise_conv(x, kernel, self.stride, pads, impl=self.depthwise_impl)
+        elif self.kernel_size == 1 and self.stride == 1:
+            y = pointwise_conv(x, kernel)
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
-        y = self.bn(y)
-        return y if self.activation is None else activation_fn(self.activation)(y)
+        return self.bn(y, self.activation)
 
 
 class SqueezeExcite(nnx.Module):
