@@ -52,10 +52,14 @@ def batch_norm_act(
     return _bn_act(x, scale, bias, float(eps), act)
 
 
-def _normalize(xf, mean, rstd, scale, bias, act):
-    xhat = (xf - mean) * rstd
-    z = xhat * scale + bias
-    return xhat, z, (z if act is None else act(z))
+def _affine(scale, bias, mean, rstd):
+    """Per-channel (a, b) with BN(x) = x * a + b, as torch's CPU kernel folds it.
+
+    Elementwise passes written this way share no (x - mean) temporary with the statistics' reductions, so XLA
+    fuses normalise, activation and the consumer's pad into one pass instead of materialising x - mean.
+    """
+    a = scale * rstd
+    return a, bias - mean * a
 
 
 def _forward(x, scale, bias, eps, act):
@@ -64,7 +68,9 @@ def _forward(x, scale, bias, eps, act):
     mean = xf.mean(axes)
     var = jnp.square(xf - mean).mean(axes)
     rstd = lax.rsqrt(var + eps)
-    _, _, y = _normalize(xf, mean, rstd, scale, bias, act)
+    a, b = _affine(scale, bias, mean, rstd)
+    z = xf * a + b
+    y = z if act is None else act(z)
     return y.astype(x.dtype), mean, var, rstd
 
 
@@ -87,13 +93,15 @@ def _bn_act_bwd(eps, act, res, cts):
     xf = x.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
     count = math.prod(x.shape[:-1])
-    xhat, z, _ = _normalize(xf, mean, rstd, scale, bias, act)
+    a, b = _affine(scale, bias, mean, rstd)
+    z = xf * a + b
     if isinstance(g, SymbolicZero):
         dz = jnp.zeros_like(z)
     else:
         g = g.astype(jnp.float32)
         dz = g if act is None else jax.vjp(act, z)[1](g)[0]
     dbias = dz.sum(axes)
+    xhat = (xf - mean) * rstd
     dscale = (dz * xhat).sum(axes)
     dx = (scale * rstd) * (dz - dbias / count - xhat * (dscale / count))
     # The returned statistics' own paths: d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
