@@ -22,6 +22,7 @@ from flax import nnx
 from effnet_spec import Conventions, pad_amounts
 
 from .bn_act import batch_norm_act
+from .dense import dense_conv
 from .depthwise import depthwise_conv
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "activation_fn",
     "apply_keep_mask",
     "conv_pads",
-    "pointwise_conv",
     "batched_kernel_init",
 ]
 
@@ -195,20 +195,6 @@ class BatchNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
-def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """A 1x1 stride-1 conv of NHWC `x` with a (1, 1, C, D) kernel, written as one (N*H*W, C) @ (C, D) matmul.
-
-    Same function as `lax.conv_general_dilated`, but XLA CPU runs the matmul and above all its gradients several
-    times faster: it lowers the conv's kernel gradient to a conv over transposed (C, H, W, N) copies of both
-    operands, where the matmul's is one (N*H*W, C)^T @ (N*H*W, D) product (see benchmarks/README.md). A 1x1 conv
-    pads nothing under either padding convention, so no padding is applied.
-    """
-    n, h, w, c = x.shape
-    if kernel.shape[:3] != (1, 1, c):
-        raise ValueError(f"pointwise_conv: kernel {kernel.shape} does not fit input channels {c}")
-    return (x.reshape(n * h * w, c) @ kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
-
-
 class ConvBN(nnx.Module):
     """conv (no bias) -> BN -> optional activation, padded per `conv.padding` from the actual input size."""
 
@@ -242,12 +228,8 @@ class ConvBN(nnx.Module):
         x = x.astype(self.dtype)
         if self.depthwise:
             y = depthwise_conv(x, kernel, self.stride, pads, impl=self.depthwise_impl)
-        elif self.kernel_size == 1 and self.stride == 1:
-            y = pointwise_conv(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (self.stride, self.stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = dense_conv(x, kernel, self.stride, pads)
         return self.bn(y, self.activation)
 
 
