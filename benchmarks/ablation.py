@@ -1,0 +1,163 @@
+"""Question: does each CPU formulation effnet_jax chose still pay for itself inside the whole model?
+
+Builds b0 once per variant, each with one choice swapped back to the plain formulation, and times them
+interleaved round by round in one process (train step: forward + backward + SGD momentum; inference: eval
+forward), so machine load hits all variants alike:
+
+- ``effnet``: everything as shipped.
+- ``1x1 as lax conv``: `dense.pointwise_conv` replaced by `lax.conv_general_dilated`.
+- ``BN+act by autodiff``: `bn_act.batch_norm_act` replaced by `batch_norm_act_reference`.
+- ``depthwise shift (autodiff)``: `depthwise_impl="shift"` instead of `shift_vjp`.
+- ``depthwise grouped``: `depthwise_impl="grouped"` (XLA's own; inference only unless --grouped-train,
+  its gradient takes tens of seconds per step on 2 cores).
+
+Run from the repo root: `python benchmarks/ablation.py [--batch 32] [--res 224] [--reps 5] [--variants ...]`;
+writes
+`benchmarks/results/ablation-<tag>.{json,md}`. Ratios > 1 mean the swapped-out choice is slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _lax_pointwise(x, kernel):
+    import jax
+
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+VARIANTS = {
+    "effnet": ({}, "auto"),
+    "1x1 as lax conv": ({"effnet_jax.dense.pointwise_conv": _lax_pointwise}, "auto"),
+    "BN+act by autodiff": ({"effnet_jax.layers.batch_norm_act": "effnet_jax.bn_act.batch_norm_act_reference"}, "auto"),
+    "depthwise shift (autodiff)": ({}, "shift"),
+    "depthwise grouped": ({}, "grouped"),
+}
+
+
+@contextlib.contextmanager
+def _patched(patches: dict):
+    """Set module attributes (values given as objects or as dotted names of objects) for the duration."""
+    import importlib
+
+    saved = []
+    try:
+        for target, value in patches.items():
+            module, attr = target.rsplit(".", 1)
+            mod = importlib.import_module(module)
+            if isinstance(value, str):
+                vmod, vattr = value.rsplit(".", 1)
+                value = getattr(importlib.import_module(vmod), vattr)
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, value)
+        yield
+    finally:
+        for mod, attr, old in reversed(saved):
+            setattr(mod, attr, old)
+
+
+def _build(mode: str, patches: dict, depthwise_impl: str, batch: int, res: int):
+    """A compiled b0 step (patches active while tracing) and a zero-argument call that blocks on its result."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from effnet_jax import EfficientNet
+
+    x = jax.random.normal(jax.random.key(0), (batch, res, res, 3))
+    y = jnp.zeros((batch,), jnp.int32)
+    with _patched(patches):
+        model = EfficientNet.from_name("b0", depthwise_impl=depthwise_impl, rngs=nnx.Rngs(0, dropout=1))
+        if mode == "inference":
+            model.eval()
+            graphdef, state = nnx.split(model)
+            fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+            return lambda: fn(state, x).block_until_ready()
+        model.train()
+        opt = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
+        graphdef, state = nnx.split((model, opt))
+
+        def step(state, x, y):
+            m, o = nnx.merge(graphdef, state)
+
+            def loss_fn(m):
+                return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+            loss, grads = nnx.value_and_grad(loss_fn)(m)
+            o.update(m, grads)
+            return nnx.state((m, o)), loss
+
+        fn = jax.jit(step, donate_argnums=0).lower(state, x, y).compile()
+    box = [state]
+
+    def run():
+        box[0], loss = fn(box[0], x, y)
+        loss.block_until_ready()
+
+    return run
+
+
+def main() -> int:
+    sys.path.insert(0, os.getcwd())
+    from effnet_jax.bench import environment, interleaved
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--res", type=int, default=224)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--modes", default="inference,train")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list; 'effnet' is always run")
+    parser.add_argument("--grouped-train", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="cpu")
+    args = parser.parse_args()
+    env = environment("cpu")
+    rows = []
+    for mode in args.modes.split(","):
+        runs = {}
+        chosen = {"effnet", *args.variants.split(",")}
+        for name, (patches, impl) in VARIANTS.items():
+            if name not in chosen:
+                continue
+            if mode == "train" and impl == "grouped" and not args.grouped_train:
+                continue
+            t0 = time.perf_counter()
+            runs[name] = _build(mode, patches, impl, args.batch, args.res)
+            runs[name]()  # first call after compile: allocation warm-up
+            print(f"{mode:9s} {name:28s} built in {time.perf_counter() - t0:.1f} s", flush=True)
+        times = interleaved(runs, args.reps)
+        base = statistics.median(times["effnet"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            rows.append({"mode": mode, "variant": name, "median_s": med, "vs_effnet": med / base, "times_s": ts})
+            print(f"{mode:9s} {name:28s} {med * 1e3:8.1f} ms  {med / base:5.2f}x", flush=True)
+    head = f"b0@{args.res} batch {args.batch}, {args.reps} interleaved rounds"
+    lines = [
+        f"# Ablation: {head}",
+        "",
+        f"Machine: {env['cpu']}; jax {env['jax']}; load average at start {env['load_avg_start'][0]:.1f}.",
+        "",
+        "| mode | variant | median ms | time vs effnet |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [f"| {r['mode']} | {r['variant']} | {r['median_s'] * 1e3:.1f} | {r['vs_effnet']:.2f}x |" for r in rows]
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"ablation-{args.tag}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"env": env, "batch": args.batch, "res": args.res, "rows": rows}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
