@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -63,51 +62,9 @@ def _patched(patches: dict):
             setattr(mod, attr, old)
 
 
-def _build(mode: str, patches: dict, depthwise_impl: str, batch: int, res: int):
-    """A compiled b0 step (patches active while tracing) and a zero-argument call that blocks on its result."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from effnet_jax import EfficientNet
-
-    x = jax.random.normal(jax.random.key(0), (batch, res, res, 3))
-    y = jnp.zeros((batch,), jnp.int32)
-    with _patched(patches):
-        model = EfficientNet.from_name("b0", depthwise_impl=depthwise_impl, rngs=nnx.Rngs(0, dropout=1))
-        if mode == "inference":
-            model.eval()
-            graphdef, state = nnx.split(model)
-            fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
-            return lambda: fn(state, x).block_until_ready()
-        model.train()
-        opt = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-        graphdef, state = nnx.split((model, opt))
-
-        def step(state, x, y):
-            m, o = nnx.merge(graphdef, state)
-
-            def loss_fn(m):
-                return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
-            loss, grads = nnx.value_and_grad(loss_fn)(m)
-            o.update(m, grads)
-            return nnx.state((m, o)), loss
-
-        fn = jax.jit(step, donate_argnums=0).lower(state, x, y).compile()
-    box = [state]
-
-    def run():
-        box[0], loss = fn(box[0], x, y)
-        loss.block_until_ready()
-
-    return run
-
-
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    from effnet_jax.bench import environment, interleaved
+    from effnet_jax.bench import _jax_inference, _jax_train, environment, interleaved, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -130,7 +87,9 @@ def main() -> int:
             if mode == "train" and impl == "grouped" and not args.grouped_train:
                 continue
             t0 = time.perf_counter()
-            runs[name] = _build(mode, patches, impl, args.batch, args.res)
+            build = _jax_inference if mode == "inference" else _jax_train
+            with _patched(patches):  # active while the builder traces and compiles
+                runs[name] = build("b0", args.res, args.batch, impl)[0]
             runs[name]()  # first call after compile: allocation warm-up
             print(f"{mode:9s} {name:28s} built in {time.perf_counter() - t0:.1f} s", flush=True)
         times = interleaved(runs, args.reps)
@@ -149,13 +108,8 @@ def main() -> int:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {r['mode']} | {r['variant']} | {r['median_s'] * 1e3:.1f} | {r['vs_effnet']:.2f}x |" for r in rows]
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"ablation-{args.tag}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"env": env, "batch": args.batch, "res": args.res, "rows": rows}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"env": env, "batch": args.batch, "res": args.res, "rows": rows}
+    write_results(args.out, f"ablation-{args.tag}", result, "\n".join(lines))
     return 0
 
 

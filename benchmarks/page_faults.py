@@ -13,7 +13,6 @@ Run from the repo root: `python benchmarks/page_faults.py [--res 224] [--batch 3
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -37,7 +36,7 @@ def _measure(fn) -> dict:
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    from effnet_jax.bench import _jax_train, _torch_train, environment
+    from effnet_jax.bench import _jax_train, _torch_train, environment, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--res", type=int, default=224)
@@ -81,13 +80,8 @@ def main() -> int:
         f"{r['minor_faults']:,.0f} | {r['minor_faults'] * 4096 / 2**30:.1f} |"
         for r in rows
     ]
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"page-faults-{args.tag}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"env": env, "res": args.res, "batch": args.batch, "layout": args.layout, "rows": rows}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"env": env, "res": args.res, "batch": args.batch, "layout": args.layout, "rows": rows}
+    write_results(args.out, f"page-faults-{args.tag}", result, "\n".join(lines))
     return 0
 
 

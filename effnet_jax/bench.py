@@ -535,6 +535,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-big", action="store_true", help="also torch.compile b3/b7 (minutes on CPU)")
 
 
+def write_results(out: str, name: str, result: dict, md: str) -> str:
+    """Write `<out>/<name>.json` and `.md` atomically, print the markdown; returns `<out>/<name>`.
+
+    Shared by `effnet bench` and the one-question scripts in benchmarks/.
+    """
+    from effnet_spec.atomic import write_atomic
+
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, name)
+    write_atomic(base + ".json", json.dumps(result, indent=1))
+    write_atomic(base + ".md", md if md.endswith("\n") else md + "\n")
+    print(md)
+    return base
+
+
 def main(args: argparse.Namespace) -> int:
     unknown = set(filter(None, args.only.split(","))) - {"matmul", "inference", "train"}
     if unknown:
@@ -545,16 +560,9 @@ def main(args: argparse.Namespace) -> int:
     if args.reps is None:
         args.reps = 5 if args.quick else 10
     result = run_suites(args)
-    os.makedirs(args.out, exist_ok=True)
     kind = "gpu" if "gpu" in result["env"] else "cpu"
     tag = args.tag or f"{kind}{'-quick' if args.quick else ''}-{result['env']['date'][:10]}"
-    base = os.path.join(args.out, f"bench-{tag}")
-    with open(base + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    md = markdown(result)
-    with open(base + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    base = write_results(args.out, f"bench-{tag}", result, markdown(result))
     try:
         plot(base + ".json", base + ".png")  # a separate step: drawn from the JSON, after all timing
     except Exception as e:  # no matplotlib on the machine must not lose the numbers
