@@ -174,19 +174,17 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x: jax.Array, activation: str | None = None) -> jax.Array:
         """BN of NHWC `x`, then `activation` (None, "silu", "relu6"): fused so train mode has a lean backward."""
+        act = None if activation is None else activation_fn(activation)
         if self.use_running_average:
             xf = x.astype(jnp.float32)
             y = (xf - self.mean[...]) * (self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)) + self.bias[...]
-            y = y if activation is None else activation_fn(activation)(y)
-            return y.astype(self.dtype)
+            return (y if act is None else act(y)).astype(self.dtype)
         n = math.prod(x.shape[:-1])
         if n < 2:
             raise ValueError(
                 f"BatchNorm: expected more than 1 value per channel in train mode, got input shape {x.shape}"
             )
-        y, mean, var = batch_norm_act(
-            x, self.scale[...], self.bias[...], self.eps, None if activation is None else activation_fn(activation)
-        )
+        y, mean, var = batch_norm_act(x, self.scale[...], self.bias[...], self.eps, act)
         fed = var * (n / (n - 1)) if self.unbiased else var
         keep = self.decay
         self.mean[...] = keep * self.mean[...] + (1.0 - keep) * jax.lax.stop_gradient(mean)
