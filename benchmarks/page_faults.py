@@ -6,6 +6,9 @@ returns them afterwards, so every step page-faults them in again; eager torch do
 activations. This script times b0 train steps (`effnet bench`'s builders) first alone, then alternating JAX
 and torch steps, recording wall time, system CPU time and minor page faults per step (getrusage).
 
+With `--retain-host-memory` the process first calls `effnet_jax.host_memory.retain_host_memory()` (what
+the `effnet` command does), which keeps freed memory mapped for reuse; both frameworks then stop faulting.
+
 Run from the repo root: `python benchmarks/page_faults.py [--res 224] [--batch 32] [--steps 3]`; writes
 `benchmarks/results/page-faults-<tag>.{json,md}`.
 """
@@ -36,8 +39,6 @@ def _measure(fn) -> dict:
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    from effnet_jax.bench import _jax_train, _torch_train, environment, write_results
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--res", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
@@ -45,7 +46,16 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--layout", choices=("cl", "nchw"), default="cl", help="torch memory format")
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument(
+        "--retain-host-memory", action="store_true", help="keep freed memory for reuse (effnet_jax.host_memory)"
+    )
     args = parser.parse_args()
+    from effnet_jax import host_memory
+
+    if args.retain_host_memory and not host_memory.retain_host_memory():
+        raise SystemExit("--retain-host-memory: this C library is not glibc")
+    from effnet_jax.bench import _jax_train, _torch_train, environment, write_results
+
     env = environment("cpu")
     jax_step, _, _ = _jax_train("b0", args.res, args.batch, "auto")
     torch_step = _torch_train("b0", args.res, args.batch, "cpu", args.layout, False)
@@ -68,7 +78,7 @@ def main() -> int:
             rows.append(row)
     lines = [
         f"# Page faults per b0 train step ({args.res} px, batch {args.batch}, torch {args.layout}; "
-        f"medians of {args.steps})",
+        f"medians of {args.steps}; host memory " + ("retained" if args.retain_host_memory else "glibc defaults") + ")",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores; jax {env['jax']}, torch {env['torch']}.",
         "",

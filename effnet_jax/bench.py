@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from effnet_jax import host_memory
+
 # (variant, resolution, batch) for inference; the list. Quick mode keeps b0 only.
 INFERENCE_CASES = [("b0", 224, 1), ("b0", 224, 8), ("b0", 224, 32), ("b3", 300, 1), ("b7", 600, 1)]
 QUICK_INFERENCE_CASES = [("b0", 224, 1), ("b0", 224, 32)]
@@ -101,6 +103,7 @@ def environment(torch_device: str) -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "effnet_depthwise": os.environ.get("EFFNET_DEPTHWISE", ""),
+        "host_memory_retained": host_memory.retained,
         "precision": "float32 (jax default matmul precision; torch default)",
     }
     if torch_device == "cuda":
@@ -465,6 +468,12 @@ def markdown(result: dict) -> str:
         f"torch {env['torch']} ({env['torch_device']}, {env['torch_threads']} threads).",
         "Timing: medians over interleaved rounds after warm-up, synchronised; compile time reported apart. "
         "GFLOP/s = 2 x multiply-adds (train step: 3x forward) / median time.",
+        "Host memory: "
+        + (
+            "freed memory kept for reuse (`effnet_jax.host_memory`), for both frameworks."
+            if env.get("host_memory_retained")
+            else "glibc defaults (freed big blocks go back to the kernel and fault in again next call)."
+        ),
         "",
         "| suite | model | batch | contender | img/s | median ms | p90 ms | GFLOP/s | % of matmul peak "
         "| compile s | memory MB |",
