@@ -36,8 +36,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from effnet_jax import host_memory  # stdlib only; must run before jax starts its worker threads
 
-    if host_memory.wanted():
-        host_memory.retain_host_memory()
+    if host_memory.wanted() and not host_memory.retain_host_memory():
+        print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)

@@ -60,7 +60,7 @@ def test_retained_memory_stops_the_third_call_from_faulting():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, True), ("1", True), ("on", True), ("", True), ("0", False), ("False", False), (" off ", False)],
+    [(None, False), ("", False), ("0", False), ("False", False), (" off ", False), ("1", True), ("on", True)],
 )
 def test_wanted_reads_the_environment(monkeypatch, value, expected):
     if value is None:
@@ -77,7 +77,7 @@ def test_wanted_names_a_bad_value(monkeypatch):
 
 
 @pytest.mark.parametrize(("value", "calls"), [("1", 1), ("0", 0)])
-def test_cli_retains_host_memory_unless_told_not_to(monkeypatch, capsys, value, calls):
+def test_cli_retains_host_memory_only_when_asked(monkeypatch, capsys, value, calls):
     seen = []
     monkeypatch.setenv(host_memory.ENV, value)
     monkeypatch.setattr(host_memory, "retain_host_memory", lambda: seen.append(1) or True)
