@@ -7,6 +7,7 @@ forward), so machine load hits all variants alike:
 - ``effnet``: everything as shipped.
 - ``1x1 as lax conv``: `dense.pointwise_conv` replaced by `lax.conv_general_dilated`.
 - ``BN+act by autodiff``: `bn_act.batch_norm_act` replaced by `batch_norm_act_reference`.
+- ``depthwise kgrad in XLA``: the depthwise kernel gradient by XLA instead of the native kernel (`native`).
 - ``depthwise shift (autodiff)``: `depthwise_impl="shift"` instead of `shift_vjp`.
 - ``depthwise grouped``: `depthwise_impl="grouped"` (XLA's own; inference only unless --grouped-train,
   its gradient takes tens of seconds per step on 2 cores).
@@ -36,6 +37,7 @@ VARIANTS = {
     "effnet": ({}, "auto"),
     "1x1 as lax conv": ({"effnet_jax.dense.pointwise_conv": _lax_pointwise}, "auto"),
     "BN+act by autodiff": ({"effnet_jax.layers.batch_norm_act": "effnet_jax.bn_act.batch_norm_act_reference"}, "auto"),
+    "depthwise kgrad in XLA": ({"effnet_jax.native.available": lambda: False}, "auto"),
     "depthwise shift (autodiff)": ({}, "shift"),
     "depthwise grouped": ({}, "grouped"),
 }
@@ -64,8 +66,6 @@ def _patched(patches: dict):
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    from effnet_jax.bench import _jax_inference, _jax_train, environment, interleaved, write_results
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--res", type=int, default=224)
@@ -75,7 +75,16 @@ def main() -> int:
     parser.add_argument("--grouped-train", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument(
+        "--retain-host-memory", action="store_true", help="keep freed memory for reuse (effnet_jax.host_memory)"
+    )
     args = parser.parse_args()
+    from effnet_jax import host_memory
+
+    if args.retain_host_memory and not host_memory.retain_host_memory():
+        raise SystemExit("--retain-host-memory: this C library is not glibc")
+    from effnet_jax.bench import _jax_inference, _jax_train, environment, interleaved, write_results
+
     env = environment("cpu")
     rows = []
     for mode in args.modes.split(","):
@@ -98,7 +107,9 @@ def main() -> int:
             med = statistics.median(ts)
             rows.append({"mode": mode, "variant": name, "median_s": med, "vs_effnet": med / base, "times_s": ts})
             print(f"{mode:9s} {name:28s} {med * 1e3:8.1f} ms  {med / base:5.2f}x", flush=True)
-    head = f"b0@{args.res} batch {args.batch}, {args.reps} interleaved rounds"
+    head = f"b0@{args.res} batch {args.batch}, {args.reps} interleaved rounds" + (
+        ", host memory retained" if args.retain_host_memory else ""
+    )
     lines = [
         f"# Ablation: {head}",
         "",

@@ -1,43 +1,23 @@
-"""Question: how much would a hand-written CPU kernel win over XLA for the depthwise kernel gradient?
+"""Question: how much does the native depthwise kernel gradient win over XLA's, layer by layer?
 
-The kernel gradient is the part of B0's depthwise backward that XLA CPU runs worst (a few GMAC/s, ~17% of the
-b0@224 train step). `ffi/depthwise_kgrad.cc` is a plain C++ loop, vectorised over channels, registered as an
-XLA FFI custom call. This script builds it with g++ (-O3 -march=native), checks it against
-`effnet_jax.depthwise._kernel_grad` (the shipped `shift_vjp` kernel gradient), and times both interleaved at
-B0's depthwise layer shapes. Exploratory: effnet does not ship the kernel (a compiled extension and its
-partitioning under `jit` sharding are outside the project's dependencies and design so far).
+The kernel gradient is the part of B0's depthwise backward that XLA CPU runs worst (a few GMAC/s).
+`effnet_jax/csrc/depthwise_kgrad.cc` is a plain C++ loop, vectorised over channels, that `effnet_jax.native`
+builds with the system's g++ and registers as an XLA FFI custom call; `depthwise`'s CPU path uses it where it
+is built. This script checks it against `effnet_jax.depthwise._kernel_grad` (the XLA formulation it
+replaces) and times both interleaved at B0's depthwise layer shapes, host memory retained so that neither
+side pays page faults. `ablation.py`'s "depthwise kgrad in XLA" variant measures the same choice inside b0.
 
-Run from the repo root: `python benchmarks/depthwise_kgrad_ffi.py [--batch 32] [--reps 7]`; needs g++ and
-jaxlib's FFI headers; writes `benchmarks/results/depthwise-kgrad-ffi-<tag>.{json,md}`.
+Run from the repo root: `python benchmarks/depthwise_kgrad_ffi.py [--batch 32] [--reps 7]`; writes
+`benchmarks/results/depthwise-kgrad-ffi-<tag>.{json,md}`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TARGET = "effnet_bench_depthwise_kgrad"
-
-
-def build(workdir: str) -> str:
-    import jax
-
-    cxx = shutil.which("g++")
-    if cxx is None:
-        raise SystemExit("depthwise_kgrad_ffi.py: needs g++ to build ffi/depthwise_kgrad.cc")
-    lib = os.path.join(workdir, "libdepthwise_kgrad.so")
-    cmd = [cxx, "-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w",
-           "-I", jax.ffi.include_dir(), os.path.join(HERE, "ffi", "depthwise_kgrad.cc"), "-o", lib]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    return lib
 
 
 def main() -> int:
@@ -53,22 +33,15 @@ def main() -> int:
 
     host_memory.retain_host_memory()  # neither side should pay page faults for its temporaries
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from benchmarks.depthwise import SHAPES
+    from effnet_jax import native
     from effnet_jax.bench import environment, write_results
     from effnet_jax.depthwise import _kernel_grad
 
-    with tempfile.TemporaryDirectory() as tmp:
-        lib = ctypes.cdll.LoadLibrary(build(tmp))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.EffnetDwKgrad), platform="cpu")
-
-    def kgrad_ffi(x, g, k, s, pad):
-        out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((k * k, x.shape[-1]), jnp.float32))(
-            x, g, kh=np.int64(k), kw=np.int64(k), s=np.int64(s), pt=np.int64(pad[0][0]), pl=np.int64(pad[1][0])
-        )
-        return out.reshape(k, k, 1, x.shape[-1])
+    if not native.available():
+        raise SystemExit("depthwise_kgrad_ffi.py: the native kernel is not built here (see the warning above)")
 
     rows = []
     for hw, c, k, s in SHAPES:
@@ -78,7 +51,9 @@ def main() -> int:
         g = jax.random.normal(jax.random.key(1), (args.batch, out_hw, out_hw, c))
         fns = {
             "xla": jax.jit(lambda x, g, k=k, s=s, pad=pad: _kernel_grad(x, g, (k, k, 1, x.shape[-1]), s, pad)),
-            "ffi": jax.jit(lambda x, g, k=k, s=s, pad=pad: kgrad_ffi(x, g, k, s, pad)),
+            "ffi": jax.jit(
+                lambda x, g, k=k, s=s, pad=pad: native.depthwise_kernel_grad(x, g, (k, k, 1, x.shape[-1]), s, pad)
+            ),
         }
         ref, got = (np.asarray(f(x, g), np.float64) for f in fns.values())
         # Both sum N*H*W float32 products per entry in different orders; 1e-4 of the largest entry is far
@@ -99,8 +74,9 @@ def main() -> int:
     env = environment("cpu")
     total_xla, total_ffi = sum(r["xla_ms"] for r in rows), sum(r["ffi_ms"] for r in rows)
     lines = [
-        f"# Depthwise kernel gradient: XLA (`shift_vjp`) vs a C++ FFI kernel (batch {args.batch}, medians of "
-        f"{args.reps} interleaved rounds, host memory retained)",
+        f"# Depthwise kernel gradient: XLA vs the native C++ kernel (`effnet_jax.native`), batch {args.batch}",
+        "",
+        f"Medians of {args.reps} interleaved rounds, host memory retained.",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores; jax {env['jax']}; git {env['git_sha']}.",
         "",

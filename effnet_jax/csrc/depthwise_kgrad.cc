@@ -1,0 +1,124 @@
+// Depthwise-conv kernel gradient for XLA CPU, called through XLA FFI (see effnet_jax/native.py).
+//
+//   dk[i*kw + j, c] = sum over (n, a, b) of x[n, a*s + i - pt, b*s + j - pl, c] * g[n, a, b, c]
+//
+// x is NHWC float32 and zero outside its bounds (the bottom/right padding is implied by g's size). XLA CPU runs
+// this reduction at a few GMAC/s; this loop, vectorised over channels, is 3-7x faster at B0's shapes
+// (benchmarks/depthwise_kgrad_ffi.py). The batch is split into parts claimed from an atomic counter by the
+// calling thread and by tasks on XLA's intra-op pool: the caller never waits for a part nobody has started,
+// so two of these running at once on a small pool cannot deadlock, and a task that starts after the call has
+// returned finds no part left and only drops its reference to the shared state.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Aliases: a comma inside a template argument would split the handler macro's arguments.
+using Nhwc = ffi::Buffer<ffi::F32, 4>;
+using Taps = ffi::Buffer<ffi::F32, 2>;
+
+struct Shape {
+  int64_t H, W, C, Ho, Wo, kh, kw, s, pt, pl;
+};
+
+void KgradBatches(const float* x, const float* g, float* acc, int64_t n0, int64_t n1, const Shape& d) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* xn = x + n * d.H * d.W * d.C;
+    const float* gn = g + n * d.Ho * d.Wo * d.C;
+    for (int64_t a = 0; a < d.Ho; ++a) {
+      const float* grow = gn + a * d.Wo * d.C;
+      for (int64_t i = 0; i < d.kh; ++i) {
+        const int64_t h = a * d.s + i - d.pt;
+        if (h < 0 || h >= d.H) continue;
+        const float* xrow = xn + h * d.W * d.C;
+        for (int64_t j = 0; j < d.kw; ++j) {
+          if (d.W - 1 + d.pl - j < 0) continue;  // this tap lies right of every input column
+          float* __restrict tap = acc + (i * d.kw + j) * d.C;
+          // output columns b whose input column b*s + j - pl lies in [0, W)
+          const int64_t b0 = std::max<int64_t>(0, (d.pl - j + d.s - 1) / d.s);
+          const int64_t b1 = std::min<int64_t>(d.Wo, (d.W - 1 + d.pl - j) / d.s + 1);
+          for (int64_t b = b0; b < b1; ++b) {
+            const float* __restrict xp = xrow + (b * d.s + j - d.pl) * d.C;
+            const float* __restrict gp = grow + b * d.C;
+#pragma omp simd
+            for (int64_t c = 0; c < d.C; ++c) tap[c] += xp[c] * gp[c];
+          }
+        }
+      }
+    }
+  }
+}
+
+struct Work {
+  const float* x;
+  const float* g;
+  Shape d;
+  int64_t N, parts, block;
+  std::vector<float> acc;  // parts x (kh*kw*C) partial sums
+  std::atomic<int64_t> next{0}, done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void Run() {
+    for (int64_t p; (p = next.fetch_add(1)) < parts;) {
+      KgradBatches(x, g, acc.data() + p * block, N * p / parts, N * (p + 1) / parts, d);
+      if (done.fetch_add(1) + 1 == parts) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+ffi::Error DepthwiseKgrad(ffi::ThreadPool pool, Nhwc x, Nhwc g, ffi::Result<Taps> dk, int64_t kh, int64_t kw, int64_t s, int64_t pt,
+                          int64_t pl) {
+  const auto xd = x.dimensions();
+  const auto gd = g.dimensions();
+  const int64_t C = xd[3];
+  if (gd[0] != xd[0] || gd[3] != C || dk->dimensions()[0] != kh * kw || dk->dimensions()[1] != C || s < 1)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "depthwise_kgrad: inconsistent shapes or stride");
+  auto work = std::make_shared<Work>();
+  work->x = x.typed_data();
+  work->g = g.typed_data();
+  work->d = Shape{xd[1], xd[2], C, gd[1], gd[2], kh, kw, s, pt, pl};
+  work->N = xd[0];
+  work->parts = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), xd[0]));
+  work->block = kh * kw * C;
+  work->acc.assign(work->parts * work->block, 0.0f);
+  for (int64_t t = 1; t < work->parts; ++t) pool.Schedule([work] { work->Run(); });
+  work->Run();
+  {
+    std::unique_lock<std::mutex> lock(work->mu);
+    work->cv.wait(lock, [&] { return work->done.load() == work->parts; });
+  }
+  float* out = dk->typed_data();
+  for (int64_t k = 0; k < work->block; ++k) {
+    float v = 0.0f;
+    for (int64_t p = 0; p < work->parts; ++p) v += work->acc[p * work->block + k];
+    out[k] = v;
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EffnetDepthwiseKgrad, DepthwiseKgrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Nhwc>()
+                                  .Arg<Nhwc>()
+                                  .Ret<Taps>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("s")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));

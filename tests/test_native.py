@@ -1,0 +1,128 @@
+"""`native`: the C++ depthwise kernel gradient equals the XLA one, is used where built, and falls back cleanly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effnet_jax import depthwise, native
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels not built here (no C++ compiler)")
+
+# (N, H, W, C, k, stride, ((top, bottom), (left, right))): B0-like cases, TF-"same" asymmetric pads, channel
+# counts off the vector width, a width smaller than the kernel, taps that never meet an input column.
+CASES = [
+    (2, 12, 12, 32, 3, 1, ((1, 1), (1, 1))),
+    (2, 12, 12, 24, 3, 2, ((1, 1), (1, 1))),
+    (2, 11, 11, 16, 3, 2, ((0, 1), (0, 1))),
+    (2, 13, 9, 17, 5, 1, ((2, 2), (2, 2))),
+    (2, 12, 12, 40, 5, 2, ((1, 2), (1, 2))),
+    (3, 7, 7, 1, 5, 2, ((2, 2), (2, 2))),
+    (1, 4, 1, 8, 5, 2, ((2, 2), (2, 2))),
+    (1, 6, 2, 3, 3, 1, ((0, 0), (1, 0))),
+    (4, 5, 6, 33, 3, 1, ((0, 0), (0, 0))),
+]
+
+
+def _operands(n, h, w, c, k, s, pad):
+    oh = (h + sum(pad[0]) - k) // s + 1
+    ow = (w + sum(pad[1]) - k) // s + 1
+    kx, kg = jax.random.split(jax.random.key(n * 1000 + h * 10 + c))
+    return jax.random.normal(kx, (n, h, w, c)), jax.random.normal(kg, (n, oh, ow, c))
+
+
+@needs_native
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}k{c[4]}s{c[5]}p{c[6]}")
+def test_native_kernel_grad_equals_xla(case):
+    n, h, w, c, k, s, pad = case
+    x, g = _operands(*case)
+    shape = (k, k, 1, c)
+    want = np.asarray(depthwise._kernel_grad(x, g, shape, s, pad), np.float64)
+    got = np.asarray(jax.jit(lambda x, g: native.depthwise_kernel_grad(x, g, shape, s, pad))(x, g), np.float64)
+    # Each entry sums up to N*Ho*Wo float32 products of N(0, 1) numbers in a different order in each
+    # implementation: 1e-5 of the largest entry is ~100x that rounding and far below any indexing slip.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+def test_cpu_gradient_uses_the_native_kernel():
+    x, g = _operands(*CASES[0])
+    kernel = jnp.ones((3, 3, 1, 32))
+    loss = lambda x, kernel: jnp.sum(depthwise.depthwise_conv(x, kernel, 1, ((1, 1), (1, 1)), "shift_vjp") * g)
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
+    assert native._TARGET in hlo
+
+
+@needs_native
+def test_two_native_calls_at_once_do_not_deadlock():
+    # XLA may run independent custom calls concurrently on its 2-thread pool; each call's parts are claimed by
+    # whoever is free, so neither waits for a task the other is blocking. A deadlock would hang here.
+    (x1, g1), (x2, g2) = _operands(*CASES[0]), _operands(*CASES[4])
+    f = jax.jit(
+        lambda x1, g1, x2, g2: (
+            native.depthwise_kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))),
+            native.depthwise_kernel_grad(x2, g2, (5, 5, 1, 40), 2, ((1, 2), (1, 2))),
+        )
+    )
+    for _ in range(20):
+        a, b = f(x1, g1, x2, g2)
+    np.testing.assert_allclose(a, depthwise._kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))), atol=1e-3)
+    np.testing.assert_allclose(b, depthwise._kernel_grad(x2, g2, (5, 5, 1, 40), 2, ((1, 2), (1, 2))), atol=1e-3)
+
+
+_PROBE = textwrap.dedent(
+    """
+    import warnings, jax, jax.numpy as jnp
+    from effnet_jax import depthwise, native
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = native.available()
+    x = jnp.ones((1, 6, 6, 4))
+    loss = lambda x, k: jnp.sum(depthwise.depthwise_conv(x, k, 1, ((1, 1), (1, 1)), "shift_vjp"))
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, jnp.ones((3, 3, 1, 4))).as_text()
+    print(ok, native._TARGET in hlo, len(caught), [str(w.message)[:60] for w in caught])
+    """
+)
+
+
+def _probe(tmp_path, **env) -> str:
+    full = {**os.environ, "EFFNET_CACHE_DIR": str(tmp_path / "cache"), **env}
+    return subprocess.run(
+        [sys.executable, "-c", _PROBE], env=full, capture_output=True, text=True, check=True
+    ).stdout.splitlines()[-1]
+
+
+def test_turned_off_means_xla_and_no_build(tmp_path):
+    assert _probe(tmp_path, EFFNET_NATIVE="0").startswith("False False 0 ")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_failed_build_warns_once_and_falls_back(tmp_path):
+    out = _probe(tmp_path, CXX=shutil.which("false") or "/bin/false")
+    assert out.startswith("False False 1 ")
+    assert "native CPU kernels unavailable" in out
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left to load next time
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_build_is_cached_by_source_jax_and_cpu(tmp_path):
+    assert _probe(tmp_path).startswith("True True 0 ")
+    (lib,) = (tmp_path / "cache").glob("depthwise_kgrad-*.so")
+    stamp = lib.stat().st_mtime_ns
+    assert _probe(tmp_path, CXX=shutil.which("false") or "/bin/false").startswith("True True 0 ")  # no rebuild
+    assert lib.stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [lib.name]  # no temp folders left
+
+
+def test_bad_switch_value_is_named(monkeypatch):
+    monkeypatch.setenv(native.ENV, "maybe")
+    with pytest.raises(ValueError, match="EFFNET_NATIVE='maybe'"):
+        native._wanted()
