@@ -1,7 +1,7 @@
 """Native CPU kernels: built on first use with the system's C++ compiler, called through XLA FFI.
 
 XLA CPU runs the depthwise kernel gradient (a k*k-way reduction over N, H, W per channel) at a few GMAC/s;
-`csrc/depthwise_kgrad.cc`, a plain loop vectorised over channels, is 3-7x faster at B0's shapes
+`csrc/depthwise_kgrad.cc`, a plain loop vectorised over channels, is 3-9x faster at B0's shapes
 (`benchmarks/depthwise_kgrad_ffi.py`). `depthwise`'s CPU path uses it when `available()`.
 
 The library is compiled once per (source, jax version, CPU) with `g++ -O3 -march=native` against jaxlib's FFI

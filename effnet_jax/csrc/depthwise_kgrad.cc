@@ -3,7 +3,7 @@
 //   dk[i*kw + j, c] = sum over (n, a, b) of x[n, a*s + i - pt, b*s + j - pl, c] * g[n, a, b, c]
 //
 // x is NHWC float32 and zero outside its bounds (the bottom/right padding is implied by g's size). XLA CPU runs
-// this reduction at a few GMAC/s; this loop, vectorised over channels, is 3-7x faster at B0's shapes
+// this reduction at a few GMAC/s; this loop, vectorised over channels, is 3-9x faster at B0's shapes
 // (benchmarks/depthwise_kgrad_ffi.py). The batch is split into parts claimed from an atomic counter by the
 // calling thread and by tasks on XLA's intra-op pool: the caller never waits for a part nobody has started,
 // so two of these running at once on a small pool cannot deadlock, and a task that starts after the call has
