@@ -34,7 +34,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from effnet_jax import host_memory  # stdlib only; must run before jax starts its worker threads
+    from effnet_jax import host_memory  # imports no jax; must run before jax starts its worker threads
 
     if host_memory.wanted() and not host_memory.retain_host_memory():
         print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)

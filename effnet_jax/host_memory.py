@@ -23,6 +23,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from effnet_jax.config import env_flag  # stdlib + effnet_spec: jax stays unimported
+
 ENV = "EFFNET_RETAIN_HOST_MEMORY"
 retained = False  # whether retain_host_memory() has taken in this process (the bench records it)
 
@@ -60,9 +62,4 @@ def retain_host_memory() -> bool:
 
 def wanted() -> bool:
     """The `effnet` command's choice: off unless EFFNET_RETAIN_HOST_MEMORY is 1/true/yes/on."""
-    value = os.environ.get(ENV, "0").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected 1/true/yes/on or 0/false/no/off")
+    return env_flag(ENV, default=False)

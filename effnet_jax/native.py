@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from effnet_jax.config import env_flag
+
 __all__ = ["ENV", "available", "depthwise_kernel_grad"]
 
 ENV = "EFFNET_NATIVE"
@@ -40,12 +42,7 @@ _loaded: bool | None = None  # None: not tried yet in this process
 
 
 def _wanted() -> bool:
-    value = os.environ.get(ENV, "1").strip().lower()
-    if value in ("0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on", ""):
-        return True
-    raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected 1/true/yes/on or 0/false/no/off")
+    return env_flag(ENV, default=True)
 
 
 def _cpu_id() -> str:
