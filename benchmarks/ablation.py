@@ -66,6 +66,8 @@ def _patched(patches: dict):
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
+    from benchmarks._run import add_host_memory_flag, apply_host_memory_flag
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--res", type=int, default=224)
@@ -75,14 +77,9 @@ def main() -> int:
     parser.add_argument("--grouped-train", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="cpu")
-    parser.add_argument(
-        "--retain-host-memory", action="store_true", help="keep freed memory for reuse (effnet_jax.host_memory)"
-    )
+    add_host_memory_flag(parser)
     args = parser.parse_args()
-    from effnet_jax import host_memory
-
-    if args.retain_host_memory and not host_memory.retain_host_memory():
-        raise SystemExit("--retain-host-memory: this C library is not glibc")
+    apply_host_memory_flag(args)
     from effnet_jax.bench import _jax_inference, _jax_train, environment, interleaved, write_results
 
     env = environment("cpu")

@@ -12,7 +12,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 # B0 depthwise layers at 224: (H = W, C, kernel, stride), first block of each stage plus one repeat.
 SHAPES = [
@@ -25,7 +24,9 @@ def main() -> int:
     import jax
     import jax.numpy as jnp
 
+    from effnet_jax.bench import interleaved
     from effnet_jax.depthwise import IMPLS, depthwise_conv
+    from effnet_spec.atomic import write_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -47,12 +48,8 @@ def main() -> int:
             fns[(impl, "grad")] = jax.jit(jax.grad(loss, (0, 1)))
         for f in fns.values():
             jax.block_until_ready(f(x, w))
-        times = {key: [] for key in fns}
-        for _ in range(args.reps):
-            for key, f in fns.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(x, w))
-                times[key].append(time.perf_counter() - t0)
+        calls = {key: lambda f=f, x=x, w=w: jax.block_until_ready(f(x, w)) for key, f in fns.items()}
+        times = interleaved(calls, args.reps)
         for (impl, what), ts in times.items():
             rows.append({"hw": hw, "c": c, "k": k, "stride": s, "impl": impl, "what": what,
                          "median_ms": 1e3 * statistics.median(ts)})  # fmt: skip
@@ -61,8 +58,8 @@ def main() -> int:
     env = {"jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
            "load": os.getloadavg(), "batch": args.batch}  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"depthwise-{jax.default_backend()}.json"), "w") as f:
-        json.dump({"env": env, "rows": rows}, f, indent=1)
+    path = os.path.join(args.out, f"depthwise-{jax.default_backend()}.json")
+    write_atomic(path, json.dumps({"env": env, "rows": rows}, indent=1))
     print("\n| impl | fwd ms (sum over layers) | grad ms (sum over layers) |\n|---|---:|---:|")
     for impl in impls:
         tot = {w: sum(r["median_ms"] for r in rows if r["impl"] == impl and r["what"] == w) for w in ("fwd", "grad")}

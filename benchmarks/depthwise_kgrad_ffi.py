@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 
 def main() -> int:
@@ -37,7 +36,7 @@ def main() -> int:
 
     from benchmarks.depthwise import SHAPES
     from effnet_jax import native
-    from effnet_jax.bench import environment, write_results
+    from effnet_jax.bench import environment, interleaved, write_results
     from effnet_jax.depthwise import _kernel_grad
 
     if not native.available():
@@ -61,12 +60,8 @@ def main() -> int:
         rel_err = float(np.abs(got - ref).max() / np.abs(ref).max())
         if rel_err > 1e-4:
             raise SystemExit(f"ffi kernel disagrees with XLA at {hw}x{hw}x{c} k{k} s{s}: rel err {rel_err:.1e}")
-        times = {name: [] for name in fns}
-        for _ in range(args.reps):
-            for name, f in fns.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(x, g))
-                times[name].append(time.perf_counter() - t0)
+        calls = {n: lambda f=f, x=x, g=g: jax.block_until_ready(f(x, g)) for n, f in fns.items()}
+        times = interleaved(calls, args.reps)
         xla_ms, ffi_ms = (1e3 * statistics.median(times[n]) for n in ("xla", "ffi"))
         rows.append({"hw": hw, "c": c, "k": k, "stride": s, "xla_ms": xla_ms, "ffi_ms": ffi_ms, "rel_err": rel_err})
         print(f"{hw}x{hw}x{c} k{k} s{s}: xla {xla_ms:.1f} ms, ffi {ffi_ms:.1f} ms", flush=True)
