@@ -1,5 +1,7 @@
 """effnet_spec: the one EfficientNet architecture spec both twins are built from (stdlib only)."""
 
+from .classes import imagenet_class_names
+from .contract import CheckpointMismatchError, Tensor, tensors
 from .conventions import SOURCES, Conventions, conventions_for
 from .counting import block_resolutions, count_macs, count_params
 from .header import FORMAT, Preprocessing, default_preprocessing, make_header, read_header
@@ -11,6 +13,10 @@ from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant, varia
 
 __all__ = [
     "ALPHA",
+    "CheckpointMismatchError",
+    "Tensor",
+    "imagenet_class_names",
+    "tensors",
     "FORMAT",
     "Preprocessing",
     "default_preprocessing",

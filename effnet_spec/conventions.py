@@ -3,7 +3,7 @@
 `bn_decay` is the share of the old running statistic kept at each update (TF/Flax "momentum"); PyTorch's
 `momentum` is `1 - bn_decay`. Each twin translates a field in exactly one place.
 
-Per weight source (DESIGN.md, "Conventions by weight source"):
+Per weight source (docs/design.md, "Weight sources"):
 - torchvision b0-b4, timm `efficientnet_*`: symmetric padding, eps 1e-5, PyTorch momentum 0.1 (decay 0.9).
 - torchvision b5-b7: symmetric padding, eps 1e-3, momentum 0.01 (decay 0.99).
 - timm `tf_efficientnet_*`, efficientnet_pytorch, TF/Keras: TF SAME padding, eps 1e-3, decay 0.99.

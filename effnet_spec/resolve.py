@@ -5,6 +5,7 @@ Both twins only *read* a `ModelSpec`; they compute no channel, repeat, stride, S
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 
 from .conventions import Conventions, conventions_for
@@ -102,11 +103,12 @@ def resolve(
     *,
     num_classes: int = 1000,
     in_channels: int = 3,
-    weights: str = "effnet",
+    weight_source: str = "effnet",
     conventions: Conventions | None = None,
     stages: tuple[StageRow, ...] = STAGES,
     drop_path: float | None = None,
     dropout: float | None = None,
+    weights: str | None = None,
 ) -> ModelSpec:
     """Turn a variant (name, `Variant`, or compound coefficient phi) into a `ModelSpec`.
 
@@ -114,12 +116,17 @@ def resolve(
         variant: "b0".."b8", "l2", "lite0".."lite4", a `Variant`, or a number phi for `compound(phi)`.
         num_classes: classifier outputs (0 drops the classifier: `forward` returns pooled features).
         in_channels: input image channels.
-        weights: weight source whose conventions to use (see `conventions.SOURCES`).
-        conventions: explicit conventions; overrides `weights` (activation still comes from the family).
+        weight_source: the library whose weights the model will hold; its conventions are used (see
+            `conventions.SOURCES`).
+        conventions: explicit conventions; overrides `weight_source` (activation still comes from the family).
         drop_path, dropout: override the variant's rates.
+        weights: deprecated name of `weight_source`.
     Raises:
         ValueError: unknown variant or source, or invalid numbers.
     """
+    if weights is not None:
+        warnings.warn("resolve(weights=...) is deprecated; use weight_source=...", DeprecationWarning, stacklevel=2)
+        weight_source = weights
     if isinstance(variant, Variant):
         v = variant
     elif isinstance(variant, str):
@@ -142,7 +149,7 @@ def resolve(
         raise ValueError("stages must hold at least one StageRow")
 
     fam = FAMILIES[v.family]
-    base = conventions if conventions is not None else conventions_for(weights, v.name)
+    base = conventions if conventions is not None else conventions_for(weight_source, v.name)
     conv = replace(base, activation=fam.activation)
 
     def width(c: int) -> int:

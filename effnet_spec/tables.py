@@ -115,7 +115,7 @@ def _v(name: str, width: float, depth: float, resolution: int, dropout: float, f
     return Variant(name=name, width=width, depth=depth, resolution=resolution, dropout=dropout, family=family)
 
 
-# Columns: name, width, depth, resolution, dropout (DESIGN.md "Facts to match").
+# Columns: name, width, depth, resolution, dropout (docs/design.md, "Facts to match").
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (

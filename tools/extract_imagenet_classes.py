@@ -1,4 +1,4 @@
-"""Write effnet_jax/data/imagenet_classes.txt: the 1000 ImageNet-1k class names, one per line, in index order.
+"""Write effnet_spec/data/imagenet_classes.txt: the 1000 ImageNet-1k class names, one per line, in index order.
 
 The names come from torchvision (`torchvision.models._meta._IMAGENET_CATEGORIES`), so run this inside an
 environment that has torchvision, e.g. the external-parity venv:
@@ -13,7 +13,7 @@ import os
 import pathlib
 import sys
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "effnet_jax" / "data" / "imagenet_classes.txt"
+OUT = pathlib.Path(__file__).resolve().parent.parent / "effnet_spec" / "data" / "imagenet_classes.txt"
 
 
 def main() -> int:
