@@ -1,8 +1,9 @@
-"""Checkpoint I/O for the PyTorch twin: the interchange format of DESIGN.md, invariant 3.
+"""Checkpoint I/O for the PyTorch twin: the interchange format (docs/design.md, "Weights").
 
-A checkpoint is the `EfficientNet` state_dict (torch names, OIHW layouts) stored as safetensors — float32
-tensors plus int64 `num_batches_tracked` — with `effnet_spec.make_header` as metadata. Nothing is unpickled,
-so an untrusted file cannot run code; the JAX twin reads the same files with numpy + safetensors.
+A checkpoint is the `EfficientNet` state_dict (torch names, OIHW layouts: `effnet_spec.contract`) stored as
+safetensors — float32 tensors plus int64 `num_batches_tracked` — with `effnet_spec.make_header` as metadata.
+Nothing is unpickled, so an untrusted file cannot run code; the JAX twin reads the same files with numpy +
+safetensors.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from safetensors.torch import save as st_save
 
 from effnet_spec import Preprocessing, make_header, read_header
 from effnet_spec.atomic import write_atomic
+from effnet_spec.contract import CheckpointMismatchError, Got, check_tensors, mismatch_error, tensors
 
 from .model import EfficientNet
 
@@ -24,47 +26,28 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_state_dict_checked",
-    "mismatch_report",
-    "write_atomic",
+    "tensor_info",
 ]
 
-_LAYOUTS = {4: "OIHW", 2: "(out, in)", 1: "(C,)", 0: "scalar"}
 
-
-class CheckpointMismatchError(ValueError):
-    """A state_dict whose keys or shapes do not match the model; the message lists every problem."""
-
-
-def _layout(shape: tuple[int, ...]) -> str:
-    return _LAYOUTS.get(len(shape), f"{len(shape)}-D")
-
-
-def mismatch_report(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """Sorted `- missing`, `+ unexpected` and `shape` lines between two name -> shape maps (empty if equal)."""
-    lines = [f"- {k}" for k in sorted(expected.keys() - got.keys())]
-    lines += [f"+ {k}" for k in sorted(got.keys() - expected.keys())]
-    for k in sorted(expected.keys() & got.keys()):
-        if tuple(expected[k]) != tuple(got[k]):
-            e, g = tuple(expected[k]), tuple(got[k])
-            lines.append(f"shape {k}: expected {e} {_layout(e)}, got {g}")
-    return lines
+def tensor_info(t: torch.Tensor) -> Got:
+    """What the contract check needs to know of one tensor: shape, dtype kind, and a counter's value."""
+    integer = not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+    kind = "float" if t.dtype.is_floating_point else "int" if integer else "other"
+    value = int(t) if kind == "int" and t.ndim == 0 else None
+    return Got(tuple(t.shape), kind, str(t.dtype).removeprefix("torch."), value)
 
 
 def load_state_dict_checked(model: EfficientNet, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load `state_dict` into `model` only if every key and shape matches; otherwise change nothing.
+    """Load `state_dict` into `model` only if it is exactly the model's contract; otherwise change nothing.
 
     Raises:
-        CheckpointMismatchError: one message listing sorted missing (-) and unexpected (+) keys and shape
-            mismatches (expected vs got).
+        CheckpointMismatchError: one message listing sorted missing (-) and unexpected (+) keys and shape or
+            dtype mismatches (expected vs got).
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    lines = mismatch_report(expected, got)
+    lines = check_tensors(tensors(model.spec), {k: tensor_info(v) for k, v in state_dict.items()})
     if lines:
-        raise CheckpointMismatchError(
-            f"checkpoint does not match EfficientNet({model.spec.name}): {len(lines)} problem(s)\n  "
-            + "\n  ".join(lines)
-        )
+        raise mismatch_error(f"checkpoint does not match EfficientNet({model.spec.name})", lines)
     model.load_state_dict(dict(state_dict), strict=True)
 
 

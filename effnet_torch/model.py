@@ -1,8 +1,7 @@
 """`EfficientNet` in PyTorch (NCHW), built by walking a resolved `effnet_spec.ModelSpec`.
 
-The module tree is the twin contract shared with `effnet_jax` (DESIGN.md, invariant 2):
-`stem.{conv,bn}`, `blocks.{i}.{expand,depthwise,project}.{conv,bn}`, `blocks.{i}.se.{reduce,excite}`,
-`head.{conv,bn}`, `classifier`. Every number comes from the spec; this file computes none.
+Its state_dict is exactly `effnet_spec.contract.tensors(spec)`, the interchange format (docs/design.md, "The twin
+contract"; checked by `tests/test_contract.py`). Every number comes from the spec; this file computes none.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
+from effnet_spec.forward import block_masks, check_input
 
 from .layers import ConvBN, DropPath, SqueezeExcite, apply_keep_mask
 
@@ -74,10 +74,10 @@ class EfficientNet(nn.Module):
 
     @classmethod
     def from_name(
-        cls, name: str | float, num_classes: int = 1000, in_channels: int = 3, weights: str = "effnet", **resolve_kwargs
+        cls, name: str | float, num_classes: int = 1000, in_channels: int = 3, **resolve_kwargs
     ) -> EfficientNet:
-        """Build a named variant (or compound phi) with the conventions of weight source `weights`."""
-        return cls(resolve(name, num_classes=num_classes, in_channels=in_channels, weights=weights, **resolve_kwargs))
+        """Build a named variant (or compound phi); `resolve_kwargs` go to `effnet_spec.resolve` (`weight_source=`)."""
+        return cls(resolve(name, num_classes=num_classes, in_channels=in_channels, **resolve_kwargs))
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         if num_classes == 0:
@@ -108,35 +108,20 @@ class EfficientNet(nn.Module):
             and x.shape[2] >= 1
             and x.shape[3] >= 1
         )
-        if not ok:
-            got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
-            raise ValueError(
-                f"EfficientNet({self.spec.name}): expected input (N, {self.spec.in_channels}, H, W) "
-                f"floating point, got {got}"
-            )
-
-    def _block_masks(self, masks: DropPathMasks | None) -> DropPathMasks | None:
-        if masks is None or isinstance(masks, Mapping):
-            return masks
-        if len(masks) != len(self.blocks):
-            raise ValueError(
-                f"EfficientNet({self.spec.name}): drop_path_masks must hold one entry per block "
-                f"({len(self.blocks)}), got {len(masks)}"
-            )
-        return masks
+        got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+        check_input(self.spec, ok, "NCHW", got)
 
     def _run_blocks(self, x: torch.Tensor, masks: DropPathMasks | None, keep: set[int]) -> dict[int, torch.Tensor]:
-        """Stem and blocks; returns the outputs of the blocks whose indices are in `keep`."""
-        masks = self._block_masks(masks)
+        """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""
+        masks = block_masks(self.spec, masks)  # checked before anything runs (train-mode BN would update)
         x = self.stem(x)
         outs = {}
-        for i, block in enumerate(self.blocks):
-            mask = None
-            if masks is not None and block.spec.residual:
-                mask = masks.get(i) if isinstance(masks, Mapping) else masks[i]
+        for i, (block, mask) in enumerate(zip(self.blocks, masks)):
             x = block(x, mask)
             if i in keep:
                 outs[i] = x
+            if i == max(keep):
+                break
         return outs
 
     def forward_features(self, x: torch.Tensor, *, drop_path_masks: DropPathMasks | None = None) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""What a weight source is: the few facts that tell one library's EfficientNet checkpoints apart.
+
+A source never lists keys: it names each module of the twin contract (`effnet_spec.contract.modules`) in its
+library's layout, and the generic machinery in `effnet_torch.importers` derives every key, shape and check
+from that (docs/design.md, "Weight sources"). The helpers here are the pieces several sources share.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from effnet_spec import VARIANTS, BlockSpec, ModelSpec, Preprocessing, default_preprocessing, resolve
+from effnet_spec.classes import imagenet_class_names
+from effnet_spec.contract import Module, modules
+
+__all__ = [
+    "ImportError_",
+    "ModelName",
+    "ModuleNamer",
+    "WeightSource",
+    "any_spec",
+    "class_names",
+    "layout",
+    "native_preprocessing",
+    "parse_model_name",
+    "tf_eval_preprocessing",
+]
+
+
+class ImportError_(ValueError):  # noqa: N801 (trailing underscore: not the builtin ImportError)
+    """A checkpoint that cannot be imported: unreadable, unsafe, or not matching the requested variant."""
+
+
+# (spec, contract module, repeat of its block within the stage) -> the module's path in the library's state_dict
+ModuleNamer = Callable[[ModelSpec, Module, int], str]
+
+
+@dataclass(frozen=True)
+class ModelName:
+    variant: str  # "b0", "lite3", ...; "" when no name was given
+    tf: bool  # a TensorFlow-ported weight (timm `tf_*`): TF SAME padding, eps 1e-3
+    tag: str = ""  # timm pretrained tag after the dot, if any
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One library whose EfficientNet weights effnet reads (and maybe writes)."""
+
+    name: str  # the registry key, the `--weight-source` choice and `ImportResult.weight_source`
+    module_name: ModuleNamer  # how the library names each contract module
+    conventions: str  # key of `effnet_spec.conventions.SOURCES` for its weights
+    preprocessing: Callable[[ModelSpec, ModelName], Preprocessing]  # how the library prepares images for them
+    tf_conventions: str | None = None  # a `tf_` model name (a TF port) selects these conventions instead
+    exports: Callable[[ModelSpec], str | None] | None = None  # None: not an export target; else why a spec is refused
+    unnamed_note: str = ""  # what an import without a model name assumed, where names pick the conventions
+
+    def conventions_for(self, name: ModelName) -> str:
+        return self.tf_conventions if name.tf and self.tf_conventions else self.conventions
+
+    @property
+    def stem_key(self) -> str:
+        """The stem conv's key in this layout: the marker `detect` looks for (every variant has the same one)."""
+        probe = _probe()
+        stem = next(m for m in modules(probe) if m.part == "stem.conv")
+        return f"{self.module_name(probe, stem, 0)}.weight"
+
+
+@functools.cache
+def _probe() -> ModelSpec:
+    return resolve("b0")
+
+
+def layout(
+    top: Mapping[str, str] | Callable[[ModelSpec], Mapping[str, str]], block: Callable[[BlockSpec, int, str], str]
+) -> ModuleNamer:
+    """A `ModuleNamer` from two rules: stem/head/classifier part -> name (or a function of the spec giving that
+    table), and (block, repeat within its stage, part) -> name."""
+
+    def module_name(spec: ModelSpec, m: Module, repeat: int) -> str:
+        if m.block is None:
+            return (top(spec) if callable(top) else top)[m.part]
+        return block(spec.blocks[m.block], repeat, m.part)
+
+    return module_name
+
+
+def any_spec(spec: ModelSpec) -> str | None:
+    """The export check of a layout that can hold every variant."""
+    return None
+
+
+# --- model names ------------------------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^(?P<tf>tf_)?(?:efficientnet[_-]?)?(?P<variant>[a-z]+\d+)(?:\.(?P<tag>[\w.-]+))?$")
+
+
+def parse_model_name(name: str) -> ModelName:
+    """ "b0", "lite0", timm's "tf_efficientnet_b3.ns_jft_in1k", efficientnet_pytorch's "efficientnet-b0"."""
+    m = _NAME.match(name.strip().lower())
+    if not m or m["variant"] not in VARIANTS:
+        raise ImportError_(
+            f"unknown model {name!r}; expected a variant ({', '.join(VARIANTS)}) or a library name such as "
+            "efficientnet_b0, tf_efficientnet_lite0, efficientnet-b3"
+        )
+    return ModelName(m["variant"], bool(m["tf"]), m["tag"] or "")
+
+
+# --- preprocessing ----------------------------------------------------------------------------------------------
+
+
+def class_names(spec: ModelSpec) -> tuple[str, ...] | None:
+    """The ImageNet-1k names for a 1000-class model, else none (the labels are unknown)."""
+    return imagenet_class_names() if spec.num_classes == 1000 else None
+
+
+def native_preprocessing(spec: ModelSpec, name: ModelName | None = None) -> Preprocessing:
+    """The family's own preprocessing at the variant's resolution."""
+    return default_preprocessing(spec, class_names(spec))
+
+
+def tf_eval_preprocessing(spec: ModelSpec, name: ModelName | None = None) -> Preprocessing:
+    """TF's eval for TF-ported weights: the native resolution, center crop with 32 px of padding."""
+    return replace(native_preprocessing(spec), crop_pct=round(spec.resolution / (spec.resolution + 32), 3))

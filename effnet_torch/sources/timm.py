@@ -1,0 +1,75 @@
+"""timm: `blocks.{stage}.{repeat}` with conv_pw / conv_dw / conv_pwl, and one layout for two kinds of weights.
+
+Plain `efficientnet_*` and TF-ported `tf_efficientnet_*` weights have identical keys and shapes but different
+padding and BN eps, so only the model name tells them apart; without one the plain conventions are assumed
+and said so (docs/design.md, "Weight sources").
+"""
+
+from __future__ import annotations
+
+from effnet_spec import BlockSpec, ModelSpec, Preprocessing
+
+from .base import ModelName, WeightSource, any_spec, class_names, layout, tf_eval_preprocessing
+
+_TOP = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head", "head.bn": "bn2",
+        "classifier": "classifier"}  # fmt: skip
+# An inverted-residual block names its convs conv_pw (expand) / conv_dw / conv_pwl (project) with bn1..bn3;
+# a depthwise-separable block (no expand: stage 0) has conv_dw/bn1 then conv_pw/bn2 (so conv_pw changes role).
+_IR = {"expand.conv": "conv_pw", "expand.bn": "bn1", "depthwise.conv": "conv_dw", "depthwise.bn": "bn2",
+       "project.conv": "conv_pwl", "project.bn": "bn3"}  # fmt: skip
+_DS = {"depthwise.conv": "conv_dw", "depthwise.bn": "bn1", "project.conv": "conv_pw", "project.bn": "bn2"}
+_SE = {"se.reduce": "se.conv_reduce", "se.excite": "se.conv_expand"}
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_INCEPTION = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5 on [0, 1]: the [-1, 1] input of TF-ported Lite / AdvProp weights
+
+# timm's default pretrained cfg per model (timm 1.0.31, `timm.models.get_pretrained_cfg(name)`):
+# (input size, crop_pct, interpolation, mean/std). The external parity tests check this table against timm.
+_I, _T = "imagenet", "inception"
+TIMM_PREPROCESSING: dict[str, tuple[int, float, str, str]] = {
+    "efficientnet_b0": (224, 0.875, "bicubic", _I), "efficientnet_b1": (240, 0.9, "bicubic", _T),
+    "efficientnet_b2": (256, 0.875, "bicubic", _I), "efficientnet_b3": (288, 0.875, "bicubic", _I),
+    "efficientnet_b4": (320, 0.875, "bicubic", _I), "efficientnet_b5": (448, 1.0, "bicubic", _I),
+    "efficientnet_b6": (528, 0.942, "bicubic", _I), "efficientnet_b7": (600, 0.949, "bicubic", _I),
+    "efficientnet_b8": (672, 0.954, "bicubic", _I), "efficientnet_l2": (800, 0.961, "bicubic", _I),
+    "efficientnet_lite0": (224, 0.875, "bicubic", _I), "efficientnet_lite1": (240, 0.882, "bicubic", _I),
+    "efficientnet_lite2": (260, 0.89, "bicubic", _I), "efficientnet_lite3": (300, 0.904, "bicubic", _I),
+    "efficientnet_lite4": (380, 0.922, "bicubic", _I),
+    "tf_efficientnet_b0": (224, 0.875, "bicubic", _I), "tf_efficientnet_b1": (240, 0.882, "bicubic", _I),
+    "tf_efficientnet_b2": (260, 0.89, "bicubic", _I), "tf_efficientnet_b3": (300, 0.904, "bicubic", _I),
+    "tf_efficientnet_b4": (380, 0.922, "bicubic", _I), "tf_efficientnet_b5": (456, 0.934, "bicubic", _I),
+    "tf_efficientnet_b6": (528, 0.942, "bicubic", _I), "tf_efficientnet_b7": (600, 0.949, "bicubic", _I),
+    "tf_efficientnet_b8": (672, 0.954, "bicubic", _T), "tf_efficientnet_l2": (475, 0.936, "bicubic", _I),
+    "tf_efficientnet_lite0": (224, 0.875, "bicubic", _T), "tf_efficientnet_lite1": (240, 0.882, "bicubic", _T),
+    "tf_efficientnet_lite2": (260, 0.89, "bicubic", _T), "tf_efficientnet_lite3": (300, 0.904, "bilinear", _T),
+    "tf_efficientnet_lite4": (380, 0.92, "bilinear", _T),
+}  # fmt: skip
+
+
+def _block(b: BlockSpec, repeat: int, part: str) -> str:
+    return f"blocks.{b.stage}.{repeat}." + ((_IR if b.has_expand else _DS) | _SE)[part]
+
+
+def _preprocessing(spec: ModelSpec, name: ModelName) -> Preprocessing:
+    """timm's pretrained cfg for the model; TF's eval crop for a model it has no cfg for."""
+    timm_name = ("tf_" if name.tf else "") + f"efficientnet_{spec.name}"
+    if timm_name not in TIMM_PREPROCESSING:
+        return tf_eval_preprocessing(spec)
+    res, crop_pct, interp, norm = TIMM_PREPROCESSING[timm_name]
+    if name.tag.startswith("ap"):  # AdvProp weights take [-1, 1] input (timm's `ap` cfgs)
+        norm = _T
+    mean, std = (_INCEPTION, _INCEPTION) if norm == _T else (_IMAGENET_MEAN, _IMAGENET_STD)
+    return Preprocessing(resolution=res, crop_pct=crop_pct, interpolation=interp, mean=mean, std=std,
+                         class_names=class_names(spec))  # fmt: skip
+
+
+SOURCE = WeightSource(
+    name="timm",
+    module_name=layout(_TOP, _block),
+    conventions="timm",
+    tf_conventions="timm_tf",
+    preprocessing=_preprocessing,
+    exports=any_spec,
+    unnamed_note="assumed timm efficientnet_* conventions (symmetric padding, eps 1e-5); "
+    "for TF-ported weights pass --model tf_efficientnet_<variant>",
+)
