@@ -1,7 +1,8 @@
 """effnet_jax: EfficientNet in Flax NNX, built from `effnet_spec`.
 
 Importing this package is cheap: its names load on first use (PEP 562), so `effnet summary` and
-`effnet_jax.host_memory` run without importing jax, and torch, grain and orbax load only where needed.
+`effnet_jax.ops.host_memory` run without importing jax, and torch, grain and orbax load only where needed.
+Where each concern lives: docs/design.md, "Layout".
 """
 
 from __future__ import annotations
@@ -11,22 +12,24 @@ from typing import TYPE_CHECKING
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "CheckpointMismatchError": "convert",
-    "from_torch": "convert",
-    "key_map": "convert",
-    "load_checkpoint": "convert",
-    "load_state_dict": "convert",
-    "model_from_state_dict": "convert",
-    "save_checkpoint": "convert",
-    "state_dict_from_model": "convert",
-    "to_torch": "convert",
+    "CheckpointMismatchError": "weights",
+    "from_torch": "weights",
+    "key_map": "weights",
+    "load_checkpoint": "weights",
+    "load_state_dict": "weights",
+    "model_from_state_dict": "weights",
+    "save_checkpoint": "weights",
+    "state_dict_from_model": "weights",
+    "to_torch": "weights",
     "EfficientNet": "model",
     "MBConv": "model",
+    "ModelOptions": "model",
 }
 __all__ = [
     "CheckpointMismatchError",
     "EfficientNet",
     "MBConv",
+    "ModelOptions",
     "from_torch",
     "key_map",
     "load_checkpoint",
@@ -38,7 +41,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .convert import (
+    from .model import EfficientNet, MBConv, ModelOptions
+    from .weights import (
         CheckpointMismatchError,
         from_torch,
         key_map,
@@ -49,7 +53,6 @@ if TYPE_CHECKING:
         state_dict_from_model,
         to_torch,
     )
-    from .model import EfficientNet, MBConv
 
 
 def __getattr__(name: str):

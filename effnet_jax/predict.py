@@ -1,31 +1,25 @@
-"""`effnet predict IMAGE... --weights W.safetensors`: top-k classes of each image, prepared as the weights expect.
+"""Classify images with an effnet checkpoint, each prepared as the weights expect (`effnet predict`).
 
 The checkpoint header carries the preprocessing (resolution, crop fraction, interpolation, mean/std, class
 names), so the same command is right for torchvision, timm, TF-ported and Lite weights alike. Eval transform
 (timm/torchvision): resize the short side to floor(resolution / crop_pct), center-crop resolution x resolution,
-scale to [0, 1], normalise with mean/std. ImageNet-1k class names ship in `effnet_jax/data/imagenet_classes.txt`.
+scale to [0, 1], normalise with mean/std. ImageNet-1k class names come from `effnet_spec.classes`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from collections.abc import Sequence
-from importlib.resources import files
 
 import numpy as np
 
 from effnet_spec import Preprocessing
+from effnet_spec.classes import imagenet_class_names
+
+__all__ = ["class_names", "classify", "imagenet_class_names", "predict", "preprocess"]
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
-
-
-def imagenet_class_names() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names, in index order."""
-    text = files("effnet_jax").joinpath("data", "imagenet_classes.txt").read_text(encoding="utf-8")
-    return tuple(line for line in text.splitlines() if line)
 
 
 def preprocess(image, pre: Preprocessing, in_channels: int = 3) -> np.ndarray:
@@ -73,7 +67,7 @@ def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLik
     import jax
     from flax import nnx
 
-    from .convert import load_checkpoint
+    from .weights import load_checkpoint
 
     try:
         from PIL import Image, UnidentifiedImageError
@@ -103,25 +97,3 @@ def class_names(pre: Preprocessing, num_classes: int) -> list[str]:
     if num_classes == 1000:
         return list(imagenet_class_names())
     return [f"class {i}" for i in range(num_classes)]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
-    p.add_argument("--weights", required=True, help="an effnet checkpoint (.safetensors; see `effnet convert`)")
-    p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        print(f"effnet predict: --top must be >= 1, got {args.top}", file=sys.stderr)
-        return 2
-    try:
-        results = predict(args.images, args.weights, top=args.top)
-    except (OSError, ValueError) as e:
-        print(f"effnet predict: {e}", file=sys.stderr)
-        return 1
-    for path, rows in zip(args.images, results):
-        print(path)
-        for rank, (name, prob) in enumerate(rows, 1):
-            print(f"  {rank}. {prob:7.2%}  {name}")
-    return 0

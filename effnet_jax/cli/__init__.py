@@ -1,4 +1,4 @@
-"""`effnet` command line: one subcommand per module, imported only when it runs.
+"""`effnet` command line: one subcommand per module of this package, imported only when it runs.
 
 Each subcommand module defines `add_arguments(parser)` and `main(args) -> int`; this file only dispatches,
 so `effnet summary` never pays for importing jax, and a broken module breaks only its own subcommand.
@@ -12,12 +12,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "summary": ("effnet_jax.summary_cmd", "print a variant's architecture table (paper Table 1 shape) with totals"),
-    "train": ("effnet_jax.train", "train a model (default: the embedded digits dataset)"),
-    "eval": ("effnet_jax.evaluate", "report top-1/top-5 of a checkpoint on a dataset"),
-    "predict": ("effnet_jax.predict", "classify images with a weights file and print the top-5"),
-    "convert": ("effnet_jax.convert_cmd", "import torchvision/timm/efficientnet_pytorch weights into effnet format"),
-    "bench": ("effnet_jax.bench", "benchmark effnet_jax against effnet_torch side by side"),
+    "summary": ("effnet_jax.cli.summary", "print a variant's architecture table (paper Table 1 shape) with totals"),
+    "train": ("effnet_jax.cli.train", "train a model (default: the embedded digits dataset)"),
+    "eval": ("effnet_jax.cli.eval", "report top-1/top-5 of a checkpoint on a dataset"),
+    "predict": ("effnet_jax.cli.predict", "classify images with a weights file and print the top-5"),
+    "convert": ("effnet_jax.cli.convert", "import torchvision/timm/efficientnet_pytorch weights into effnet format"),
+    "bench": ("effnet_jax.cli.bench", "benchmark effnet_jax against effnet_torch side by side"),
 }
 
 
@@ -34,7 +34,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from effnet_jax import host_memory  # imports no jax; must run before jax starts its worker threads
+    from effnet_jax.ops import host_memory  # imports no jax; must run before jax starts its worker threads
 
     if host_memory.wanted() and not host_memory.retain_host_memory():
         print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)

@@ -1,12 +1,13 @@
-"""`effnet convert SRC OUT`: bring torchvision / timm / efficientnet_pytorch / effnet weights into effnet format.
+"""`effnet convert SRC OUT`: bring another library's EfficientNet weights into effnet format, or back out.
 
 The output is the interchange checkpoint (the twin's state_dict as safetensors plus the JSON header with the
 source's conventions and preprocessing), which `effnet_jax.convert.load_checkpoint` reads with numpy alone.
-`--to torchvision|timm|efficientnet_pytorch` goes the other way. Reading needs torch (a `.pth` is only ever
-opened with `torch.load(weights_only=True)`); the work is done by `effnet_torch.importers`.
+The `--weight-source` and `--to` choices are the weight-source registry's (`effnet_torch.sources`;
+docs/design.md, "Weight sources"). Reading needs torch (a `.pth` is only ever opened with
+`torch.load(weights_only=True)`); the work is done by `effnet_torch.importers`.
 
-    effnet convert efficientnet_b0.pth b0.safetensors --from torchvision
-    effnet convert tf_efficientnet_lite0.safetensors lite0.safetensors --from timm --model tf_efficientnet_lite0
+    effnet convert efficientnet_b0.pth b0.safetensors --weight-source torchvision
+    effnet convert tf_lite0.safetensors lite0.safetensors --weight-source timm --model tf_efficientnet_lite0
     effnet convert b0.safetensors b0_timm.safetensors --to timm
 """
 
@@ -16,20 +17,37 @@ import argparse
 import sys
 from dataclasses import replace
 
-SOURCES = ("torchvision", "timm", "efficientnet_pytorch", "effnet")
-TARGETS = ("torchvision", "timm", "efficientnet_pytorch")
+
+def _sources():
+    """The weight-source registry, or None without torch (then `main` says what to install)."""
+    try:
+        from effnet_torch import sources
+    except ModuleNotFoundError:
+        return None
+    return sources
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="source weights: .safetensors, or .pth/.pt (read with weights_only)")
     p.add_argument("out", metavar="OUT", help="output .safetensors (written atomically)")
-    p.add_argument("--from", dest="source", choices=SOURCES, help="source layout (default: detected from the keys)")
+    sources = _sources()
+    p.add_argument(
+        "--weight-source",
+        dest="weight_source",
+        choices=sources.names() if sources else None,
+        help="the library that wrote SRC (default: detected from the keys)",
+    )
     p.add_argument(
         "--model",
         help="variant (b0, lite3) or library model name (tf_efficientnet_b3, efficientnet-b0); default: inferred "
         "from the tensor shapes. For timm, tf_* names select TF SAME padding and eps 1e-3",
     )
-    p.add_argument("--to", dest="target", choices=TARGETS, help="export an effnet checkpoint to this layout instead")
+    p.add_argument(
+        "--to",
+        dest="target",
+        choices=sources.export_targets() if sources else None,
+        help="export an effnet checkpoint to this library's layout instead",
+    )
     pre = p.add_argument_group("preprocessing overrides (stored in the header)")
     pre.add_argument("--resolution", type=int, help="eval input size in pixels")
     pre.add_argument("--crop-pct", type=float, help="center-crop fraction: resize to resolution / crop_pct first")
@@ -42,13 +60,13 @@ def convert(
     src: str,
     out: str,
     *,
-    source: str | None = None,
+    weight_source: str | None = None,
     model: str | None = None,
     overrides: dict | None = None,
 ):
     """Python API of `effnet convert`: import `src` and write the effnet checkpoint `out`.
 
-    Returns the `effnet_torch.importers.ImportResult` (spec, state_dict, preprocessing, source).
+    Returns the `effnet_torch.importers.ImportResult` (spec, state_dict, preprocessing, weight_source).
     Raises:
         effnet_torch.importers.ImportError_ (a ValueError): unreadable/unsafe file, or shapes matching no variant.
     """
@@ -56,7 +74,7 @@ def convert(
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not overrides:
-        return import_checkpoint(src, out, source=source, model=model)
+        return import_checkpoint(src, out, weight_source=weight_source, model=model)
     # Overrides apply on top of the source's own preprocessing, so read it first.
     sd, meta = read_state_dict(src)
     if meta and "format" in meta:
@@ -64,11 +82,13 @@ def convert(
 
         pre = read_header(meta)[1]
     else:
-        pre = import_state_dict(sd, source, model=model).preprocessing
+        pre = import_state_dict(sd, weight_source, model=model).preprocessing
     for k in ("mean", "std"):
         if k in overrides:
             overrides[k] = tuple(overrides[k])
-    return import_checkpoint(src, out, source=source, model=model, preprocessing=replace(pre, **overrides))
+    return import_checkpoint(
+        src, out, weight_source=weight_source, model=model, preprocessing=replace(pre, **overrides)
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,8 +101,11 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         if args.target:
-            if args.source not in (None, "effnet") or args.model:
-                print("effnet convert: --to exports an effnet checkpoint; --from/--model do not apply", file=sys.stderr)
+            if args.weight_source not in (None, "effnet") or args.model:
+                print(
+                    "effnet convert: --to exports an effnet checkpoint; --weight-source/--model do not apply",
+                    file=sys.stderr,
+                )
                 return 2
             spec = export_checkpoint(args.src, args.out, args.target)
             print(f"wrote {args.out}: {spec.name} in the {args.target} layout")
@@ -94,19 +117,16 @@ def main(args: argparse.Namespace) -> int:
             "mean": args.mean,
             "std": args.std,
         }
-        r = convert(args.src, args.out, source=args.source, model=args.model, overrides=overrides)
+        r = convert(args.src, args.out, weight_source=args.weight_source, model=args.model, overrides=overrides)
     except ValueError as e:  # ImportError_, a bad header or override: the message names the problem
         print(f"effnet convert: {e}", file=sys.stderr)
         return 1
-    if r.source == "timm" and not args.model:
-        print(
-            "effnet convert: note: assumed timm efficientnet_* conventions (symmetric padding, eps 1e-5); "
-            "for TF-ported weights pass --model tf_efficientnet_<variant>",
-            file=sys.stderr,
-        )
+    note = _sources().get(r.weight_source).unnamed_note
+    if note and not args.model:
+        print(f"effnet convert: note: {note}", file=sys.stderr)
     c, p = r.spec.conv, r.preprocessing
     print(
-        f"wrote {args.out}: {r.spec.name} from {r.source}, {r.spec.num_classes} classes; "
+        f"wrote {args.out}: {r.spec.name} from {r.weight_source}, {r.spec.num_classes} classes; "
         f"padding {c.padding}, bn eps {c.bn_eps:g}, {c.activation}; "
         f"input {p.resolution}px crop {p.crop_pct:g} {p.interpolation} mean {tuple(round(m, 4) for m in p.mean)}"
     )

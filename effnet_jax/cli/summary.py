@@ -12,12 +12,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phi", type=float, help="compound coefficient: a custom variant from the paper's formula")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--size", type=int, help="input resolution (default: the variant's native one)")
-    p.add_argument("--weights", default="effnet", choices=list(SOURCES), help="conventions of this weight source")
+    p.add_argument(
+        "--weight-source", default="effnet", choices=list(SOURCES), help="use the conventions of this weight source"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     if (args.variant is None) == (args.phi is None):
         raise SystemExit("effnet summary: give exactly one of VARIANT or --phi")
-    spec = resolve(args.variant if args.phi is None else args.phi, num_classes=args.num_classes, weights=args.weights)
+    spec = resolve(
+        args.variant if args.phi is None else args.phi, num_classes=args.num_classes, weight_source=args.weight_source
+    )
     print(summary(spec, args.size))
     return 0

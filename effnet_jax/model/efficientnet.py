@@ -1,15 +1,16 @@
 """`EfficientNet` in Flax NNX (NHWC), built by walking a resolved `effnet_spec.ModelSpec`.
 
-The module tree is the twin contract shared with `effnet_torch` (DESIGN.md, invariant 2): `stem.{conv,bn}`,
-`blocks.{i}.{expand,depthwise,project}.{conv,bn}`, `blocks.{i}.se.{reduce,excite}`, `head.{conv,bn}`,
-`classifier`. Every number comes from the spec; this file computes none. Read it beside `effnet_torch/model.py`.
+Its tensors are exactly `effnet_spec.contract.tensors(spec)` (docs/design.md, "The twin contract"; checked by
+`tests/test_contract.py`). Every number comes from the spec; this file computes none. Read it beside
+`effnet_torch/model.py`.
 
-Dtype policy: parameters and BN statistics are float32; convolutions run in `dtype` (float32 or bfloat16);
-pooling and the classifier run in float32, so logits are always float32.
+How it computes is `ModelOptions`: parameters and BN statistics are float32; convolutions run in
+`options.dtype` (float32 or bfloat16); pooling and the classifier run in float32, so logits are always float32.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -18,12 +19,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
+from effnet_spec.forward import block_masks, check_input
 
 from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
+from .options import ModelOptions
 
-__all__ = ["EfficientNet", "MBConv"]
-
-DTYPES = (jnp.float32, jnp.bfloat16)
+__all__ = ["EfficientNet", "MBConv", "ModelOptions"]
 
 DropPathMasks = Sequence[jax.Array | None] | Mapping[int, jax.Array]
 
@@ -31,14 +32,12 @@ DropPathMasks = Sequence[jax.Array | None] | Mapping[int, jax.Array]
 class MBConv(nnx.Module):
     """Inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (no act) [+ drop-path residual]."""
 
-    def __init__(self, b: BlockSpec, conv: Conventions, *, dtype, depthwise_impl: str, rngs: nnx.Rngs):
+    def __init__(self, b: BlockSpec, conv: Conventions, *, options: ModelOptions, rngs: nnx.Rngs):
         self.spec = b
-        kw = dict(dtype=dtype, rngs=rngs)
+        kw = dict(options=options, rngs=rngs)
         if b.has_expand:
             self.expand = ConvBN(b.in_ch, b.mid_ch, 1, 1, conv, **kw)
-        self.depthwise = ConvBN(
-            b.mid_ch, b.mid_ch, b.kernel, b.stride, conv, groups=b.mid_ch, depthwise_impl=depthwise_impl, **kw
-        )
+        self.depthwise = ConvBN(b.mid_ch, b.mid_ch, b.kernel, b.stride, conv, groups=b.mid_ch, **kw)
         if b.se_ch:
             self.se = SqueezeExcite(b.mid_ch, b.se_ch, **kw)
         self.project = ConvBN(b.mid_ch, b.out_ch, 1, 1, conv, act=False, **kw)
@@ -54,6 +53,23 @@ class MBConv(nnx.Module):
         if self.spec.residual:
             y = x + self.drop_path(y, drop_path_mask)
         return y
+
+
+def _options(options: ModelOptions | None, dtype, depthwise_impl: str | None) -> ModelOptions:
+    """`options`, or one built from the deprecated `dtype=` / `depthwise_impl=` keywords (not both)."""
+    if dtype is None and depthwise_impl is None:
+        return options if options is not None else ModelOptions()
+    if options is not None:
+        raise ValueError("EfficientNet: pass options=ModelOptions(...) or dtype=/depthwise_impl=, not both")
+    warnings.warn(
+        "EfficientNet(dtype=..., depthwise_impl=...) is deprecated; pass options=ModelOptions(...)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return ModelOptions(
+        dtype=jnp.float32 if dtype is None else dtype,
+        depthwise_impl="auto" if depthwise_impl is None else depthwise_impl,
+    )
 
 
 def _linear_init(bound: float):
@@ -76,25 +92,33 @@ class EfficientNet(nnx.Module):
     Args:
         spec: the resolved architecture.
         rngs: parameter init (`params`) and the dropout/drop-path streams (`dropout`).
-        dtype: compute dtype of the convolutions, `jnp.float32` or `jnp.bfloat16`; parameters stay float32.
-        depthwise_impl: formulation of the depthwise conv, see `effnet_jax.depthwise`.
+        options: how to compute (`ModelOptions`: compute dtype, depthwise formulation); default float32, "auto".
+        dtype, depthwise_impl: deprecated spellings of the same two options.
     """
 
-    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, dtype=jnp.float32, depthwise_impl: str = "auto"):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        rngs: nnx.Rngs,
+        options: ModelOptions | None = None,
+        dtype=None,
+        depthwise_impl: str | None = None,
+    ):
         if not isinstance(spec, ModelSpec):
             raise TypeError(
                 f"EfficientNet expects a resolved ModelSpec, got {type(spec).__name__}; "
                 "use EfficientNet.from_name(name, rngs=...) for a named variant"
             )
-        if jnp.dtype(dtype) not in [jnp.dtype(d) for d in DTYPES]:
-            raise ValueError(f"EfficientNet: dtype must be float32 or bfloat16, got {jnp.dtype(dtype)}")
+        options = _options(options, dtype, depthwise_impl)
         self.spec = spec
-        self.dtype = jnp.dtype(dtype)
-        self.preprocessing = None  # set by convert.load_checkpoint; written back by convert.save_checkpoint
-        conv, kw = spec.conv, dict(dtype=self.dtype, rngs=rngs)
+        self.options = options
+        self.dtype = options.compute_dtype
+        self.preprocessing = None  # set by weights.load_checkpoint; written back by weights.save_checkpoint
+        conv, kw = spec.conv, dict(options=options, rngs=rngs)
         with batched_kernel_init(rngs):  # all conv kernels in one jitted draw: fast eager construction
             self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv, **kw)
-            self.blocks = nnx.List([MBConv(b, conv, depthwise_impl=depthwise_impl, **kw) for b in spec.blocks])
+            self.blocks = nnx.List([MBConv(b, conv, **kw) for b in spec.blocks])
             self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv, **kw)
         self.dropout = Dropout(spec.dropout, rngs=rngs)
         self.classifier = nnx.data(self._make_classifier(spec.num_classes, rngs))  # data even when None
@@ -105,19 +129,20 @@ class EfficientNet(nnx.Module):
         name: str | float,
         num_classes: int = 1000,
         in_channels: int = 3,
-        weights: str = "effnet",
         *,
         rngs: nnx.Rngs | None = None,
-        dtype=jnp.float32,
-        depthwise_impl: str = "auto",
+        options: ModelOptions | None = None,
+        dtype=None,
+        depthwise_impl: str | None = None,
         **resolve_kwargs,
     ) -> EfficientNet:
-        """Build a named variant (or compound phi) with the conventions of weight source `weights`.
+        """Build a named variant (or compound phi); `resolve_kwargs` go to `effnet_spec.resolve` (`weight_source=`).
 
         `rngs` defaults to a fresh `nnx.Rngs(0)`.
         """
-        spec = resolve(name, num_classes=num_classes, in_channels=in_channels, weights=weights, **resolve_kwargs)
-        return cls(spec, rngs=rngs if rngs is not None else nnx.Rngs(0), dtype=dtype, depthwise_impl=depthwise_impl)
+        spec = resolve(name, num_classes=num_classes, in_channels=in_channels, **resolve_kwargs)
+        options = _options(options, dtype, depthwise_impl)
+        return cls(spec, rngs=rngs if rngs is not None else nnx.Rngs(0), options=options)
 
     def _make_classifier(self, num_classes: int, rngs: nnx.Rngs) -> nnx.Linear | None:
         if num_classes == 0:
@@ -148,36 +173,19 @@ class EfficientNet(nnx.Module):
             and shape[1] >= 1
             and shape[2] >= 1
         )
-        if not ok:
-            got = f"shape {tuple(shape)} {dtype}" if shape is not None else f"a {type(x).__name__}"
-            raise ValueError(
-                f"EfficientNet({self.spec.name}): expected input (N, H, W, {self.spec.in_channels}) "
-                f"floating point, got {got}"
-            )
-
-    def _block_masks(self, masks: DropPathMasks | None) -> DropPathMasks | None:
-        if masks is None or isinstance(masks, Mapping):
-            return masks
-        if len(masks) != len(self.blocks):
-            raise ValueError(
-                f"EfficientNet({self.spec.name}): drop_path_masks must hold one entry per block "
-                f"({len(self.blocks)}), got {len(masks)}"
-            )
-        return masks
+        got = f"shape {tuple(shape)} {dtype}" if shape is not None else f"a {type(x).__name__}"
+        check_input(self.spec, ok, "NHWC", got)
 
     def _run_blocks(self, x: jax.Array, masks: DropPathMasks | None, keep: set[int]) -> dict[int, jax.Array]:
-        """Stem and blocks; returns the outputs of the blocks whose indices are in `keep`."""
-        masks = self._block_masks(masks)
+        """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""
+        masks = block_masks(self.spec, masks)  # checked before anything runs (train-mode BN would update)
         x = self.stem(jnp.asarray(x).astype(self.dtype))
         outs = {}
-        for i, block in enumerate(self.blocks):
-            mask = None
-            if masks is not None and block.spec.residual:
-                mask = masks.get(i) if isinstance(masks, Mapping) else masks[i]
+        for i, (block, mask) in enumerate(zip(self.blocks, masks)):
             x = block(x, mask)
             if i in keep:
                 outs[i] = x
-            if i >= max(keep):
+            if i == max(keep):
                 break
         return outs
 

@@ -21,9 +21,10 @@ from flax import nnx
 
 from effnet_spec import Conventions, pad_amounts
 
-from .bn_act import batch_norm_act
-from .dense import dense_conv
-from .depthwise import depthwise_conv
+from ..ops.bn_act import batch_norm_act
+from ..ops.dense import dense_conv
+from ..ops.depthwise import depthwise_conv
+from .options import ModelOptions
 
 __all__ = [
     "BatchNorm",
@@ -81,10 +82,10 @@ def _normal_flat(key: jax.Array, size: int) -> jax.Array:
 def _draw_normals(key: jax.Array, shapes: list[tuple[int, ...]], stds: list[float]) -> list[jax.Array]:
     """One normal draw of the total size (a single threefry op), cut into the kernels in order and scaled.
 
-    Compile time is the point. One `jax.random.normal` per kernel costs one compile per distinct shape eagerly
-    (~20 s for b0 on 2 cores), ~12 s in one jitted program; slicing inside the program costs ~25 ms of XLA compile
-    per output. So the flat draw is the only compiled step; concrete draws are cut and scaled in numpy (float32
-    products round identically in numpy and XLA, so a traced build gets the same numbers from the jnp path).
+    Compile time is the point. One `jax.random.normal` per kernel costs one compile per distinct shape eagerly,
+    and slicing inside one jitted program costs XLA compile time per output. So the flat draw is the only compiled
+    step; concrete draws are cut and scaled in numpy (float32 products round identically in numpy and XLA, so a
+    traced build gets the same numbers from the jnp path).
     """
     sizes = [math.prod(s) for s in shapes]
     flat = _normal_flat(key, sum(sizes))
@@ -206,10 +207,11 @@ class ConvBN(nnx.Module):
         *,
         groups: int = 1,
         act: bool = True,
-        dtype=jnp.float32,
-        depthwise_impl: str = "auto",
+        options: ModelOptions | None = None,
         rngs: nnx.Rngs,
     ):
+        options = options or ModelOptions()
+        dtype = options.compute_dtype
         self.conv = Conv2d(in_ch, out_ch, kernel, groups=groups, rngs=rngs)
         self.bn = BatchNorm(out_ch, conv, dtype=dtype)
         self.kernel_size, self.stride, self.padding = kernel, stride, conv.padding
@@ -218,7 +220,7 @@ class ConvBN(nnx.Module):
             raise ValueError(f"ConvBN: only dense or depthwise convs are supported, got groups={groups}")
         self.activation = conv.activation if act else None
         self.dtype = dtype
-        self.depthwise_impl = depthwise_impl
+        self.depthwise_impl = options.depthwise_impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
         pads = conv_pads(self.padding, x.shape[1], x.shape[2], self.kernel_size, self.stride)
@@ -234,10 +236,10 @@ class ConvBN(nnx.Module):
 class SqueezeExcite(nnx.Module):
     """Global average pool -> reduce (1x1, bias) -> SiLU -> excite (1x1, bias) -> sigmoid gate."""
 
-    def __init__(self, channels: int, squeeze: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, channels: int, squeeze: int, *, options: ModelOptions | None = None, rngs: nnx.Rngs):
         self.reduce = Conv2d(channels, squeeze, 1, bias=True, rngs=rngs)
         self.excite = Conv2d(squeeze, channels, 1, bias=True, rngs=rngs)
-        self.dtype = dtype
+        self.dtype = (options or ModelOptions()).compute_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         s = x.astype(jnp.float32).mean(axis=(1, 2)).astype(self.dtype)  # (N, C): a 1x1 conv is a matmul

@@ -7,9 +7,8 @@ pass for
 
     dx = scale * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)),   dz = act'(z) * g,
 
-which made BN + SiLU forward + backward ~1.5x faster at B0's largest shape on 2 cores, but the whole b0 train
-step only 1-5% faster (`benchmarks/ablation.py`: 5% with every round apart in a two-variant run, 1% among five
-variants): XLA already fuses most of autodiff's passes. The activation's own
+which is faster for the layer alone but gains the whole train step much less, since XLA already fuses most of
+autodiff's passes (`benchmarks/ablation.py`; figures in benchmarks/README.md). The activation's own
 derivative is taken with `jax.vjp` at the recomputed pre-activation, so it is exactly autodiff's (ReLU6's
 kink convention included). Statistics are computed in float32 two-pass (no E[x^2] - E[x]^2 cancellation),
 whatever the input dtype. The batch mean and (biased) variance are returned too, for the running averages;

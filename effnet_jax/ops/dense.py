@@ -3,9 +3,9 @@
 EfficientNet has two kinds: 1x1 stride-1 convs (expand, project, head) and the stem (3x3, stride 2, 3 input
 channels). `pointwise_conv` writes the first as one (N*H*W, C) @ (C, D) matmul, on every backend: XLA CPU
 lowers a 1x1 conv's kernel gradient to a conv over transposed (C, H, W, N) copies of both operands, while the
-matmul's gradients are two plain matmuls (b0 train step 1.44x, inference 1.55x faster on 2 cores; see
-`benchmarks/ablation.py`). The stem stays a lax conv: a fused sum of its 27 window taps ran the stem alone
-2.7x faster, but inside the model it changed nothing measurable (see benchmarks/README.md).
+matmul's gradients are two plain matmuls (`benchmarks/ablation.py` measures it inside the model). The stem stays
+a lax conv: a fused sum of its 27 window taps was faster for the stem alone, but inside the model it changed
+nothing measurable (benchmarks/README.md).
 """
 
 from __future__ import annotations

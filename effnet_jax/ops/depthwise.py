@@ -22,18 +22,18 @@ paddings, strides 1/2, kernels 3/5).
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from effnet_jax import native
+from .. import env
+from . import native
 
 __all__ = ["ENV_VAR", "IMPLS", "depthwise_conv", "resolve_impl"]
 
 IMPLS = ("grouped", "shift", "shift_vjp")
-ENV_VAR = "EFFNET_DEPTHWISE"
+ENV_VAR = env.DEPTHWISE
 # Backends whose native grouped conv is fast; everything else (cpu) gets the shifted-slice path.
 _GROUPED_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 _CPU_DEFAULT = "shift_vjp"
@@ -44,7 +44,7 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 def resolve_impl(impl: str = "auto") -> str:
     """The formulation `impl` stands for: "auto" -> `$EFFNET_DEPTHWISE` if set, else by backend."""
     if impl == "auto":
-        impl = os.environ.get(ENV_VAR, "") or "auto"
+        impl = env.text(ENV_VAR, "auto")
         if impl == "auto":
             return "grouped" if jax.default_backend() in _GROUPED_BACKENDS else _CPU_DEFAULT
         if impl not in IMPLS:
@@ -212,16 +212,15 @@ def _input_grad(g, kernel, stride, padding, in_h, in_w):
 
 
 # Bytes of output gradient per row block of the kernel gradient: a block this size keeps the k*k tap products
-# in L2 instead of main memory (3-8x faster than whole-tensor passes at B0 shapes on a Sapphire Rapids core;
-# see benchmarks/depthwise.py).
+# in L2 instead of main memory, which beats whole-tensor passes at B0 shapes (benchmarks/depthwise.py).
 _KGRAD_BLOCK_BYTES = 128 << 10
 
 
 def _sum_taps(products, axes):
     """Sum each of the k*k tap products over `axes` in one variadic reduction (one pass, k*k accumulators).
 
-    XLA CPU fuses the strided window slices into this single reduction; k*k separate sums each copied their
-    slice first and ran ~1.4x slower at B0's stride-1 shapes.
+    XLA CPU fuses the strided window slices into this single reduction; k*k separate sums each copy their
+    slice first.
     """
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
     sums = lax.reduce(
@@ -238,7 +237,7 @@ def _kernel_grad(x, g, kernel_shape, stride, padding):
 
     Blocks split the output rows only (never the batch), so a batch-sharded x stays sharded. Stride 1 sums
     each block over (n, rows, columns); a strided window reads every other column, which XLA CPU handles
-    better when the block keeps its columns and they are summed once at the end (~1.15x at B0's shapes).
+    better when the block keeps its columns and they are summed once at the end.
     """
     (pt, pb), (pl, pr) = padding
     kh, kw = kernel_shape[:2]
@@ -272,7 +271,7 @@ def _kernel_grad(x, g, kernel_shape, stride, padding):
 
 
 def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
-    """`_kernel_grad`, or on CPU the native kernel where it is built (`native`: same function, 3-9x faster)."""
+    """`_kernel_grad`, or on CPU the native kernel where it is built (`native`: same function, faster)."""
     xla = lambda x, g: _kernel_grad(x, g, kernel_shape, stride, padding)
     if x.dtype != jnp.float32 or not native.available():
         return xla(x, g)

@@ -1,17 +1,17 @@
 """Keep freed host memory mapped, so XLA CPU's per-call temporaries stop page-faulting.
 
-XLA CPU mallocs an executable's temporaries on its worker threads (3.8 GB in one block for a b0 train step
-at batch 32, 224 px) and frees them when the call returns. glibc serves any block above 32 MB, and any block
-a worker thread's arena cannot hold (64 MB), with a fresh `mmap` and gives it back with `munmap`, so every
-call faults every page in again and the kernel zeroes it: ~1.5 s of system CPU per b0 train step on a
-2-core machine (`benchmarks/results/page-faults-*.md`). Eager torch does the same with its activations.
+XLA CPU mallocs an executable's temporaries on its worker threads (gigabytes, in one block, for a b0 train step
+at 224 px) and frees them when the call returns. glibc serves any block above its mmap threshold, and any block
+a worker thread's arena cannot hold, with a fresh `mmap` and gives it back with `munmap`, so every call faults
+every page in again and the kernel zeroes it (`benchmarks/results/page-faults-*.md`). Eager torch does the same
+with its activations.
 
 Three `mallopt` settings make glibc keep and reuse that memory instead: one arena for all threads (so a
 worker thread's big block comes from the main heap), no `mmap` for big blocks, and no trimming of the heap's
 top. The price: the process's resident memory stays at its peak instead of shrinking between calls, and all
-threads share one allocator lock. That lock is why this is opt-in: on 2 cores it made XLA's compile 1.45x
-slower and the default `effnet train` (b0 at 32 px, a Grain input pipeline) 1.5x slower, while a b0@224
-batch-32 train step got 1.3x faster. Measure your workload both ways.
+threads share one allocator lock. That lock is why this is opt-in: it slows XLA's compile and the default
+`effnet train` (b0 at 32 px, a Grain input pipeline) while it speeds up a b0@224 train step (benchmarks/README.md).
+Measure your workload both ways.
 
 The settings are process-wide and only fully take for threads that had not allocated yet, so call
 `retain_host_memory()` first thing, before the first JAX computation (importing jax is fine). The `effnet`
@@ -23,9 +23,9 @@ from __future__ import annotations
 import ctypes
 import os
 
-from effnet_jax.config import env_flag  # stdlib + effnet_spec: jax stays unimported
+from .. import env  # stdlib only: jax stays unimported
 
-ENV = "EFFNET_RETAIN_HOST_MEMORY"
+ENV = env.RETAIN_HOST_MEMORY
 retained = False  # whether retain_host_memory() has taken in this process (the bench records it)
 
 # glibc <malloc.h> parameter numbers.
@@ -62,4 +62,4 @@ def retain_host_memory() -> bool:
 
 def wanted() -> bool:
     """The `effnet` command's choice: off unless EFFNET_RETAIN_HOST_MEMORY is 1/true/yes/on."""
-    return env_flag(ENV, default=False)
+    return env.flag(ENV, default=False)

@@ -1,7 +1,7 @@
 """Native CPU kernels: built on first use with the system's C++ compiler, called through XLA FFI.
 
-XLA CPU runs the depthwise kernel gradient (a k*k-way reduction over N, H, W per channel) at a few GMAC/s;
-`csrc/depthwise_kgrad.cc`, a plain loop vectorised over channels, is 3-9x faster at B0's shapes
+XLA CPU runs the depthwise kernel gradient (a k*k-way reduction over N, H, W per channel) slowly;
+`csrc/depthwise_kgrad.cc`, a plain loop vectorised over channels, is several times faster at B0's shapes
 (`benchmarks/depthwise_kgrad_ffi.py`). `depthwise`'s CPU path uses it when `available()`.
 
 The library is compiled once per (source, jax version, CPU) with `g++ -O3 -march=native` against jaxlib's FFI
@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effnet_jax.config import env_flag
+from .. import env
 
 __all__ = ["ENV", "available", "depthwise_kernel_grad"]
 
-ENV = "EFFNET_NATIVE"
+ENV = env.NATIVE
 _SOURCE = "depthwise_kgrad.cc"
 _SYMBOL = "EffnetDepthwiseKgrad"
 _TARGET = "effnet_depthwise_kgrad"
@@ -42,7 +42,7 @@ _loaded: bool | None = None  # None: not tried yet in this process
 
 
 def _wanted() -> bool:
-    return env_flag(ENV, default=True)
+    return env.flag(ENV, default=True)
 
 
 def _cpu_id() -> str:
@@ -56,14 +56,14 @@ def _cpu_id() -> str:
 
 
 def cache_dir() -> str:
-    return os.environ.get("EFFNET_CACHE_DIR") or os.path.join(
+    return env.text(env.CACHE_DIR) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "effnet"
     )
 
 
 def _build() -> str:
     """Path of the compiled library, building it first if this (source, jax, CPU) has none cached."""
-    source = resources.files("effnet_jax").joinpath("csrc", _SOURCE).read_bytes()
+    source = resources.files(__package__).joinpath("csrc", _SOURCE).read_bytes()
     key = hashlib.sha256(b"\0".join([source, jax.__version__.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]))
     folder = cache_dir()
     path = os.path.join(folder, f"depthwise_kgrad-{key.hexdigest()[:16]}.so")

@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass
 
-from effnet_spec import VARIANTS
+from effnet_spec import SOURCES, VARIANTS
 
-__all__ = ["BASE", "PRESETS", "DEFAULT_PRESET", "TrainConfig", "apply_overrides", "from_preset", "to_json"]
+from ..env import FALSE, TRUE
+
+__all__ = [
+    "BASE",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "from_preset",
+    "to_json",
+]
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 AUGMENTS = ("autoaugment", "randaugment", "none")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")  # ModelOptions.dtype values; spelled here so a config parses without jax
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,11 +44,11 @@ class TrainConfig:
     variant: str = "b0"  # effnet_spec variant name (b0..b8, l2, lite0..lite4)
     resolution: int = 0  # train/eval image side in pixels; 0 = the variant's native resolution
     stages: int = 0  # keep only the first N rows of the stage table (0 = all 7); a cheap model for smoke runs
-    weights_convention: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use
+    weight_source: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use
     drop_path: float = -1.0  # stochastic-depth rate of the last block; < 0 = the variant's (0.2)
     dropout: float = -1.0  # dropout before the classifier; < 0 = the variant's (0.2..0.5)
     dtype: str = "float32"  # compute dtype ("bfloat16": bf16 activations, float32 parameters and optimizer)
-    depthwise_impl: str = "auto"  # effnet_jax.depthwise formulation ("auto" picks per backend)
+    depthwise_impl: str = "auto"  # effnet_jax.ops.depthwise formulation ("auto" picks per backend)
 
     # --- data
     data: str = "digits"  # "digits" (embedded), "synthetic" (random tensors), or an image folder (class sub-folders)
@@ -58,7 +68,7 @@ class TrainConfig:
     epochs: float = 350.0  # length of the run in epochs of the train split (used when steps == 0)
     steps: int = 0  # length of the run in optimizer steps; > 0 overrides epochs
 
-    # --- optimizer (see effnet_jax.optim)
+    # --- optimizer (see effnet_jax.train.optim)
     optimizer: str = "rmsprop"  # "rmsprop" (TF form, exponential decay), "sgd" or "adamw" (cosine)
     lr: float = 0.0  # peak learning rate; 0 = lr_per_256 * global_batch / 256
     lr_per_256: float = 0.016  # peak learning rate per 256 images of global batch
@@ -96,6 +106,10 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}; got {self.augment!r}")
         need(self.dtype in DTYPES, f"dtype must be one of {DTYPES}; got {self.dtype!r}")
+        need(
+            self.weight_source in SOURCES,
+            f"weight_source must be one of {', '.join(SOURCES)}; got {self.weight_source!r}",
+        )
         need(self.global_batch >= 1, f"global_batch must be >= 1; got {self.global_batch}")
         need(self.eval_batch >= 1, f"eval_batch must be >= 1; got {self.eval_batch}")
         need(self.steps > 0 or self.epochs > 0, f"need steps > 0 or epochs > 0; got {self.steps}, {self.epochs}")
@@ -128,7 +142,7 @@ PRESETS: dict[str, TrainConfig] = {
         BASE,
         variant="b0",
         resolution=32,
-        weights_convention="torchvision",
+        weight_source="torchvision",
         drop_path=0.0,
         dropout=0.0,
         data="digits",
@@ -195,28 +209,14 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
     return dataclasses.replace(cfg, **changes)
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def env_flag(name: str, default: bool) -> bool:
-    """An on/off environment switch (1/true/yes/on or 0/false/no/off); unset or empty means `default`."""
-    raw = os.environ.get(name, "")
-    value = raw.strip().lower()
-    if not value:
-        return default
-    if value in _TRUE + _FALSE:
-        return value in _TRUE
-    raise ValueError(f"{name}={raw!r}: expected {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
-
-
 def _parse(key: str, raw: str, typ: object) -> object:
     if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:  # e.g. `float | None`
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         return None if raw.lower() == "none" else _parse(key, raw, args[0])
     if typ is bool:
-        if raw.lower() in _TRUE + _FALSE:
-            return raw.lower() in _TRUE
-        raise ValueError(f"config key {key!r} expects a bool ({'/'.join(_TRUE + _FALSE)}), got {raw!r}")
+        if raw.lower() in TRUE + FALSE:
+            return raw.lower() in TRUE
+        raise ValueError(f"config key {key!r} expects a bool ({'/'.join(TRUE + FALSE)}), got {raw!r}")
     if typ in (int, float):
         try:
             value = float(raw) if typ is float else int(raw)
@@ -228,3 +228,17 @@ def _parse(key: str, raw: str, typ: object) -> object:
 
 def to_json(cfg: TrainConfig) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)
+
+
+# Keys renamed since a run could have saved them in its config.json / checkpoint meta: old -> new.
+_RENAMED = {"weights_convention": "weight_source"}
+
+
+def from_dict(saved: dict) -> TrainConfig:
+    """A config saved by a run (its `config.json`, a checkpoint's meta), from this or an earlier release."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {_RENAMED.get(k, k): v for k, v in saved.items()}
+    unknown = sorted(values.keys() - fields)
+    if unknown:
+        raise ValueError(f"saved config has unknown keys {unknown}; it was written by another effnet version")
+    return TrainConfig(**values)

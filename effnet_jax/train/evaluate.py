@@ -1,20 +1,13 @@
-"""`effnet eval --checkpoint DIR`: top-1/top-5 of a training checkpoint (EMA weights by default).
+"""Evaluation: the step the training loop uses, and top-1/top-5 of a training checkpoint (`effnet eval`).
 
-    effnet eval --checkpoint runs/digits                 # the digits val split the run trained against
-    effnet eval --checkpoint runs/b0 --data /imagenet/val --no-ema
-
-Also holds the evaluation step the training loop uses: a jitted, mesh-sharded forward pass in eval mode
-that returns per-batch sums (correct top-1, correct top-5, loss, count) over unmasked rows only, so the
-padded last batch does not bias the result.
+The step is a jitted, mesh-sharded forward pass in eval mode that returns per-batch sums (correct top-1,
+correct top-5, loss, count) over unmasked rows only, so the padded last batch does not bias the result.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +17,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["add_arguments", "evaluate_checkpoint", "evaluate_split", "main", "make_eval_step"]
+from . import data as data_lib
+from .augment import EvalTransform
+from .checkpoint import Checkpointer, abstract_like
+from .config import from_dict
+from .mesh import to_global
+from .modeling import WEIGHTS, build_model, resolution_of
+
+__all__ = ["evaluate_checkpoint", "evaluate_split", "make_eval_step"]
 
 
 def make_eval_step(eval_graphdef, mesh: Mesh):
@@ -52,8 +52,6 @@ def make_eval_step(eval_graphdef, mesh: Mesh):
 
 def evaluate_split(eval_step, weights, rest, batches, mesh: Mesh) -> dict:
     """Run `eval_step` over an iterator of process-local padded batches; returns mean top1/top5/loss and count."""
-    from .train import to_global
-
     totals = None
     for batch in batches:
         sums = eval_step(weights, rest, to_global(batch, mesh))
@@ -80,18 +78,12 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
       FileNotFoundError: no checkpoint there.
       ValueError: the data has a different number of classes than the model.
     """
-    from . import data as data_lib
-    from .augment import EvalTransform
-    from .checkpoint import Checkpointer, abstract_like
-    from .config import TrainConfig
-    from .train import WEIGHTS, build_model, resolution_of
-
     sub = os.path.join(ckpt_dir, "checkpoints")
     ckpt = Checkpointer(sub if os.path.isdir(sub) else ckpt_dir)
     if ckpt.latest_step() is None:
         raise FileNotFoundError(f"no training checkpoint in {ckpt_dir!r} (expected <workdir>/checkpoints/<step>)")
     meta = ckpt.restore(step)["meta"]
-    cfg = TrainConfig(**meta["config"])
+    cfg = from_dict(meta["config"])
     if batch:
         cfg = dataclasses.replace(cfg, eval_batch=batch)
     num_classes = int(meta["num_classes"])
@@ -123,32 +115,3 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
     result = evaluate_split(make_eval_step(eval_graphdef, mesh), weights, rest, iter(ds), mesh)
     ckpt.close()
     return {**result, "weights": item, "step": int(meta["step"]), "data": source_name}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/ folder)")
-    parser.add_argument("--data", help="'digits', 'synthetic' or an image folder (default: the run's val data)")
-    parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
-    parser.add_argument("--batch", type=int, help="global eval batch (default: the run's eval_batch)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        r = evaluate_checkpoint(args.checkpoint, data=args.data, ema=not args.no_ema, step=args.step, batch=args.batch)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"effnet eval: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print(f"step {r['step']} ({r['weights']} weights) on {r['data']}: top-1 {r['top1']:.4f}  "
-              f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  ({int(r['count'])} images)")  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m effnet_jax.evaluate", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    sys.exit(main(_parser.parse_args()))

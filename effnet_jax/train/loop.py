@@ -1,9 +1,4 @@
-"""`effnet train`: jit-compiled, data-parallel EfficientNet training that reads top to bottom.
-
-    effnet train                                   # b0 on the embedded digits, a few minutes on a laptop
-    effnet train --preset b0 --data /imagenet/train --set val_data=/imagenet/val --set global_batch=1024
-    effnet train --preset smoke                    # 2 steps on random tensors
-    python -m effnet_jax.train --resume --workdir runs/digits
+"""The training loop: jit-compiled, data-parallel EfficientNet training that reads top to bottom.
 
 `train(cfg)` runs the phases in order: make_mesh -> make_data -> make_model_and_optimizer -> restore_or_init
 -> make_steps -> loop -> finish. The step is one pure `jax.jit` function of (state, batch, step) built by
@@ -13,12 +8,10 @@ axis (`P('data')`), so BN statistics are computed over the global batch; state b
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -30,82 +23,27 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from effnet_spec import STAGES, VARIANTS, resolve
+from effnet_spec import resolve
 from effnet_spec.atomic import write_atomic
 
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
 from .checkpoint import Checkpointer, abstract_like
-from .config import DEFAULT_PRESET, PRESETS, TrainConfig, from_preset, to_json
+from .config import TrainConfig, to_json
 from .evaluate import evaluate_split, make_eval_step
-from .model import EfficientNet
+from .mesh import init_distributed, make_mesh, to_global
+from .metrics import Logger, note, plot_curves
+from .modeling import WEIGHTS, build_model, cross_entropy, resolution_of
 from .optim import ema_update, make_optimizer, make_schedule
 
-__all__ = ["NonFiniteLoss", "add_arguments", "build_model", "cross_entropy", "main", "train"]
-
-WEIGHTS = (nnx.Param, nnx.BatchStat)  # what the EMA tracks: parameters and BN running statistics
+__all__ = ["NonFiniteLoss", "train"]
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient became NaN/inf; the run stopped without saving."""
 
 
-def note(msg: str) -> None:
-    """One line of progress from process 0 (through tqdm, so it does not break the bar)."""
-    if jax.process_index() == 0:
-        from tqdm import tqdm
-
-        tqdm.write(f"[effnet] {msg}", file=sys.stderr)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
-    """Mean softmax cross-entropy against one-hot labels smoothed as (1 - s) * onehot + s / K."""
-    num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
-
-
-def build_model(cfg: TrainConfig, num_classes: int, *, seed: int | None = None) -> EfficientNet:
-    """The EfficientNet `cfg` describes (variant, optional truncated stage table, rates, dtype)."""
-    seed = cfg.seed if seed is None else seed
-    spec = resolve(
-        cfg.variant,
-        num_classes=num_classes,
-        weights=cfg.weights_convention,
-        stages=STAGES[: cfg.stages] if cfg.stages else STAGES,
-        drop_path=None if cfg.drop_path < 0 else cfg.drop_path,
-        dropout=None if cfg.dropout < 0 else cfg.dropout,
-    )
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return EfficientNet(spec, rngs=rngs, dtype=dtype, depthwise_impl=cfg.depthwise_impl)
-
-
-def resolution_of(cfg: TrainConfig) -> int:
-    return cfg.resolution or VARIANTS[cfg.variant].resolution
-
-
 # ---------------------------------------------------------------------------------------------- phases
-
-
-def init_distributed(cfg: TrainConfig) -> None:
-    """Join the multi-host job: auto-detected on TPU pods/SLURM, or from coordinator/num_processes/process_id."""
-    kwargs = {}
-    if cfg.coordinator:
-        kwargs = dict(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes, process_id=cfg.process_id)
-    jax.distributed.initialize(**kwargs)
-
-
-def make_mesh(cfg: TrainConfig) -> Mesh:
-    """A 1-D mesh over every device of every host; the global batch is split along its `data` axis."""
-    devices = np.array(jax.devices())
-    if cfg.global_batch % devices.size or cfg.eval_batch % devices.size:
-        raise ValueError(
-            f"global_batch {cfg.global_batch} and eval_batch {cfg.eval_batch} must be multiples of the "
-            f"{devices.size} devices"
-        )
-    note(f"mesh: {devices.size} {jax.default_backend()} device(s) on {jax.process_count()} process(es)")
-    return Mesh(devices, ("data",))
 
 
 @dataclass
@@ -293,38 +231,6 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
     return jit_train, jit_eval
 
 
-def to_global(batch: dict, mesh: Mesh) -> dict:
-    """Process-local numpy rows -> global arrays sharded along `data` (rows of process p are slice p)."""
-    sharding = NamedSharding(mesh, P("data"))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-class Logger:
-    """metrics.jsonl + TensorBoard on process 0; everything else is a no-op elsewhere."""
-
-    def __init__(self, workdir: str):
-        self.main = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.tb = None
-        if self.main:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-
-    def write(self, step: int, kind: str, values: dict) -> None:
-        if not self.main:
-            return
-        row = {"step": step, "kind": kind, "time": time.time(), **{k: float(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for k, v in values.items():
-            self.tb.add_scalar(f"{kind}/{k}", float(v), step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def run_eval(cfg, mesh, run, eval_step, logger, data) -> dict | None:
     if data.val is None:
         return None
@@ -430,39 +336,6 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
     return summary
 
 
-def plot_curves(metrics_path: str, png_path: str) -> None:
-    """Train loss, train top-1 and val top-1 against step, from metrics.jsonl (last row per step wins)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows: dict[tuple[str, int], dict] = {}
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            for line in f:
-                r = json.loads(line)
-                rows[(r["kind"], r["step"])] = r
-    train = sorted((r for (k, _), r in rows.items() if k == "train"), key=lambda r: r["step"])
-    val = sorted((r for (k, _), r in rows.items() if k == "val"), key=lambda r: r["step"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    ax2.plot([r["step"] for r in train], [r["top1"] for r in train], label="train top-1")
-    ax2.plot([r["step"] for r in val], [r["top1"] for r in val], "o-", label="val top-1")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("accuracy")
-    ax2.set_ylim(0, 1)
-    ax2.legend()
-    fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run training as `cfg` says; returns the summary dict.
 
@@ -489,47 +362,3 @@ def train(cfg: TrainConfig) -> dict:
         logger.close()
         raise
     return finish(cfg, run, data, stats, logger)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="base configuration")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the workdir")
-    parser.add_argument("--workdir", help="where checkpoints, metrics and plots go (config key `workdir`)")
-    parser.add_argument("--data", help="'digits', 'synthetic' or an image folder (config key `data`)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    extra = [f"{k}={v}" for k, v in (("workdir", args.workdir), ("data", args.data)) if v is not None]
-    cfg = from_preset(args.preset, [*args.set, *extra])
-    return dataclasses.replace(cfg, resume=True) if args.resume else cfg
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_from_args(args)
-    except ValueError as e:
-        print(f"effnet train: error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(to_json(cfg))
-        return 0
-    try:
-        train(cfg)
-    except NonFiniteLoss as e:
-        print(f"effnet train: stopped: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:
-        print(f"effnet train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m effnet_jax.train", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    sys.exit(main(_parser.parse_args()))

@@ -1,0 +1,196 @@
+"""Contender builders: each returns a `run()` that performs one synchronised call (jax, torch imported lazily).
+
+JAX builders return `(run, compile_s, memory_mb)` (compile = `lower` + `compile` of the jitted function; memory
+from the compiled executable, or None); torch builders return `run` alone (torch.compile compiles on the first
+call, which the harness times as the warm-up). `matmul_peak` measures the float32 matmul rate of both.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from .harness import NUM_CLASSES, Row, interleaved, p90
+
+__all__ = ["jax_inference", "jax_train", "matmul_peak", "torch_inference", "torch_train"]
+
+
+# ---------------------------------------------------------------- jax
+
+
+def _jax_model(variant: str, depthwise_impl: str, rngs):
+    from effnet_jax import EfficientNet, ModelOptions
+
+    options = ModelOptions(depthwise_impl=depthwise_impl)
+    return EfficientNet.from_name(variant, num_classes=NUM_CLASSES, options=options, rngs=rngs)
+
+
+def _jax_memory_mb(compiled) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+        return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes) / 2**20
+    except Exception:  # memory_analysis is optional per backend
+        return None
+
+
+def jax_inference(variant: str, res: int, batch: int, depthwise_impl: str):
+    """effnet_jax eval-mode forward of a (batch, res, res, 3) float32 input, one jitted function."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = _jax_model(variant, depthwise_impl, nnx.Rngs(0))
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    x = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
+    t0 = time.perf_counter()
+    compiled = forward.lower(state, x).compile()
+    compile_s = time.perf_counter() - t0
+    mem = _jax_memory_mb(compiled)
+
+    def run():
+        compiled(state, x).block_until_ready()
+
+    return run, compile_s, mem
+
+
+def jax_train(variant: str, res: int, batch: int, depthwise_impl: str):
+    """effnet_jax train step: forward + backward + SGD-momentum update, state donated, one jitted function."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    model = _jax_model(variant, depthwise_impl, nnx.Rngs(0, dropout=1))
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+
+    def train_step(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    step = jax.jit(train_step, donate_argnums=0)
+    x = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
+    y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, x, y).compile()
+    compile_s = time.perf_counter() - t0
+    mem = _jax_memory_mb(compiled)
+    box = {"state": state}
+
+    def run():
+        box["state"], loss = compiled(box["state"], x, y)
+        loss.block_until_ready()
+
+    return run, compile_s, mem
+
+
+# ---------------------------------------------------------------- torch
+
+
+def _torch_sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _torch_model(variant: str, device: str, layout: str):
+    import torch
+
+    from effnet_torch import EfficientNet
+
+    model = EfficientNet.from_name(variant, num_classes=NUM_CLASSES).to(device)
+    if layout != "nchw":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _torch_input(batch: int, res: int, device: str, layout: str):
+    import torch
+
+    x = torch.randn(batch, 3, res, res, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if layout != "nchw" else x
+
+
+def torch_inference(variant: str, res: int, batch: int, device: str, layout: str, compiled: bool):
+    """effnet_torch eval forward under `inference_mode`; layout "nchw" or "cl" (channels_last)."""
+    import torch
+
+    model = _torch_model(variant, device, layout).eval()
+    fn = torch.compile(model) if compiled else model
+    x = _torch_input(batch, res, device, layout)
+
+    def run():
+        with torch.inference_mode():
+            fn(x)
+        _torch_sync(device)
+
+    return run
+
+
+def torch_train(variant: str, res: int, batch: int, device: str, layout: str, compiled: bool):
+    """effnet_torch train step: forward + backward + SGD-momentum update (the whole step compiled if asked)."""
+    import torch
+
+    model = _torch_model(variant, device, layout).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = _torch_input(batch, res, device, layout)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = torch.compile(step) if compiled else step
+
+    def run():
+        fn()
+        _torch_sync(device)
+
+    return run
+
+
+# ---------------------------------------------------------------- matmul peak
+
+
+def matmul_peak(size: int, reps: int, torch_device: str) -> list[Row]:
+    """float32 square matmul GFLOP/s for jax and torch, interleaved."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    mm(a).block_until_ready()
+    ta = torch.randn(size, size, device=torch_device)
+    torch.mm(ta, ta)
+    _torch_sync(torch_device)
+
+    def torch_mm():
+        torch.mm(ta, ta)
+        _torch_sync(torch_device)
+
+    times = interleaved({"jax": lambda: mm(a).block_until_ready(), "torch": torch_mm}, reps)
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        gf = 2 * size**3 / med / 1e9
+        rows.append(Row("matmul", f"{size}x{size}", size, 1, name, med, p90(ts), 0.0, gf, 1.0, None, None, reps))
+    return rows

@@ -1,0 +1,36 @@
+"""`effnet eval --checkpoint DIR`: top-1/top-5 of a training checkpoint (EMA weights by default).
+
+effnet eval --checkpoint runs/digits                 # the digits val split the run trained against
+effnet eval --checkpoint runs/b0 --data /imagenet/val --no-ema
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/ folder)")
+    parser.add_argument("--data", help="'digits', 'synthetic' or an image folder (default: the run's val data)")
+    parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    parser.add_argument("--batch", type=int, help="global eval batch (default: the run's eval_batch)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..train.evaluate import evaluate_checkpoint
+
+    try:
+        r = evaluate_checkpoint(args.checkpoint, data=args.data, ema=not args.no_ema, step=args.step, batch=args.batch)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"effnet eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"step {r['step']} ({r['weights']} weights) on {r['data']}: top-1 {r['top1']:.4f}  "
+              f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  ({int(r['count'])} images)")  # fmt: skip
+    return 0

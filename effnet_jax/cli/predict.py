@@ -1,0 +1,30 @@
+"""`effnet predict IMAGE... --weights W.safetensors`: top-k classes of each image (see `effnet_jax.predict`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    p.add_argument("--weights", required=True, help="an effnet checkpoint (.safetensors; see `effnet convert`)")
+    p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        print(f"effnet predict: --top must be >= 1, got {args.top}", file=sys.stderr)
+        return 2
+    from ..predict import predict
+
+    try:
+        results = predict(args.images, args.weights, top=args.top)
+    except (OSError, ValueError) as e:
+        print(f"effnet predict: {e}", file=sys.stderr)
+        return 1
+    for path, rows in zip(args.images, results):
+        print(path)
+        for rank, (name, prob) in enumerate(rows, 1):
+            print(f"  {rank}. {prob:7.2%}  {name}")
+    return 0

@@ -1,0 +1,40 @@
+"""The environment switches that ops and the CLI read, parsed in one place (stdlib only: jax stays unimported).
+
+EFFNET_DEPTHWISE=grouped|shift|shift_vjp   the depthwise formulation "auto" stands for (default: by backend)
+EFFNET_NATIVE=0                            never build or use the native C++ kernels
+EFFNET_CACHE_DIR=DIR                       where native kernels are cached (default ~/.cache/effnet)
+EFFNET_RETAIN_HOST_MEMORY=1                the `effnet` command keeps freed host memory mapped
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["CACHE_DIR", "DEPTHWISE", "NATIVE", "RETAIN_HOST_MEMORY", "flag", "text"]
+
+DEPTHWISE = "EFFNET_DEPTHWISE"
+NATIVE = "EFFNET_NATIVE"
+CACHE_DIR = "EFFNET_CACHE_DIR"
+RETAIN_HOST_MEMORY = "EFFNET_RETAIN_HOST_MEMORY"
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def flag(name: str, default: bool) -> bool:
+    """An on/off switch (1/true/yes/on or 0/false/no/off); unset or empty means `default`.
+
+    Raises:
+        ValueError: any other value, naming the variable.
+    """
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in TRUE + FALSE:
+        return value in TRUE
+    raise ValueError(f"{name}={raw!r}: expected {'/'.join(TRUE)} or {'/'.join(FALSE)}")
+
+
+def text(name: str, default: str = "") -> str:
+    """A string switch; unset or empty means `default`."""
+    return os.environ.get(name, "").strip() or default

@@ -1,0 +1,7 @@
+"""`python -m effnet_jax.train ...` is `effnet train ...`."""
+
+import sys
+
+from effnet_jax.cli import main
+
+sys.exit(main(["train", *sys.argv[1:]]))

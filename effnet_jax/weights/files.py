@@ -1,0 +1,61 @@
+"""effnet checkpoint files: the interchange state_dict as safetensors with the `effnet_spec` JSON header.
+
+Loading needs numpy and safetensors only (torch is never imported) and is strict: a file whose tensors do not fit
+its own header fails with every problem listed, and nothing is partially loaded (docs/design.md, "Weights").
+"""
+
+from __future__ import annotations
+
+import os
+
+from flax import nnx
+
+from effnet_spec import Preprocessing, make_header, read_header
+from effnet_spec.atomic import write_atomic
+
+from ..model import EfficientNet, ModelOptions
+from .state import _check_model, model_from_state_dict, state_dict_from_model
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> None:
+    """Save `model` as an effnet checkpoint (interchange safetensors + JSON header), atomically.
+
+    Args:
+        preprocessing: stored in the header; defaults to `model.preprocessing`, then the family's default.
+    """
+    from safetensors.numpy import save
+
+    _check_model(model, "save_checkpoint")
+    meta = make_header(model.spec, preprocessing or model.preprocessing)
+    write_atomic(path, save(state_dict_from_model(model), metadata=meta))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, rngs: nnx.Rngs | None = None, options: ModelOptions | None = None
+) -> EfficientNet:
+    """Rebuild the model named by the checkpoint header and load its weights (strict, never partial).
+
+    Needs numpy and safetensors only. The model is returned in eval mode, with `preprocessing` from the header.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a safetensors file, or a missing/malformed header.
+        CheckpointMismatchError: the tensors do not fit the spec.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(path, framework="np") as f:
+            meta = f.metadata()
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors checkpoint: {e}") from e
+    spec, pre = read_header(meta)
+    model = model_from_state_dict(spec, state, rngs=rngs, options=options)
+    model.preprocessing = pre
+    model.eval()
+    return model
