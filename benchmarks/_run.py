@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effnet_jax import bench, host_memory
+from effnet_jax.cli import bench
+from effnet_jax.ops import host_memory
 
 
 def run(suite: str, argv: list[str] | None = None) -> int:
@@ -18,7 +19,7 @@ def run(suite: str, argv: list[str] | None = None) -> int:
 
 def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--retain-host-memory", action="store_true", help="keep freed memory for reuse (effnet_jax.host_memory)"
+        "--retain-host-memory", action="store_true", help="keep freed memory for reuse (effnet_jax.ops.host_memory)"
     )
 
 

@@ -5,16 +5,15 @@ interleaved round by round in one process (train step: forward + backward + SGD 
 forward), so machine load hits all variants alike:
 
 - ``effnet``: everything as shipped.
-- ``1x1 as lax conv``: `dense.pointwise_conv` replaced by `lax.conv_general_dilated`.
-- ``BN+act by autodiff``: `bn_act.batch_norm_act` replaced by `batch_norm_act_reference`.
-- ``depthwise kgrad in XLA``: the depthwise kernel gradient by XLA instead of the native kernel (`native`).
+- ``1x1 as lax conv``: `ops.dense.pointwise_conv` replaced by `lax.conv_general_dilated`.
+- ``BN+act by autodiff``: `ops.bn_act.batch_norm_act` replaced by `batch_norm_act_reference`.
+- ``depthwise kgrad in XLA``: the depthwise kernel gradient by XLA instead of the native kernel (`ops.native`).
 - ``depthwise shift (autodiff)``: `depthwise_impl="shift"` instead of `shift_vjp`.
-- ``depthwise grouped``: `depthwise_impl="grouped"` (XLA's own; inference only unless --grouped-train,
-  its gradient takes tens of seconds per step on 2 cores).
+- ``depthwise grouped``: `depthwise_impl="grouped"` (XLA's own; inference only unless --grouped-train, as
+  its gradient is very slow on CPU).
 
 Run from the repo root: `python benchmarks/ablation.py [--batch 32] [--res 224] [--reps 5] [--variants ...]`;
-writes
-`benchmarks/results/ablation-<tag>.{json,md}`. Ratios > 1 mean the swapped-out choice is slower.
+writes `benchmarks/results/ablation-<tag>.{json,md}`. Ratios > 1 mean the swapped-out choice is slower.
 """
 
 from __future__ import annotations
@@ -35,9 +34,12 @@ def _lax_pointwise(x, kernel):
 
 VARIANTS = {
     "effnet": ({}, "auto"),
-    "1x1 as lax conv": ({"effnet_jax.dense.pointwise_conv": _lax_pointwise}, "auto"),
-    "BN+act by autodiff": ({"effnet_jax.layers.batch_norm_act": "effnet_jax.bn_act.batch_norm_act_reference"}, "auto"),
-    "depthwise kgrad in XLA": ({"effnet_jax.native.available": lambda: False}, "auto"),
+    "1x1 as lax conv": ({"effnet_jax.ops.dense.pointwise_conv": _lax_pointwise}, "auto"),
+    "BN+act by autodiff": (
+        {"effnet_jax.model.layers.batch_norm_act": "effnet_jax.ops.bn_act.batch_norm_act_reference"},
+        "auto",
+    ),
+    "depthwise kgrad in XLA": ({"effnet_jax.ops.native.available": lambda: False}, "auto"),
     "depthwise shift (autodiff)": ({}, "shift"),
     "depthwise grouped": ({}, "grouped"),
 }
@@ -80,7 +82,9 @@ def main() -> int:
     add_host_memory_flag(parser)
     args = parser.parse_args()
     apply_host_memory_flag(args)
-    from effnet_jax.bench import _jax_inference, _jax_train, environment, interleaved, write_results
+    from effnet_jax.bench.contenders import jax_inference, jax_train
+    from effnet_jax.bench.harness import environment, interleaved
+    from effnet_jax.bench.report import write_results
 
     env = environment("cpu")
     rows = []
@@ -93,7 +97,7 @@ def main() -> int:
             if mode == "train" and impl == "grouped" and not args.grouped_train:
                 continue
             t0 = time.perf_counter()
-            build = _jax_inference if mode == "inference" else _jax_train
+            build = jax_inference if mode == "inference" else jax_train
             with _patched(patches):  # active while the builder traces and compiles
                 runs[name] = build("b0", args.res, args.batch, impl)[0]
             runs[name]()  # first call after compile: allocation warm-up

@@ -1,6 +1,6 @@
 """Question: which depthwise-conv formulation is fastest here, forward and gradient, at B0's layer shapes?
 
-Every impl of `effnet_jax.depthwise` is timed on the same (N, H, W, C, k, stride) cases, interleaved round by
+Every impl of `effnet_jax.ops.depthwise` is timed on the same (N, H, W, C, k, stride) cases, interleaved round by
 round; "grad" is d/d(x, kernel) of sum(conv), i.e. the backward the train step pays. Run from the repo root:
 `python benchmarks/depthwise.py [--batch 8] [--impls grouped,shift,shift_vjp]`; writes JSON + markdown.
 """
@@ -24,8 +24,8 @@ def main() -> int:
     import jax
     import jax.numpy as jnp
 
-    from effnet_jax.bench import interleaved
-    from effnet_jax.depthwise import IMPLS, depthwise_conv
+    from effnet_jax.bench.harness import interleaved
+    from effnet_jax.ops.depthwise import IMPLS, depthwise_conv
     from effnet_spec.atomic import write_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,11 +1,9 @@
 """Question: how much does the native depthwise kernel gradient win over XLA's, layer by layer?
 
-The kernel gradient is the part of B0's depthwise backward that XLA CPU runs worst (a few GMAC/s).
-`effnet_jax/csrc/depthwise_kgrad.cc` is a plain C++ loop, vectorised over channels, that `effnet_jax.native`
-builds with the system's g++ and registers as an XLA FFI custom call; `depthwise`'s CPU path uses it where it
-is built. This script checks it against `effnet_jax.depthwise._kernel_grad` (the XLA formulation it
-replaces) and times both interleaved at B0's depthwise layer shapes, host memory retained so that neither
-side pays page faults. `ablation.py`'s "depthwise kgrad in XLA" variant measures the same choice inside b0.
+`effnet_jax.ops.native` builds `effnet_jax/ops/csrc/depthwise_kgrad.cc` and registers it as an XLA FFI custom
+call. This script checks it against `effnet_jax.ops.depthwise._kernel_grad` (the XLA formulation it replaces)
+and times both interleaved at B0's depthwise layer shapes, host memory retained so that neither side pays page
+faults. `ablation.py`'s "depthwise kgrad in XLA" variant measures the same choice inside b0.
 
 Run from the repo root: `python benchmarks/depthwise_kgrad_ffi.py [--batch 32] [--reps 7]`; writes
 `benchmarks/results/depthwise-kgrad-ffi-<tag>.{json,md}`.
@@ -28,16 +26,17 @@ def main() -> int:
     parser.add_argument("--tag", default="cpu")
     args = parser.parse_args()
 
-    from effnet_jax import host_memory
+    from effnet_jax.ops import host_memory
 
     host_memory.retain_host_memory()  # neither side should pay page faults for its temporaries
     import jax
     import numpy as np
 
     from benchmarks.depthwise import SHAPES
-    from effnet_jax import native
-    from effnet_jax.bench import environment, interleaved, write_results
-    from effnet_jax.depthwise import _kernel_grad
+    from effnet_jax.bench.harness import environment, interleaved
+    from effnet_jax.bench.report import write_results
+    from effnet_jax.ops import native
+    from effnet_jax.ops.depthwise import _kernel_grad
 
     if not native.available():
         raise SystemExit("depthwise_kgrad_ffi.py: the native kernel is not built here (see the warning above)")
@@ -69,7 +68,7 @@ def main() -> int:
     env = environment("cpu")
     total_xla, total_ffi = sum(r["xla_ms"] for r in rows), sum(r["ffi_ms"] for r in rows)
     lines = [
-        f"# Depthwise kernel gradient: XLA vs the native C++ kernel (`effnet_jax.native`), batch {args.batch}",
+        f"# Depthwise kernel gradient: XLA vs the native C++ kernel (`effnet_jax.ops.native`), batch {args.batch}",
         "",
         f"Medians of {args.reps} interleaved rounds, host memory retained.",
         "",

@@ -39,9 +39,9 @@ else
     failed=$((failed + 1))
 fi
 # (b) benchmarks: eager contenders first (always come back), then torch.compile separately (slow to compile).
-step bench 75 "$PY" -m effnet_jax.cli bench --quick --out "$OUT" --tag gpu-eager \
+step bench 75 "$PY" -m effnet_jax bench --quick --out "$OUT" --tag gpu-eager \
     --contenders jax,torch_nchw,torch_cl
-step bench_compile 70 "$PY" -m effnet_jax.cli bench --quick --out "$OUT" --tag gpu-compile \
+step bench_compile 70 "$PY" -m effnet_jax bench --quick --out "$OUT" --tag gpu-compile \
     --only inference --contenders jax,torch_compile
 # (c) which depthwise formulation wins on this GPU (auto picks "grouped" there).
 step depthwise 20 "$PY" benchmarks/depthwise.py --batch 32 --reps 5 --out "$OUT"

@@ -1,13 +1,13 @@
 """Question: how much of a CPU train step is the kernel handing out fresh pages, and does running torch in
 the same process (as `effnet bench` does) change the JAX step?
 
-XLA CPU allocates an executable's temporaries (3.7 GB for b0 at batch 32, 224 px) afresh on every call and
-returns them afterwards, so every step page-faults them in again; eager torch does the same with its
-activations. This script times b0 train steps (`effnet bench`'s builders) first alone, then alternating JAX
-and torch steps, recording wall time, system CPU time and minor page faults per step (getrusage).
+XLA CPU allocates an executable's temporaries afresh on every call and returns them afterwards, so every step
+page-faults them in again; eager torch does the same with its activations. This script times b0 train steps
+(`effnet bench`'s builders) first alone, then alternating JAX and torch steps, recording wall time, user and
+system CPU time and minor page faults per step (getrusage).
 
-With `--retain-host-memory` the process first calls `effnet_jax.host_memory.retain_host_memory()` (what
-the `effnet` command does), which keeps freed memory mapped for reuse; both frameworks then stop faulting.
+With `--retain-host-memory` the process first calls `effnet_jax.ops.host_memory.retain_host_memory()` (what
+the `effnet` command does with `EFFNET_RETAIN_HOST_MEMORY=1`), which keeps freed memory mapped for reuse.
 
 Run from the repo root: `python benchmarks/page_faults.py [--res 224] [--batch 32] [--steps 3]`; writes
 `benchmarks/results/page-faults-<tag>.{json,md}`.
@@ -51,11 +51,13 @@ def main() -> int:
     add_host_memory_flag(parser)
     args = parser.parse_args()
     apply_host_memory_flag(args)
-    from effnet_jax.bench import _jax_train, _torch_train, environment, write_results
+    from effnet_jax.bench.contenders import jax_train, torch_train
+    from effnet_jax.bench.harness import environment
+    from effnet_jax.bench.report import write_results
 
     env = environment("cpu")
-    jax_step, _, _ = _jax_train("b0", args.res, args.batch, "auto")
-    torch_step = _torch_train("b0", args.res, args.batch, "cpu", args.layout, False)
+    jax_step, _, _ = jax_train("b0", args.res, args.batch, "auto")
+    torch_step = torch_train("b0", args.res, args.batch, "cpu", args.layout, False)
     for fn in (jax_step, torch_step, jax_step, torch_step):  # warm-up
         fn()
     phases = {

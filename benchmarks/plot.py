@@ -2,7 +2,7 @@
 
 import sys
 
-from effnet_jax.bench import plot
+from effnet_jax.bench.report import plot
 
 if __name__ == "__main__":
     for path in sys.argv[1:]:

@@ -57,7 +57,7 @@ def _eval(model, x):
 
 
 def _check(variant: str, padding: str, shape_nchw: tuple[int, ...]) -> None:
-    tm, jm = make_pair(variant, weights=PADDINGS[padding])
+    tm, jm = make_pair(variant, weight_source=PADDINGS[padding])
     assert tm.spec.conv.padding == padding
     tm.eval()
     jm.eval()
@@ -88,7 +88,7 @@ def test_eval_logits_and_features(variant, padding, res):
 @pytest.mark.slow
 def test_lite_error_is_float32_rounding():
     """The premise of LOGITS_RTOL: on lite2, JAX float32 is no farther from a float64 run than torch float32 is."""
-    tm, jm = make_pair("lite2", weights="effnet")
+    tm, jm = make_pair("lite2", weight_source="effnet")
     td = copy.deepcopy(tm).double()
     for m in (tm, td, jm):
         m.eval()

@@ -36,7 +36,7 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 def _torch_model(name: str, weights: str) -> torch.nn.Module:
     """A torch twin with BN in a non-trivial state: random affine and stats, distinct counters, special floats."""
     torch.manual_seed(0)
-    tm = effnet_torch.EfficientNet.from_name(name, num_classes=10, weights=weights)
+    tm = effnet_torch.EfficientNet.from_name(name, num_classes=10, weight_source=weights)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for i, m in enumerate(m for m in tm.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -84,7 +84,7 @@ def _logits(model, x):
 def test_checkpoints_cross_between_twins(tmp_path):
     """torch save -> JAX load (logits within the eval bound); JAX save -> torch load (every tensor equal)."""
     # Four stages (10 blocks) keep the one JAX compile short; the header must then carry the custom stage table.
-    tm, _ = make_pair("lite0", weights="timm_tf", stages=STAGES[:4])
+    tm, _ = make_pair("lite0", weight_source="timm_tf", stages=STAGES[:4])
     tm.eval()
     xt, xj = images((2, 3, 33, 47), seed=3)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from flax import nnx
 
 import effnet_jax
 import effnet_torch
-from effnet_jax.layers import Dropout, DropPath
+from effnet_jax.model.layers import Dropout, DropPath
 from effnet_spec import STAGES, resolve
 
 # Train-mode outputs, as test_train_parity.TRAIN_ATOL: a 4-sample batch std amplifies float32 summation noise.
@@ -165,7 +165,7 @@ def _intermediates(model, x):
 
 @pytest.mark.parametrize("weights", ["effnet", "timm_tf"], ids=["symmetric", "tf_same"])
 def test_forward_intermediates_parity(weights):
-    tm, jm = make_pair("b0", weights=weights, stages=ONE_PER_STAGE)
+    tm, jm = make_pair("b0", weight_source=weights, stages=ONE_PER_STAGE)
     tm.eval()
     jm.eval()
     xt, xj = images((2, 3, 65, 47), seed=13)  # odd, non-square: tf_same pads differ per axis

@@ -25,7 +25,7 @@ from _twins import DEVICE, grads_as_torch, images, make_pair, max_abs, nhwc, np_
 from flax import nnx
 
 import effnet_jax
-import effnet_jax.layers
+import effnet_jax.model.layers
 import effnet_torch.layers
 from effnet_spec import conventions_for
 
@@ -172,7 +172,7 @@ def test_relu6_gradients_away_from_kinks():
     conv = replace(conventions_for("timm_tf"), running_var="biased", activation="relu6")
     torch.manual_seed(0)
     tl = effnet_torch.layers.ConvBN(16, 32, 3, 2, conv).to(DEVICE).train()
-    jl = effnet_jax.layers.ConvBN(16, 32, 3, 2, conv, rngs=nnx.Rngs(0))
+    jl = effnet_jax.model.layers.ConvBN(16, 32, 3, 2, conv, rngs=nnx.Rngs(0))
     with torch.no_grad():
         tl.bn.weight.uniform_(0.5, 1.5)
         tl.bn.bias.normal_(0.0, 1.0).add_(2.0)  # BN outputs straddle both kinks, 0 and 6

@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _cfg(overrides):
-    from effnet_jax.config import from_preset
+    from effnet_jax.train.config import from_preset
 
     return from_preset("smoke", overrides)
 
@@ -34,7 +34,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 def kill(at_step: int, overrides) -> None:
-    from effnet_jax import train as train_mod
+    from effnet_jax.train import loop as train_mod
 
     real, calls = train_mod.to_global, [0]
 
@@ -49,7 +49,7 @@ def kill(at_step: int, overrides) -> None:
 
 
 def dist(out: str, overrides) -> None:
-    from effnet_jax import train as train_mod
+    from effnet_jax.train import loop as train_mod
 
     real = train_mod.finish
 
@@ -67,7 +67,7 @@ def sharded(overrides) -> None:
 
     from jax.sharding import Mesh
 
-    from effnet_jax import train as t
+    from effnet_jax.train import loop as t
 
     cfg = _cfg(overrides)
     results = []

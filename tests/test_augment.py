@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_jax.augment import (
+from effnet_jax.train.augment import (
     AUTOAUGMENT_IMAGENET,
     RANDAUGMENT_OPS,
     EvalTransform,

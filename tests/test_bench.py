@@ -1,10 +1,10 @@
-"""`bench.write_results`: the one writer of benchmark JSON and markdown."""
+"""`bench.report.write_results`: the one writer of benchmark JSON and markdown."""
 
 from __future__ import annotations
 
 import json
 
-from effnet_jax.bench import write_results
+from effnet_jax.bench.report import write_results
 
 
 def test_write_results_writes_both_files_and_replaces_old_ones(tmp_path, capsys):

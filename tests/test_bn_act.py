@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnet_jax.bn_act import batch_norm_act, batch_norm_act_reference
-from effnet_jax.layers import activation_fn
+from effnet_jax.model.layers import activation_fn
+from effnet_jax.ops.bn_act import batch_norm_act, batch_norm_act_reference
 
 EPS = 1e-3
 # Both sides are float32 reductions over <= 2*5*6 values in different orders plus the same elementwise ops;

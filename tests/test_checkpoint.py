@@ -13,9 +13,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from effnet_jax.augment import TrainTransform
-from effnet_jax.checkpoint import Checkpointer, abstract_like
-from effnet_jax.data import Batches, SyntheticSource, train_dataset
+from effnet_jax.train.augment import TrainTransform
+from effnet_jax.train.checkpoint import Checkpointer, abstract_like
+from effnet_jax.train.data import Batches, SyntheticSource, train_dataset
 
 
 class Tiny(nnx.Module):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from effnet_jax.config import BASE, DEFAULT_PRESET, PRESETS, TrainConfig, apply_overrides, from_preset, to_json
+from effnet_jax.train.config import BASE, DEFAULT_PRESET, PRESETS, TrainConfig, apply_overrides, from_preset, to_json
 from effnet_spec import VARIANTS
 
 

@@ -1,4 +1,4 @@
-"""effnet_jax.convert: the spec-walk key map, strict loading, safetensors checkpoints, and loading without torch."""
+"""effnet_jax.weights: the spec-walk key map, strict loading, safetensors checkpoints, and loading without torch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from flax import nnx
 from safetensors.numpy import save as st_save
 from test_jax_model import tiny_model, tiny_spec
 
-import effnet_jax.convert as conv_mod
+import effnet_jax.weights.files as conv_mod
 from effnet_jax import (
     CheckpointMismatchError,
     EfficientNet,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_jax import data as data_lib
-from effnet_jax.augment import EvalTransform, TrainTransform
-from effnet_jax.data import Batches, DigitsSource, ImageFolderSource, SyntheticSource, eval_dataset, train_dataset
+from effnet_jax.train import data as data_lib
+from effnet_jax.train.augment import EvalTransform, TrainTransform
+from effnet_jax.train.data import Batches, DigitsSource, ImageFolderSource, SyntheticSource, eval_dataset, train_dataset
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 TF = TrainTransform(16, MEAN, STD, augment="randaugment", randaugment_n=1)

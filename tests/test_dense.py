@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import effnet_jax.dense as dense
+import effnet_jax.ops.dense as dense
 
 # float32 sums of at most 24 products in a different order than XLA's conv; values are O(1..10), so 1e-4 is
 # ~100 ulp of headroom and far below any indexing error (O(1)).

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import effnet_jax.depthwise as dw
+import effnet_jax.ops.depthwise as dw
 from effnet_spec import pad_amounts
 
 # float32 sums of at most 25 products (forward, input grad) or of ~N*H*W*25 products (kernel grad) in a

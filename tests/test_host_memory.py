@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from effnet_jax import cli, host_memory
+from effnet_jax import cli
+from effnet_jax.ops import host_memory
 
 # A jitted function whose buffers (32 x 512 x 512 float32 = 32 MB each) are freed after every call. Run in
 # a fresh process because the settings only take for threads that have not allocated yet.
@@ -18,7 +19,7 @@ _PROBE = textwrap.dedent(
     """
     import resource, sys
     if sys.argv[1] == "1":
-        from effnet_jax.host_memory import retain_host_memory
+        from effnet_jax.ops.host_memory import retain_host_memory
         assert retain_host_memory()
     import jax, jax.numpy as jnp
 

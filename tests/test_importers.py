@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from effnet_jax.cli import main as cli_main
 from effnet_spec import VARIANTS, Preprocessing, resolve
-from effnet_torch import EfficientNet, load_checkpoint, load_state_dict_checked, save_checkpoint
+from effnet_spec.contract import CheckpointMismatchError, tensors
+from effnet_torch import EfficientNet, load_checkpoint, load_state_dict_checked, save_checkpoint, sources
 from effnet_torch.importers import (
     LAYOUTS,
     ImportError_,
@@ -21,9 +22,9 @@ from effnet_torch.importers import (
     import_checkpoint,
     import_state_dict,
     infer_variant,
-    key_map,
     parse_model_name,
     read_state_dict,
+    source_keys,
     twin_shapes,
 )
 
@@ -38,7 +39,7 @@ def b0():
 
 def _renamed(spec, layout):
     """A fake `layout` state_dict of `spec` (zeros of the right shapes), built from the key map."""
-    kmap = key_map(spec, layout)
+    kmap = source_keys(spec, layout)
     return {kmap[k]: torch.zeros(s) for k, s in twin_shapes(spec).items()}
 
 
@@ -54,13 +55,13 @@ def test_twin_shapes_match_the_torch_model(variant):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_key_map_is_a_bijection(layout):
     for variant in ("b0", "b3", "lite2"):
-        kmap = key_map(resolve(variant), layout)
+        kmap = source_keys(resolve(variant), layout)
         assert len(set(kmap.values())) == len(kmap), f"{layout} {variant}: two twin keys map to one name"
 
 
 def test_layout_names_follow_each_library():
     spec = resolve("b0")
-    tv, timm, luke = (key_map(spec, x) for x in ("torchvision", "timm", "efficientnet_pytorch"))
+    tv, timm, luke = (source_keys(spec, x) for x in ("torchvision", "timm", "efficientnet_pytorch"))
     assert tv["stem.conv.weight"] == "features.0.0.weight"
     assert tv["blocks.0.depthwise.conv.weight"] == "features.1.0.block.0.0.weight"  # stage 0: no expand
     assert tv["blocks.0.se.reduce.weight"] == "features.1.0.block.1.fc1.weight"
@@ -85,7 +86,7 @@ def test_every_variant_is_inferred_from_shapes(layout):
 def test_export_then_import_is_lossless(b0, layout):
     exported = export_state_dict(b0.state_dict(), b0.spec, layout)
     r = import_state_dict(exported)  # layout and variant detected
-    assert (r.source, r.spec.name, r.spec.num_classes) == (layout, "b0", 1000)
+    assert (r.weight_source, r.spec.name, r.spec.num_classes) == (layout, "b0", 1000)
     for k, v in b0.state_dict().items():
         assert torch.equal(r.state_dict[k], v), k
 
@@ -140,6 +141,35 @@ def test_wrong_variant_names_problems_and_the_matching_variant(b0):
     with pytest.raises(ImportError_, match=r"does not match 'b1' in the timm layout; its shapes match 'b0'") as e:
         import_state_dict(sd, "timm", model="b1")
     assert "- blocks.1.2.conv_pw.weight" in str(e.value)  # b1 has a third stage-1 block that b0 lacks
+
+
+def test_mismatches_are_also_checkpoint_mismatch_errors(b0):
+    sd = export_state_dict(b0.state_dict(), b0.spec, "timm")
+    with pytest.raises(CheckpointMismatchError, match="does not match 'b1' in the timm layout"):
+        import_state_dict(sd, "timm", model="b1")
+
+
+def test_a_registered_source_is_imported_exported_and_offered(b0, monkeypatch, tmp_path):
+    """The registry drives everything: one WeightSource entry is a new layout for import, export and the CLI."""
+    fake = sources.WeightSource(
+        name="fake",
+        module_name=lambda spec, m, repeat: "net." + m.name.replace(".", "_"),
+        conventions="effnet",
+        preprocessing=sources.base.native_preprocessing,
+        exports=sources.base.any_spec,
+    )
+    twin_sd = b0.state_dict()
+    sd = {f"net.{t.module.name.replace('.', '_')}.{t.leaf}": twin_sd[t.name] for t in tensors(b0.spec)}
+    with pytest.raises(ImportError_, match="cannot tell which library"):
+        import_state_dict(sd)
+    monkeypatch.setitem(sources.REGISTRY, "fake", fake)
+    r = import_state_dict(sd)  # detected from its stem key, variant inferred
+    assert (r.weight_source, r.spec.name) == ("fake", "b0")
+    assert all(torch.equal(r.state_dict[k], v) for k, v in twin_sd.items())
+    assert export_state_dict(b0.state_dict(), b0.spec, "fake").keys() == sd.keys()
+    src = tmp_path / "fake.pth"
+    torch.save(sd, src)
+    assert cli_main(["convert", str(src), str(tmp_path / "b0.safetensors"), "--weight-source", "fake"]) == 0
 
 
 def test_shapes_matching_no_variant_name_the_closest(b0):
@@ -245,7 +275,7 @@ def test_effnet_source_keeps_its_header(b0, tmp_path):
     src = tmp_path / "a.safetensors"
     save_checkpoint(b0, src, Preprocessing(resolution=200, crop_pct=0.9))
     r = import_checkpoint(src, tmp_path / "b.safetensors")
-    assert (r.source, r.preprocessing.resolution, r.preprocessing.crop_pct) == ("effnet", 200, 0.9)
+    assert (r.weight_source, r.preprocessing.resolution, r.preprocessing.crop_pct) == ("effnet", 200, 0.9)
     with pytest.raises(ImportError_, match="its header says 'b0', not 'b1'"):
         import_checkpoint(src, tmp_path / "c.safetensors", model="b1")
     sd, _ = read_state_dict(src)
@@ -278,21 +308,23 @@ def test_export_checkpoint_and_refusals(b0, tmp_path):
 
 def test_cli_convert_and_errors(b0, tmp_path, capsys):
     src = tmp_path / "timm_lite.pth"
-    lite = EfficientNet.from_name("lite0", weights="timm_tf")
+    lite = EfficientNet.from_name("lite0", weight_source="timm_tf")
     torch.save(export_state_dict(lite.state_dict(), lite.spec, "timm"), src)
     out = tmp_path / "lite0.safetensors"
-    rc = cli_main(["convert", str(src), str(out), "--from", "timm", "--model", "tf_efficientnet_lite0"])
+    rc = cli_main(["convert", str(src), str(out), "--weight-source", "timm", "--model", "tf_efficientnet_lite0"])
     assert rc == 0, capsys.readouterr().err
     said = capsys.readouterr().out
     assert "lite0 from timm" in said and "padding tf_same" in said and "relu6" in said
     assert load_checkpoint(out).spec.conv.padding == "tf_same"
 
-    rc = cli_main(["convert", str(src), str(out), "--from", "timm", "--resolution", "256", "--crop-pct", "1.0"])
+    rc = cli_main(
+        ["convert", str(src), str(out), "--weight-source", "timm", "--resolution", "256", "--crop-pct", "1.0"]
+    )
     assert rc == 0 and load_checkpoint(out).preprocessing.resolution == 256
     assert "assumed timm efficientnet_* conventions" in capsys.readouterr().err  # no --model: say what we assumed
 
     rc = cli_main(["convert", str(out), str(tmp_path / "back.safetensors"), "--to", "timm"])
     assert rc == 0 and "conv_stem.weight" in read_state_dict(tmp_path / "back.safetensors")[0]
 
-    rc = cli_main(["convert", str(src), str(out), "--from", "torchvision"])
+    rc = cli_main(["convert", str(src), str(out), "--weight-source", "torchvision"])
     assert rc == 1 and "match no EfficientNet variant in the torchvision layout" in capsys.readouterr().err

@@ -19,8 +19,8 @@ import pytest
 from flax import nnx
 
 import effnet_jax
-from effnet_jax import EfficientNet, key_map, model_from_state_dict
-from effnet_jax.layers import BatchNorm, Dropout, DropPath
+from effnet_jax import EfficientNet, ModelOptions, key_map, model_from_state_dict
+from effnet_jax.model.layers import BatchNorm, Dropout, DropPath
 from effnet_spec import STAGES, ModelSpec, conventions_for, resolve
 
 # One block per stage (stage 1 has two: block 2 is residual), b0 widths: every reduction and module kind, 8 blocks.
@@ -72,7 +72,9 @@ def random_state_dict(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
 def tiny_model(seed: int = 0, *, dtype=jnp.float32, **spec_kwargs) -> EfficientNet:
     """A model of `tiny_spec(**spec_kwargs)` with `random_state_dict` weights, in eval mode."""
     spec = tiny_spec(**spec_kwargs)
-    model = model_from_state_dict(spec, random_state_dict(spec, seed), rngs=nnx.Rngs(seed), dtype=dtype)
+    model = model_from_state_dict(
+        spec, random_state_dict(spec, seed), rngs=nnx.Rngs(seed), options=ModelOptions(dtype=dtype)
+    )
     model.eval()
     return model
 

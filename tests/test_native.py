@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnet_jax import depthwise, native
+from effnet_jax.ops import depthwise, native
 
 needs_native = pytest.mark.skipif(not native.available(), reason="native kernels not built here (no C++ compiler)")
 
@@ -81,7 +81,7 @@ def test_two_native_calls_at_once_do_not_deadlock():
 _PROBE = textwrap.dedent(
     """
     import warnings, jax, jax.numpy as jnp
-    from effnet_jax import depthwise, native
+    from effnet_jax.ops import depthwise, native
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = native.available()

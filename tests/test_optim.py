@@ -11,8 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
-from effnet_jax.config import BASE
-from effnet_jax.optim import ema_decay_at, ema_update, make_optimizer, make_schedule, peak_lr, weight_decay_mask
+from effnet_jax.train.config import BASE
+from effnet_jax.train.optim import ema_decay_at, ema_update, make_optimizer, make_schedule, peak_lr, weight_decay_mask
 
 # float32 arithmetic against a float64 numpy closed form over a few steps: a few ulps of relative error.
 RTOL = 1e-6

@@ -1,4 +1,4 @@
-"""effnet_spec against the reference facts (DESIGN.md), with no framework imported."""
+"""effnet_spec against the reference facts (docs/design.md, "Facts to match"), with no framework imported."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_tf_same_padding(size, kernel, stride, expected):
 
 
 def test_block_resolutions_non_square():
-    spec = resolve("b0", weights="timm_tf")
+    spec = resolve("b0", weight_source="timm_tf")
     res = block_resolutions(spec, (97, 131))
     assert res[0] == (49, 66)
     assert res[-1] == (4, 5)
@@ -204,7 +204,7 @@ def test_conventions_by_source():
 
 @pytest.mark.parametrize("variant", ["b2", "lite1", 1.5])
 def test_header_round_trip(variant):
-    spec = resolve(variant, num_classes=7, in_channels=1, weights="timm_tf")
+    spec = resolve(variant, num_classes=7, in_channels=1, weight_source="timm_tf")
     spec2, pre = read_header(make_header(spec))
     assert spec2 == spec
     assert pre.resolution == spec.resolution and pre.mean == spec.family.mean

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from test_spec import PARAM_COUNTS  # DESIGN.md's exact counts, kept in one place
+from test_spec import PARAM_COUNTS  # docs/design.md's exact counts, kept in one place
 from torch import nn
 
 from effnet_spec import Conventions, count_params, pad_amounts, resolve
@@ -24,7 +24,7 @@ STAGES_REF = {
     "lite4": ((24, 32, 56, 112, 160, 272, 448), (1, 4, 4, 6, 6, 8, 1), 32, 1280),
 }
 
-# The twin contract: every state_dict key has one of these shapes (DESIGN.md invariant 2).
+# The twin contract: every state_dict key has one of these shapes (docs/design.md, "The twin contract").
 KEY_PATTERN = re.compile(
     r"^(stem|head|blocks\.\d+\.(expand|depthwise|project))\.(conv\.weight|bn\.(weight|bias|running_mean|running_var"
     r"|num_batches_tracked))$|^blocks\.\d+\.se\.(reduce|excite)\.(weight|bias)$|^classifier\.(weight|bias)$"
@@ -103,9 +103,9 @@ def test_drop_path_rate_is_linear_in_block_index(variant):
 
 
 def test_bn_constants_follow_conventions():
-    tv = meta_model("b0", weights="torchvision")
+    tv = meta_model("b0", weight_source="torchvision")
     assert (tv.stem.bn.eps, tv.stem.bn.momentum) == (1e-5, pytest.approx(0.1))
-    tf = meta_model("b0", weights="timm_tf")
+    tf = meta_model("b0", weight_source="timm_tf")
     assert (tf.blocks[3].depthwise.bn.eps, tf.blocks[3].depthwise.bn.momentum) == (1e-3, pytest.approx(0.01))
     assert tf.head.padding == "tf_same" and tv.head.padding == "symmetric"
 
@@ -130,7 +130,7 @@ def test_init_follows_reference(b0):
 @pytest.mark.parametrize("weights", ["effnet", "timm_tf"])
 @pytest.mark.parametrize("hw", [(64, 64), (63, 47)], ids=["even", "odd-nonsquare"])
 def test_features_and_intermediates_shapes(b0, weights, hw):
-    model = b0 if weights == "effnet" else EfficientNet.from_name("b0", num_classes=10, weights=weights)
+    model = b0 if weights == "effnet" else EfficientNet.from_name("b0", num_classes=10, weight_source=weights)
     model.eval()
     x = torch.randn(2, 3, *hw)
     h, w = hw

@@ -14,10 +14,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from effnet_jax import evaluate
-from effnet_jax import train as train_mod
-from effnet_jax.checkpoint import Checkpointer
-from effnet_jax.config import from_preset
+from effnet_jax.cli import eval as evaluate
+from effnet_jax.cli import train as train_cli
+from effnet_jax.train import loop as train_mod
+from effnet_jax.train.checkpoint import Checkpointer
+from effnet_jax.train.config import from_preset
 
 WORKER = str(Path(__file__).with_name("_train_worker.py"))
 TINY = [
@@ -138,15 +139,15 @@ def test_resume_with_a_different_config_is_an_error(finished_run):
 
 def test_cli_errors_exit_2(capsys):
     parser = argparse.ArgumentParser()
-    train_mod.add_arguments(parser)
-    assert train_mod.main(parser.parse_args(["--set", "nope=1"])) == 2
+    train_cli.add_arguments(parser)
+    assert train_cli.main(parser.parse_args(["--set", "nope=1"])) == 2
     assert "unknown config key 'nope'" in capsys.readouterr().err
 
 
 def test_print_config(capsys):
     parser = argparse.ArgumentParser()
-    train_mod.add_arguments(parser)
-    assert train_mod.main(parser.parse_args(["--print-config", "--set", "seed=9"])) == 0
+    train_cli.add_arguments(parser)
+    assert train_cli.main(parser.parse_args(["--print-config", "--set", "seed=9"])) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["seed"] == 9 and cfg["data"] == "digits"
     assert dataclasses.asdict(from_preset())["steps"] == cfg["steps"]

@@ -26,7 +26,7 @@ from effnet_torch.importers import export_state_dict, import_checkpoint, import_
 # so 1e-4 leaves room for different conv algorithms (torch vs XLA) without hiding a wrong padding or eps.
 LOGITS_ATOL = 1e-4
 
-HAS_JAX_CONVERT = importlib.util.find_spec("effnet_jax.convert") is not None
+HAS_JAX_CONVERT = importlib.util.find_spec("effnet_jax.weights") is not None
 B_VARIANTS = [f"b{i}" for i in range(8)]
 LITE_VARIANTS = [f"lite{i}" for i in range(5)]
 
@@ -74,34 +74,36 @@ def _max_diff(a: torch.Tensor, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
-def check_import(lib_model: torch.nn.Module, source: str, model_name: str | None, variant: str, tmp_path):
+def check_import(lib_model: torch.nn.Module, weight_source: str, model_name: str | None, variant: str, tmp_path):
     """Import `lib_model`'s weights; twin and JAX logits must equal the library's own."""
     torch.manual_seed(0)
     randomize_bn_(lib_model, seed=1)
     x = _input(_res(variant))
     with torch.no_grad():
         ref = lib_model(x)
-    assert torch.isfinite(ref).all() and ref.std() > 1e-2, f"{source} {model_name}: degenerate reference logits"
+    assert torch.isfinite(ref).all() and ref.std() > 1e-2, f"{weight_source} {model_name}: degenerate reference logits"
     sd = lib_model.state_dict()
-    result = import_state_dict(sd, source, model=model_name)
-    assert result.spec.name == variant, f"{source} {model_name}: imported as {result.spec.name}, expected {variant}"
+    result = import_state_dict(sd, weight_source, model=model_name)
+    assert result.spec.name == variant, (
+        f"{weight_source} {model_name}: imported as {result.spec.name}, expected {variant}"
+    )
 
     twin = EfficientNet(result.spec).eval()
     load_state_dict_checked(twin, result.state_dict)
     with torch.no_grad():
         got = twin(x)
     d = _max_diff(ref, got)
-    assert d <= LOGITS_ATOL, f"{source} {model_name or variant}: torch twin max|diff| {d:.2e} > {LOGITS_ATOL}"
+    assert d <= LOGITS_ATOL, f"{weight_source} {model_name or variant}: torch twin max|diff| {d:.2e} > {LOGITS_ATOL}"
 
     # Through the file: save with torch.save (a .pth) to exercise the safe reader, then convert to effnet format.
     src = tmp_path / "lib.pth"
     torch.save(sd, src)
     out = tmp_path / "effnet.safetensors"
-    import_checkpoint(src, out, source=source, model=model_name)
+    import_checkpoint(src, out, weight_source=weight_source, model=model_name)
     if HAS_JAX_CONVERT and result.spec not in _JAX_CHECKED:
         _JAX_CHECKED.add(result.spec)
         d = _max_diff(ref, _jax_logits(out, x))
-        assert d <= LOGITS_ATOL, f"{source} {model_name or variant}: JAX max|diff| {d:.2e} > {LOGITS_ATOL}"
+        assert d <= LOGITS_ATOL, f"{weight_source} {model_name or variant}: JAX max|diff| {d:.2e} > {LOGITS_ATOL}"
 
 
 def _jax_logits(path, x: torch.Tensor) -> np.ndarray:
@@ -109,7 +111,7 @@ def _jax_logits(path, x: torch.Tensor) -> np.ndarray:
     import jax
     from flax import nnx
 
-    from effnet_jax.convert import load_checkpoint
+    from effnet_jax.weights import load_checkpoint
 
     graphdef, state = nnx.split(load_checkpoint(path))
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
@@ -158,7 +160,7 @@ def test_wrong_conventions_are_caught():
 def test_timm_without_name_infers_variant_and_assumes_plain_conventions():
     lib = randomize_bn_(timm.create_model("efficientnet_b2", pretrained=False), seed=2)
     r = import_state_dict(lib.state_dict())  # layout and variant both inferred
-    assert (r.source, r.spec.name, r.spec.conv.padding, r.spec.conv.bn_eps) == ("timm", "b2", "symmetric", 1e-5)
+    assert (r.weight_source, r.spec.name, r.spec.conv.padding, r.spec.conv.bn_eps) == ("timm", "b2", "symmetric", 1e-5)
 
 
 @pytest.mark.parametrize("variant", ["lite0", "lite2"])
@@ -170,7 +172,7 @@ def test_efficientnet_pytorch_layout_lite(variant):
     luke_sd = export_state_dict(r.state_dict, r.spec, "efficientnet_pytorch")
     assert "_conv_stem.weight" in luke_sd and not any("_se_" in k for k in luke_sd)
     r2 = import_state_dict(luke_sd)
-    assert r2.source == "efficientnet_pytorch" and r2.spec.name == variant
+    assert r2.weight_source == "efficientnet_pytorch" and r2.spec.name == variant
     assert r2.spec.conv.padding == "tf_same" and r2.spec.conv.activation == "relu6"
     twin = EfficientNet(r2.spec).eval()
     load_state_dict_checked(twin, r2.state_dict)
@@ -184,13 +186,13 @@ def test_efficientnet_pytorch_layout_lite(variant):
 # --- export: the twin's weights load into the real libraries (strict) and reproduce their logits ---------------
 
 
-def _twin(variant: str, weights: str, seed: int = 4) -> EfficientNet:
+def _twin(variant: str, weight_source: str, seed: int = 4) -> EfficientNet:
     torch.manual_seed(seed)
-    return randomize_bn_(EfficientNet.from_name(variant, weights=weights), seed=seed)
+    return randomize_bn_(EfficientNet.from_name(variant, weight_source=weight_source), seed=seed)
 
 
 @pytest.mark.parametrize(
-    "variant, weights, target, build",
+    "variant, weight_source, target, build",
     [
         ("b0", "torchvision", "torchvision", lambda: torchvision.models.efficientnet_b0()),
         ("b5", "torchvision", "torchvision", lambda: torchvision.models.efficientnet_b5()),
@@ -206,8 +208,8 @@ def _twin(variant: str, weights: str, seed: int = 4) -> EfficientNet:
     ],
     ids=["torchvision-b0", "torchvision-b5", "timm-b1", "timm_tf-b0", "timm_tf-lite1", "efficientnet_pytorch-b2"],
 )
-def test_export_loads_strict_and_matches(variant, weights, target, build):
-    twin = _twin(variant, weights).eval()
+def test_export_loads_strict_and_matches(variant, weight_source, target, build):
+    twin = _twin(variant, weight_source).eval()
     exported = export_state_dict(twin.state_dict(), twin.spec, target)
     lib = build().eval()
     lib.load_state_dict(exported, strict=True)

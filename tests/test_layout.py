@@ -1,0 +1,134 @@
+"""The house rules of the layout (docs/design.md, "Layout"): no import cycles, and a spec that is stdlib only.
+
+Imports are read from the source (every `import`, module-level or inside a function, except under
+`TYPE_CHECKING`), so a cycle that only a rarely taken code path would close is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("effnet_spec", "effnet_torch", "effnet_jax")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules `name` imports (a `from pkg import sub` counts as importing `pkg.sub`)."""
+    is_pkg = path.name == "__init__.py"
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                continue
+            if isinstance(child, ast.Import):
+                out.update(a.name for a in child.names if a.name.split(".")[0] in PACKAGES)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = name.split(".") if is_pkg else name.split(".")[:-1]
+                    base = base[: len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if target.split(".")[0] not in PACKAGES:
+                    continue
+                subs = {f"{target}.{a.name}" for a in child.names} & known
+                out.update(subs)
+                if len(subs) < len(child.names):
+                    out.add(target)
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    out.discard(name)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {name: _imports(name, path, known) & known for name, path in mods.items()}
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    assert len(graph) > 40, "the scan must see the whole project"
+    assert graph["effnet_jax.weights.state"] >= {"effnet_jax.model", "effnet_spec.contract"}, "scan is blind"
+    assert _cycles(graph) == []
+
+
+def test_cycle_detector_sees_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_spec_imports_only_the_standard_library():
+    mods = {n: p for n, p in _modules().items() if n.split(".")[0] == "effnet_spec"}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            bad = [t for t in tops if t not in sys.stdlib_module_names and t != "effnet_spec"]
+            assert not bad, f"{name} imports {bad}"
+    # And at run time: importing every spec module loads nothing outside the standard library.
+    code = (
+        "import sys, importlib; before = set(sys.modules); "
+        f"[importlib.import_module(m) for m in {sorted(mods)!r}]; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(new - set(sys.stdlib_module_names) - {'effnet_spec'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
