@@ -1,14 +1,14 @@
-"""What both twins' forward passes share and no framework needs: the input check's wording and which drop-path
-mask goes to which block."""
+"""What both twins' forward passes share and no framework needs: the input check's wording, which drop-path mask
+goes to which block, and the walk over the blocks (each twin only supplies the block modules)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .resolve import ModelSpec
 
-__all__ = ["block_masks", "check_input"]
+__all__ = ["block_masks", "check_input", "run_blocks"]
 
 
 def check_input(spec: ModelSpec, ok: bool, layout: str, got: str) -> None:
@@ -43,3 +43,16 @@ def block_masks(spec: ModelSpec, masks: Sequence[Any] | Mapping[int, Any] | None
             )
         masks = dict(enumerate(masks))
     return [masks.get(b.index) if b.residual else None for b in spec.blocks]
+
+
+def run_blocks(blocks: Sequence[Callable[[Any, Any], Any]], x: Any, masks: Sequence[Any], keep: set[int]) -> dict:
+    """Run `blocks` in order (block i gets `masks[i]`), stopping after the last index in `keep`; returns
+    {index: output} for the indices in `keep`."""
+    outs = {}
+    for i, (block, mask) in enumerate(zip(blocks, masks)):
+        x = block(x, mask)
+        if i in keep:
+            outs[i] = x
+        if i == max(keep):
+            break
+    return outs

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
-from effnet_spec.forward import block_masks, check_input
+from effnet_spec.forward import block_masks, check_input, run_blocks
 
 from .layers import ConvBN, DropPath, SqueezeExcite, apply_keep_mask
 
@@ -115,14 +115,7 @@ class EfficientNet(nn.Module):
         """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""
         masks = block_masks(self.spec, masks)  # checked before anything runs (train-mode BN would update)
         x = self.stem(x)
-        outs = {}
-        for i, (block, mask) in enumerate(zip(self.blocks, masks)):
-            x = block(x, mask)
-            if i in keep:
-                outs[i] = x
-            if i == max(keep):
-                break
-        return outs
+        return run_blocks(self.blocks, x, masks, keep)
 
     def forward_features(self, x: torch.Tensor, *, drop_path_masks: DropPathMasks | None = None) -> torch.Tensor:
         """The feature map after head conv+BN+act, before pooling: (N, head_ch, H/32, W/32)."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
-from effnet_spec.forward import block_masks, check_input
+from effnet_spec.forward import block_masks, check_input, run_blocks
 
 from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
 from .options import ModelOptions
@@ -180,14 +180,7 @@ class EfficientNet(nnx.Module):
         """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""
         masks = block_masks(self.spec, masks)  # checked before anything runs (train-mode BN would update)
         x = self.stem(jnp.asarray(x).astype(self.dtype))
-        outs = {}
-        for i, (block, mask) in enumerate(zip(self.blocks, masks)):
-            x = block(x, mask)
-            if i in keep:
-                outs[i] = x
-            if i == max(keep):
-                break
-        return outs
+        return run_blocks(self.blocks, x, masks, keep)
 
     def forward_features(self, x: jax.Array, *, drop_path_masks: DropPathMasks | None = None) -> jax.Array:
         """The feature map after head conv+BN+act, before pooling: (N, H/32, W/32, head_ch) in `dtype`."""
