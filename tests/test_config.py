@@ -7,7 +7,16 @@ import json
 
 import pytest
 
-from effnet_jax.train.config import BASE, DEFAULT_PRESET, PRESETS, TrainConfig, apply_overrides, from_preset, to_json
+from effnet_jax.train.config import (
+    BASE,
+    DEFAULT_PRESET,
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    from_preset,
+    to_json,
+)
 from effnet_spec import VARIANTS
 
 
@@ -69,3 +78,17 @@ def test_unknown_preset():
 def test_json_round_trip():
     cfg = apply_overrides(PRESETS["digits"], ["seed=3"])
     assert TrainConfig(**json.loads(to_json(cfg))) == cfg
+
+
+def test_a_config_saved_under_the_old_key_name_still_loads():
+    saved = json.loads(to_json(PRESETS["digits"]))
+    saved["weights_convention"] = saved.pop("weight_source")  # as runs before the rename wrote it
+    assert from_dict(saved) == PRESETS["digits"]
+    saved["not_a_key"] = 1
+    with pytest.raises(ValueError, match=r"saved config has unknown keys \['not_a_key'\]"):
+        from_dict(saved)
+
+
+def test_weight_source_is_checked():
+    with pytest.raises(ValueError, match="weight_source must be one of effnet, torchvision"):
+        from_preset("smoke", ["weight_source=keras"])
