@@ -82,6 +82,7 @@ def main() -> int:
     add_host_memory_flag(parser)
     args = parser.parse_args()
     apply_host_memory_flag(args)
+    from effnet_jax import ModelOptions
     from effnet_jax.bench.contenders import jax_inference, jax_train
     from effnet_jax.bench.harness import environment, interleaved
     from effnet_jax.bench.report import write_results
@@ -99,7 +100,7 @@ def main() -> int:
             t0 = time.perf_counter()
             build = jax_inference if mode == "inference" else jax_train
             with _patched(patches):  # active while the builder traces and compiles
-                runs[name] = build("b0", args.res, args.batch, impl)[0]
+                runs[name] = build("b0", args.res, args.batch, ModelOptions(depthwise_impl=impl))[0]
             runs[name]()  # first call after compile: allocation warm-up
             print(f"{mode:9s} {name:28s} built in {time.perf_counter() - t0:.1f} s", flush=True)
         times = interleaved(runs, args.reps)

@@ -56,7 +56,7 @@ def main() -> int:
     from effnet_jax.bench.report import write_results
 
     env = environment("cpu")
-    jax_step, _, _ = jax_train("b0", args.res, args.batch, "auto")
+    jax_step, _, _ = jax_train("b0", args.res, args.batch)
     torch_step = torch_train("b0", args.res, args.batch, "cpu", args.layout, False)
     for fn in (jax_step, torch_step, jax_step, torch_step):  # warm-up
         fn()

@@ -125,6 +125,8 @@ def resolve(
         ValueError: unknown variant or source, or invalid numbers.
     """
     if weights is not None:
+        if weight_source != "effnet":
+            raise ValueError("resolve: pass weight_source= only (weights= is its deprecated name), not both")
         warnings.warn("resolve(weights=...) is deprecated; use weight_source=...", DeprecationWarning, stacklevel=2)
         weight_source = weights
     if isinstance(variant, Variant):

@@ -132,3 +132,24 @@ def test_spec_imports_only_the_standard_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_packages_import_only_the_ones_below_them():
+    # effnet_spec <- effnet_torch <- effnet_jax (effnet_jax reaches torch only lazily, inside functions).
+    rank = {"effnet_spec": 0, "effnet_torch": 1, "effnet_jax": 2}
+    graph = _graph()
+    upward = [(a, b) for a, deps in graph.items() for b in deps if rank[b.split(".")[0]] > rank[a.split(".")[0]]]
+    assert upward == []
+
+
+def test_layout_tables_name_every_sub_package():
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    subs = sorted(p.name for p in (ROOT / "effnet_jax").iterdir() if (p / "__init__.py").exists())
+    assert {"model", "ops", "train", "weights", "cli"} <= set(subs)
+    for sub in subs:
+        assert f"`{sub}/`" in design, f"docs/design.md's layout table lacks effnet_jax/{sub}/"
+        assert f"`effnet_jax/{sub}/`" in readme or f"`{sub}/`" in readme, f"README's layout table lacks {sub}/"
+    spec_modules = sorted(p.stem for p in (ROOT / "effnet_spec").glob("*.py") if p.stem != "__init__")
+    for mod in ("contract", "forward", "classes", "atomic"):
+        assert mod in spec_modules and f"`{mod}`" in design, f"docs/design.md's layout table lacks effnet_spec.{mod}"

@@ -25,10 +25,53 @@ def test_every_public_name_resolves_to_its_module():
     assert sorted(effnet_jax.__all__) == sorted(effnet_jax._EXPORTS)
     for name in effnet_jax.__all__:
         obj = getattr(effnet_jax, name)
-        assert obj is getattr(importlib.import_module(f"effnet_jax.{effnet_jax._EXPORTS[name]}"), name), name
+        sub = f"effnet_jax.{effnet_jax._EXPORTS[name]}"
+        assert obj is getattr(importlib.import_module(sub), name), name
+        assert obj.__module__.startswith((sub, "effnet_spec.")), (name, obj.__module__)
     assert set(effnet_jax.__all__) <= set(dir(effnet_jax))
 
 
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="EfficientNetV2"):
         effnet_jax.EfficientNetV2  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("convert", "weights"),
+        ("host_memory", "ops.host_memory"),
+        ("depthwise", "ops.depthwise"),
+        ("dense", "ops.dense"),
+        ("bn_act", "ops.bn_act"),
+        ("native", "ops.native"),
+    ],
+)
+def test_modules_the_readme_named_still_import_with_a_warning(old, new):
+    # A fresh process: the alias must work as a first import, and warn there.
+    code = (
+        "import importlib, warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    old = importlib.import_module('effnet_jax.{old}')\n"
+        f"new = importlib.import_module('effnet_jax.{new}')\n"
+        "print(old is new, [str(x.message) for x in w if x.category is DeprecationWarning])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"True ['effnet_jax.{old} is deprecated; import effnet_jax.{new}']"
+
+
+def test_renamed_keywords_warn_and_mean_the_same():
+    from flax import nnx
+
+    import effnet_spec
+
+    with pytest.warns(DeprecationWarning, match="use weight_source"):
+        old = effnet_spec.resolve("b0", weights="timm_tf")
+    assert old == effnet_spec.resolve("b0", weight_source="timm_tf")
+    with pytest.raises(ValueError, match="not both"):
+        effnet_spec.resolve("b0", weights="timm", weight_source="timm_tf")
+    spec = effnet_spec.resolve("b0", num_classes=2)
+    with pytest.warns(DeprecationWarning, match="pass options=ModelOptions"):
+        model = nnx.eval_shape(lambda: effnet_jax.EfficientNet(spec, rngs=nnx.Rngs(0), depthwise_impl="shift"))
+    assert model.options == effnet_jax.ModelOptions(depthwise_impl="shift")

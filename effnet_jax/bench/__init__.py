@@ -1,9 +1,8 @@
 """Benchmarks of effnet_jax against effnet_torch, side by side and interleaved in one process (`effnet bench`).
 
 `harness` (environment record, timing, `Row`), `suites` (the cases and `run_suites`), `contenders` (the JAX and
-torch builders), `report`
-(ratios, markdown, chart, `write_results`); the command line is `effnet_jax.cli.bench`. Importing this package
-loads only the standard library: jax and torch are imported by the functions that run them.
+torch builders), `report` (ratios, markdown, chart, `write_results`); the command line is `effnet_jax.cli.bench`.
+Importing this package loads only the standard library: jax and torch are imported by the functions that run them.
 """
 
 from .contenders import jax_inference, jax_train, matmul_peak, torch_inference, torch_train

@@ -18,10 +18,9 @@ __all__ = ["jax_inference", "jax_train", "matmul_peak", "torch_inference", "torc
 # ---------------------------------------------------------------- jax
 
 
-def _jax_model(variant: str, depthwise_impl: str, rngs):
-    from effnet_jax import EfficientNet, ModelOptions
+def _jax_model(variant: str, options, rngs):
+    from effnet_jax import EfficientNet
 
-    options = ModelOptions(depthwise_impl=depthwise_impl)
     return EfficientNet.from_name(variant, num_classes=NUM_CLASSES, options=options, rngs=rngs)
 
 
@@ -33,13 +32,15 @@ def _jax_memory_mb(compiled) -> float | None:
         return None
 
 
-def jax_inference(variant: str, res: int, batch: int, depthwise_impl: str):
-    """effnet_jax eval-mode forward of a (batch, res, res, 3) float32 input, one jitted function."""
+def jax_inference(variant: str, res: int, batch: int, options=None):
+    """effnet_jax eval-mode forward of a (batch, res, res, 3) float32 input, one jitted function.
+
+    `options`: an `effnet_jax.ModelOptions` (default: float32, depthwise "auto")."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    model = _jax_model(variant, depthwise_impl, nnx.Rngs(0))
+    model = _jax_model(variant, options, nnx.Rngs(0))
     model.eval()
     graphdef, state = nnx.split(model)
 
@@ -59,14 +60,14 @@ def jax_inference(variant: str, res: int, batch: int, depthwise_impl: str):
     return run, compile_s, mem
 
 
-def jax_train(variant: str, res: int, batch: int, depthwise_impl: str):
+def jax_train(variant: str, res: int, batch: int, options=None):
     """effnet_jax train step: forward + backward + SGD-momentum update, state donated, one jitted function."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
-    model = _jax_model(variant, depthwise_impl, nnx.Rngs(0, dropout=1))
+    model = _jax_model(variant, options, nnx.Rngs(0, dropout=1))
     model.train()
     optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))

@@ -11,7 +11,8 @@ __all__ = ["markdown", "plot", "ratios", "write_results"]
 
 
 def ratios(rows: list[dict]) -> list[str]:
-    """The issue's acceptance ratios, where the run has the rows for them."""
+    """effnet_jax against the best torch eager and torch.compile at the headline cases (benchmarks/README.md,
+    "Targets"), where the run has the rows for them."""
     by = {(r["suite"], r["variant"], r["resolution"], r["batch"], r["contender"]): r for r in rows}
     out = []
     for suite, v, res, b in [("inference", "b0", 224, 32), ("train", "b0", 224, 32), ("train", "b0", 128, 32)]:

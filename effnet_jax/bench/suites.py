@@ -26,7 +26,7 @@ __all__ = [
     "run_suites",
 ]
 
-# (variant, resolution, batch) for inference; the issue's list. Quick mode keeps b0 only.
+# (variant, resolution, batch) for inference (benchmarks/README.md, "Targets"). Quick mode keeps b0 only.
 INFERENCE_CASES = [("b0", 224, 1), ("b0", 224, 8), ("b0", 224, 32), ("b3", 300, 1), ("b7", 600, 1)]
 QUICK_INFERENCE_CASES = [("b0", 224, 1), ("b0", 224, 32)]
 # (variant, resolution, batch) for the train step (forward + backward + SGD-momentum update).
@@ -100,6 +100,7 @@ def run_suites(args) -> dict:
     """Run the suites `args` asks for (the `effnet bench` options); returns {"env", "notes", "rows"}."""
     import torch
 
+    from effnet_jax import ModelOptions
     from effnet_spec import count_macs, resolve
 
     torch_device = args.torch_device
@@ -127,7 +128,8 @@ def run_suites(args) -> dict:
                 continue  # torch.compile of b3/b7 takes minutes on CPU; opt in with --compile-big
             if name == "jax":
                 make = jax_inference if suite == "inference" else jax_train
-                table[name] = ((lambda m=make: m(variant, res, batch, args.depthwise)), 2)
+                options = ModelOptions(depthwise_impl=args.depthwise)
+                table[name] = ((lambda m=make, o=options: m(variant, res, batch, o)), 2)
             else:
                 layout = "nchw" if name == "torch_nchw" else "cl"
                 make = torch_inference if suite == "inference" else torch_train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from effnet_spec import SOURCES, VARIANTS, resolve, summary
 
@@ -20,8 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if (args.variant is None) == (args.phi is None):
         raise SystemExit("effnet summary: give exactly one of VARIANT or --phi")
-    spec = resolve(
-        args.variant if args.phi is None else args.phi, num_classes=args.num_classes, weight_source=args.weight_source
-    )
-    print(summary(spec, args.size))
+    variant = args.variant if args.phi is None else args.phi
+    try:
+        spec = resolve(variant, num_classes=args.num_classes, weight_source=args.weight_source)
+        table = summary(spec, args.size)
+    except ValueError as e:
+        print(f"effnet summary: error: {e}", file=sys.stderr)
+        return 2
+    print(table)
     return 0

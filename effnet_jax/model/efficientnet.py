@@ -163,6 +163,11 @@ class EfficientNet(nnx.Module):
         self.spec = replace(self.spec, num_classes=num_classes)
         self.classifier = nnx.data(self._make_classifier(num_classes, rngs))
 
+    @property
+    def training(self) -> bool:
+        """Train mode (batch statistics, dropout, drop-path), as `torch.nn.Module.training`."""
+        return not self.stem.bn.use_running_average
+
     def _check_input(self, x) -> None:
         shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
         ok = (

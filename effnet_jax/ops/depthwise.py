@@ -12,7 +12,7 @@ vectorised loop over channels:
   again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
   phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k; the kernel
   gradient is k*k products reduced over (N, H, W), on CPU in float32 by the native kernel of
-  `effnet_jax.native` where it could be built (``EFFNET_NATIVE=0``: always XLA).
+  `effnet_jax.ops.native` where it could be built (``EFFNET_NATIVE=0``: always XLA).
 
 `impl="auto"` picks by `jax.default_backend()`; the env var ``EFFNET_DEPTHWISE`` overrides "auto".
 Every formulation must pass `tests/test_depthwise.py` (values and gradients against "grouped", both

@@ -7,7 +7,7 @@ temporary directory and renames it when complete, so a crash (even `kill -9`) mi
 previous checkpoint as the latest. Restoring needs the abstract state (`nnx.eval_shape`), whose
 shardings the restored arrays take.
 
-These are training checkpoints; the interchange format for finished weights is `effnet_jax.convert`.
+These are training checkpoints; the interchange format for finished weights is `effnet_jax.weights`.
 """
 
 from __future__ import annotations

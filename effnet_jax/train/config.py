@@ -203,6 +203,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
         key = key.strip()
         if not sep:
             raise ValueError(f"override {item!r} is not key=value")
+        if key in _RENAMED:
+            raise ValueError(f"config key {key!r} is now {_RENAMED[key]!r}")
         if key not in hints:
             raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(hints))}")
         changes[key] = _parse(key, raw.strip(), hints[key])

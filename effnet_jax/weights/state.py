@@ -33,13 +33,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Layout:
-    """How one role's tensor moves between the interchange layout (torch, on disk) and the JAX layout."""
+    """How one role's tensor moves from the interchange layout (`contract.ROLES`, on disk) to the JAX layout."""
 
-    torch_name: str
     jax_leaf: str
     jax_name: str
     to_jax: tuple[int, ...] | None  # axis permutation torch -> JAX; None keeps the layout
-    integer: bool = False  # num_batches_tracked: int64 in torch, int32 in JAX
 
     def jax_array(self, a: np.ndarray) -> np.ndarray:
         return a if self.to_jax is None else a.transpose(self.to_jax)
@@ -52,18 +50,18 @@ class Layout:
 
 
 # contract role -> its JAX leaf and layout. A depthwise kernel is (C, 1, k, k) in torch and (k, k, 1, C) in JAX:
-# the same axis move as a dense one.
+# the same axis move as a dense one. The BN counter is int64 on disk and int32 in JAX.
 JAX_ROLES: dict[str, Layout] = {
-    "conv_kernel": Layout("OIHW", "kernel", "HWIO", (2, 3, 1, 0)),
-    "depthwise_kernel": Layout("(C, 1, k, k)", "kernel", "(k, k, 1, C)", (2, 3, 1, 0)),
-    "conv_bias": Layout("(C,)", "bias", "(C,)", None),
-    "linear_weight": Layout("(out, in)", "kernel", "(in, out)", (1, 0)),
-    "linear_bias": Layout("(out,)", "bias", "(out,)", None),
-    "bn_scale": Layout("(C,)", "scale", "(C,)", None),
-    "bn_bias": Layout("(C,)", "bias", "(C,)", None),
-    "bn_mean": Layout("(C,)", "mean", "(C,)", None),
-    "bn_var": Layout("(C,)", "var", "(C,)", None),
-    "bn_count": Layout("scalar int64", "num_batches_tracked", "scalar int32", None, integer=True),
+    "conv_kernel": Layout("kernel", "HWIO", (2, 3, 1, 0)),
+    "depthwise_kernel": Layout("kernel", "(k, k, 1, C)", (2, 3, 1, 0)),
+    "conv_bias": Layout("bias", "(C,)", None),
+    "linear_weight": Layout("kernel", "(in, out)", (1, 0)),
+    "linear_bias": Layout("bias", "(out,)", None),
+    "bn_scale": Layout("scale", "(C,)", None),
+    "bn_bias": Layout("bias", "(C,)", None),
+    "bn_mean": Layout("mean", "(C,)", None),
+    "bn_var": Layout("var", "(C,)", None),
+    "bn_count": Layout("num_batches_tracked", "scalar int32", None),
 }
 
 
@@ -108,7 +106,7 @@ def state_dict_from_model(model: EfficientNet) -> dict[str, np.ndarray]:
     out = {}
     for e in key_map(model.spec):
         a = np.asarray(jax.device_get(_variable(model, e.jax_path).get_value()))
-        a = a.astype(np.int64) if e.layout.integer else a.astype(np.float32, copy=False)
+        a = a.astype(np.int64) if e.tensor.integer else a.astype(np.float32, copy=False)
         out[e.torch_key] = np.array(e.layout.torch_array(a), order="C")  # copy: keeps 0-d arrays 0-d
     return out
 
@@ -138,7 +136,7 @@ def load_state_dict(model: EfficientNet, state_dict: Mapping[str, np.ndarray]) -
     for e in entries:
         # A private C-contiguous copy: jnp.asarray may alias host memory on CPU, and the source (a torch tensor's
         # .numpy() view, say) may be mutated in place later; the model must never see that.
-        a = np.array(e.layout.jax_array(arrays[e.torch_key]), np.int32 if e.layout.integer else np.float32, order="C")
+        a = np.array(e.layout.jax_array(arrays[e.torch_key]), np.int32 if e.tensor.integer else np.float32, order="C")
         _variable(model, e.jax_path).set_value(jnp.asarray(a))
 
 

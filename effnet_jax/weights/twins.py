@@ -41,5 +41,5 @@ def to_torch(model: EfficientNet):
     sd = {k: torch.from_numpy(v) for k, v in state_dict_from_model(model).items()}
     effnet_torch.load_state_dict_checked(torch_model, sd)
     torch_model.preprocessing = model.preprocessing
-    torch_model.train(not model.stem.bn.use_running_average)
+    torch_model.train(model.training)
     return torch_model

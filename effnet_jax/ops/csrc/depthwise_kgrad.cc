@@ -1,4 +1,4 @@
-// Depthwise-conv kernel gradient for XLA CPU, called through XLA FFI (see effnet_jax/native.py).
+// Depthwise-conv kernel gradient for XLA CPU, called through XLA FFI (see effnet_jax/ops/native.py).
 //
 //   dk[i*kw + j, c] = sum over (n, a, b) of x[n, a*s + i - pt, b*s + j - pl, c] * g[n, a, b, c]
 //
