@@ -2,8 +2,9 @@
 
 A weight source (`effnet_torch.sources`) only names the twin contract's modules in its library's layout; every
 key, shape and check here comes from `effnet_spec.contract`, so an import is exact or refused with each
-difference listed (docs/design.md, "Weight sources"). These libraries all store convs as OIHW (depthwise
-(C, 1, k, k)), so no tensor is transposed.
+difference listed (docs/design.md, "Weight sources"). No source module is imported here: they are all reached
+through the registry. These libraries all store convs as OIHW (depthwise (C, 1, k, k)), so no tensor is
+transposed.
 
 Reading never runs code from a file: safetensors, or `.pth`/`.pt` through `torch.load(weights_only=True)`. The
 variant is inferred from the tensor shapes when not named; the source's conventions and preprocessing go into
@@ -30,25 +31,18 @@ from effnet_spec.contract import (
     check_tensors,
     mismatch_error,
     modules,
-    shapes,
     tensors,
 )
 
 from . import sources
 from .io import tensor_info
 from .sources.base import ImportError_, ModelName, parse_model_name
-from .sources.timm import TIMM_PREPROCESSING
-from .sources.torchvision import TORCHVISION_PREPROCESSING
 
 __all__ = [
-    "LAYOUTS",
-    "TIMM_PREPROCESSING",
-    "TORCHVISION_PREPROCESSING",
     "ImportError_",
     "ImportMismatchError",
     "ImportResult",
     "ModelName",
-    "detect_layout",
     "export_checkpoint",
     "export_state_dict",
     "import_checkpoint",
@@ -58,21 +52,7 @@ __all__ = [
     "parse_model_name",
     "read_state_dict",
     "source_preprocessing",
-    "twin_shapes",
 ]
-
-LAYOUTS = sources.REGISTRY  # the registry itself: name -> WeightSource
-twin_shapes = shapes  # the twin's state_dict key -> shape, from the spec alone
-detect_layout = sources.detect
-
-
-def __getattr__(name: str) -> tuple[str, ...]:
-    # IMPORT_SOURCES / EXPORT_TARGETS: read from the registry on each access, so a source added later is listed.
-    if name == "IMPORT_SOURCES":
-        return sources.names()
-    if name == "EXPORT_TARGETS":
-        return sources.export_targets()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ImportMismatchError(ImportError_, CheckpointMismatchError):
@@ -82,9 +62,12 @@ class ImportMismatchError(ImportError_, CheckpointMismatchError):
 # --- the contract in a source's layout --------------------------------------------------------------------------
 
 
-def source_keys(spec: ModelSpec, layout: str) -> dict[str, str]:
-    """twin state_dict key -> `layout`'s key, for every tensor of `spec` (a bijection)."""
-    source = sources.get(layout)
+def source_keys(spec: ModelSpec, weight_source: str) -> dict[str, str]:
+    """twin state_dict key -> `weight_source`'s key, for every tensor of `spec` (a bijection).
+
+    Any name of `sources.names()`: "timm_tf" has the timm layout.
+    """
+    source = sources.get(weight_source).source
     first_of_stage: dict[int, int] = {}
     for b in spec.blocks:
         first_of_stage.setdefault(b.stage, b.index)
@@ -96,14 +79,14 @@ def source_keys(spec: ModelSpec, layout: str) -> dict[str, str]:
     return {t.name: f"{names[t.module.name]}.{t.leaf}" for t in tensors(spec)}
 
 
-def _expected(spec: ModelSpec, layout: str) -> list[Tensor]:
-    """The contract's tensors under `layout`'s names."""
-    kmap = source_keys(spec, layout)
+def _expected(spec: ModelSpec, weight_source: str) -> list[Tensor]:
+    """The contract's tensors under `weight_source`'s names."""
+    kmap = source_keys(spec, weight_source)
     return [replace(t, name=kmap[t.name]) for t in tensors(spec)]
 
 
-def _problems(spec: ModelSpec, layout: str, got: Mapping[str, tuple[int, ...]]) -> list[str]:
-    expected = _expected(spec, layout)
+def _problems(spec: ModelSpec, weight_source: str, got: Mapping[str, tuple[int, ...]]) -> list[str]:
+    expected = _expected(spec, weight_source)
     # Old checkpoints and TF ports may lack BN's counter; it never changes a forward pass, so it may be absent.
     got = dict(got)
     for t in expected:
@@ -115,19 +98,27 @@ def _problems(spec: ModelSpec, layout: str, got: Mapping[str, tuple[int, ...]]) 
 # --- shapes -> variant ------------------------------------------------------------------------------------------
 
 
-def _spec_for(variant: str, sd_shapes: Mapping[str, tuple[int, ...]], layout: str, conventions: str) -> ModelSpec:
+def _key(spec: ModelSpec, part: str, role: str) -> str:
+    """The twin key of the tensor of module part `part` (e.g. "stem.conv") with role `role`."""
+    return next(t.name for t in tensors(spec) if t.module.part == part and t.role == role)
+
+
+def _spec_for(
+    variant: str, sd_shapes: Mapping[str, tuple[int, ...]], weight_source: str, conventions: str
+) -> ModelSpec:
     """The spec of `variant` with num_classes / in_channels taken from the checkpoint's own tensors."""
-    kmap = source_keys(resolve(variant, num_classes=1), layout)
-    stem = sd_shapes.get(kmap["stem.conv.weight"])
+    probe = resolve(variant, num_classes=1)
+    kmap = source_keys(probe, weight_source)
+    stem = sd_shapes.get(kmap[_key(probe, "stem.conv", "conv_kernel")])  # OIHW: I is in_channels
     in_channels = stem[1] if stem and len(stem) == 4 else 3
-    cls = sd_shapes.get(kmap["classifier.weight"])
+    cls = sd_shapes.get(kmap[_key(probe, "classifier", "linear_weight")])  # (out, in): out is num_classes
     num_classes = cls[0] if cls and len(cls) == 2 else 0
     return resolve(variant, num_classes=num_classes, in_channels=in_channels,
                    conventions=conventions_for(conventions, variant))  # fmt: skip
 
 
-def infer_variant(shapes: Mapping[str, tuple[int, ...]], layout: str, conventions: str | None = None) -> str:
-    """The variant whose tensor names and shapes match exactly in `layout`.
+def infer_variant(shapes: Mapping[str, tuple[int, ...]], weight_source: str, conventions: str | None = None) -> str:
+    """The variant whose tensor names and shapes match exactly in `weight_source`'s layout.
 
     Args:
         conventions: a key of `effnet_spec.conventions.SOURCES` (shapes do not depend on it).
@@ -136,13 +127,14 @@ def infer_variant(shapes: Mapping[str, tuple[int, ...]], layout: str, convention
     """
     scored = []
     for v in VARIANTS:
-        p = _problems(_spec_for(v, shapes, layout, conventions or "effnet"), layout, shapes)
+        p = _problems(_spec_for(v, shapes, weight_source, conventions or "effnet"), weight_source, shapes)
         if not p:
             return v
         scored.append((len(p), v, p))
     _, closest, problems = min(scored)
     raise mismatch_error(
-        f"the checkpoint's shapes match no EfficientNet variant in the {layout} layout; closest is {closest!r}",
+        f"the checkpoint's shapes match no EfficientNet variant in the {sources.get(weight_source).layout} layout; "
+        f"closest is {closest!r}",
         problems,
         limit=40,
         cls=ImportMismatchError,
@@ -150,8 +142,12 @@ def infer_variant(shapes: Mapping[str, tuple[int, ...]], layout: str, convention
 
 
 def source_preprocessing(weight_source: str, spec: ModelSpec, name: ModelName) -> Preprocessing:
-    """How the source library prepares images for weights of this variant (class names when ImageNet-1k)."""
-    return sources.get(weight_source).preprocessing(spec, name)
+    """How the source library prepares images for weights of this variant (class names when ImageNet-1k).
+
+    A TF-conventions name ("timm_tf") means TF-ported weights, as a `tf_` model name does.
+    """
+    selected = sources.get(weight_source)
+    return selected.source.preprocessing(spec, replace(name, tf=True) if selected.tf else name)
 
 
 # --- reading files safely ---------------------------------------------------------------------------------------
@@ -227,12 +223,13 @@ class ImportResult:
 
 def _mismatch_hint(keys: Sequence[str], shapes: Mapping[str, tuple[int, ...]], weight_source: str, conv: str) -> str:
     """Why a checkpoint may not fit: it is in another layout, or it is another variant."""
+    layout = sources.get(weight_source).layout
     try:
         detected = sources.detect(keys)
     except ImportError_:
-        detected = weight_source
-    if detected != weight_source:
-        return f"; its keys are in the {detected} layout, not {weight_source}"
+        detected = layout
+    if detected != layout:
+        return f"; its keys are in the {detected} layout, not {layout}"
     try:
         return f"; its shapes match {infer_variant(shapes, weight_source, conv)!r}"
     except ImportError_:
@@ -249,29 +246,34 @@ def import_state_dict(
     """Map a library's state_dict onto the twin's names, with the source's conventions and preprocessing.
 
     Args:
-        weight_source: a name in `effnet_torch.sources.REGISTRY` ("torchvision", "timm", ...); detected from the
-            keys when None.
+        weight_source: a name of `effnet_torch.sources.names()` ("torchvision", "timm", "timm_tf", ...); the
+            layout is detected from the keys when None. "timm_tf" is the timm layout with TF conventions.
         model: a variant ("b0") or a library model name ("tf_efficientnet_b0", "efficientnet-b3"); inferred from
-            the tensor shapes when None. For timm, a `tf_` name selects TF SAME padding and eps 1e-3.
+            the tensor shapes when None. For timm, a `tf_` name selects TF SAME padding and eps 1e-3 (as
+            "timm_tf" does); a non-TF library name contradicts "timm_tf".
         preprocessing: overrides the source's default preprocessing.
+    Returns:
+        An `ImportResult` whose `weight_source` names the conventions in effect ("timm_tf" for TF-ported timm
+        weights, whether the source name or the model name said so).
     Raises:
-        ImportError_: unknown source or an undetectable layout; `ImportMismatchError` (also a
-            `CheckpointMismatchError`) for a variant mismatch (every difference listed) or no variant matching.
+        ImportError_: unknown source, an undetectable layout, a model name contradicting the source;
+            `ImportMismatchError` (also a `CheckpointMismatchError`) for a variant mismatch (every difference
+            listed) or no variant matching.
     """
     sd = dict(state_dict)
-    weight_source = weight_source or sources.detect(sd)
-    source = sources.get(weight_source)
+    name = parse_model_name(model) if model else ModelName("", False)
+    selected = sources.get(weight_source or sources.detect(sd)).for_model(name)
+    weight_source, layout, conv = selected.name, selected.layout, selected.conventions
+    name = replace(name, tf=name.tf or selected.tf)
     # Shapes only: dtypes are the contract's after the copy below (a half-precision or float-counter file imports).
     sd_shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    name = parse_model_name(model) if model else ModelName("", False)
-    conv = source.conventions_for(name)
     variant = name.variant or infer_variant(sd_shapes, weight_source, conv)
     spec = _spec_for(variant, sd_shapes, weight_source, conv)
     problems = _problems(spec, weight_source, sd_shapes)
     if problems:
         hint = _mismatch_hint(list(sd), sd_shapes, weight_source, conv)
         raise mismatch_error(
-            f"checkpoint does not match {variant!r} in the {weight_source} layout{hint}", problems,
+            f"checkpoint does not match {variant!r} in the {layout} layout{hint}", problems,
             cls=ImportMismatchError,
         )  # fmt: skip
     kmap = source_keys(spec, weight_source)
@@ -281,7 +283,7 @@ def import_state_dict(
         if v is None:  # an absent BN counter (allowed above)
             v = torch.zeros((), dtype=torch.int64)
         out[t.name] = v.detach().to("cpu", torch.int64 if t.integer else torch.float32).contiguous()
-    pre = preprocessing or source.preprocessing(spec, replace(name, variant=variant))
+    pre = preprocessing or selected.source.preprocessing(spec, replace(name, variant=variant))
     return ImportResult(spec, out, pre, weight_source)
 
 
@@ -293,13 +295,14 @@ def import_checkpoint(
     model: str | None = None,
     preprocessing: Preprocessing | None = None,
 ) -> ImportResult:
-    """Read a checkpoint of any registered weight source and write an effnet checkpoint.
+    """Read a checkpoint of any weight source in `sources.names()` and write an effnet checkpoint.
 
     `src` is safetensors or a `.pth`/`.pt` read with `weights_only=True`; `out` is written atomically as
     safetensors with the effnet header. An effnet checkpoint keeps its own header (spec and preprocessing).
     """
     sd, meta = read_state_dict(src)
-    if (weight_source or sources.detect(sd)) == "effnet" and meta and "format" in meta:
+    layout = sources.get(weight_source).layout if weight_source else sources.detect(sd)
+    if layout == "effnet" and meta and "format" in meta:
         spec, pre = read_header(meta)
         if model and parse_model_name(model).variant != spec.name:
             raise ImportError_(f"{os.fspath(src)}: its header says {spec.name!r}, not {model!r}")
@@ -327,7 +330,7 @@ def export_state_dict(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, t
     targets = sources.export_targets()
     if target not in targets:
         raise ValueError(f"unknown export target {target!r}; expected one of: {', '.join(targets)}")
-    refusal = sources.get(target).exports(spec)
+    refusal = sources.get(target).source.exports(spec)
     if refusal:
         raise ValueError(refusal)
     problems = check_tensors(tensors(spec), {k: tensor_info(v) for k, v in state_dict.items()})

@@ -3,20 +3,22 @@ parity_tests/external): layouts walk the spec, variants are inferred, files are 
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from effnet_jax.cli import main as cli_main
-from effnet_spec import VARIANTS, Preprocessing, resolve
-from effnet_spec.contract import CheckpointMismatchError, tensors
-from effnet_torch import EfficientNet, load_checkpoint, load_state_dict_checked, save_checkpoint, sources
+from effnet_spec import SOURCES, VARIANTS, Preprocessing, resolve
+from effnet_spec.contract import CheckpointMismatchError, shapes, tensors
+from effnet_torch import EfficientNet, importers, load_checkpoint, load_state_dict_checked, save_checkpoint, sources
 from effnet_torch.importers import (
-    LAYOUTS,
     ImportError_,
+    ModelName,
     export_checkpoint,
     export_state_dict,
     import_checkpoint,
@@ -25,10 +27,10 @@ from effnet_torch.importers import (
     parse_model_name,
     read_state_dict,
     source_keys,
-    twin_shapes,
+    source_preprocessing,
 )
 
-LIB_LAYOUTS = [name for name in LAYOUTS if name != "effnet"]
+LIB_SOURCES = [name for name in sources.REGISTRY if name != "effnet"]
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +39,26 @@ def b0():
     return EfficientNet.from_name("b0").eval()
 
 
-def _renamed(spec, layout):
-    """A fake `layout` state_dict of `spec` (zeros of the right shapes), built from the key map."""
-    kmap = source_keys(spec, layout)
-    return {kmap[k]: torch.zeros(s) for k, s in twin_shapes(spec).items()}
+def _renamed(spec, weight_source):
+    """A fake `weight_source` state_dict of `spec` (zeros of the right shapes), built from the key map."""
+    kmap = source_keys(spec, weight_source)
+    return {kmap[k]: torch.zeros(s) for k, s in shapes(spec).items()}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_twin_shapes_match_the_torch_model(variant):
+def test_contract_shapes_match_the_torch_model(variant):
     spec = resolve(variant)
     with torch.device("meta"):  # shapes only: l2 would need GBs of real memory
         model = EfficientNet(spec)
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert twin_shapes(spec) == got
+    assert shapes(spec) == got
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_key_map_is_a_bijection(layout):
+@pytest.mark.parametrize("weight_source", list(sources.REGISTRY))
+def test_key_map_is_a_bijection(weight_source):
     for variant in ("b0", "b3", "lite2"):
-        kmap = source_keys(resolve(variant), layout)
-        assert len(set(kmap.values())) == len(kmap), f"{layout} {variant}: two twin keys map to one name"
+        kmap = source_keys(resolve(variant), weight_source)
+        assert len(set(kmap.values())) == len(kmap), f"{weight_source} {variant}: two twin keys map to one name"
 
 
 def test_layout_names_follow_each_library():
@@ -72,21 +74,24 @@ def test_layout_names_follow_each_library():
     assert timm["blocks.2.project.bn.weight"] == "blocks.1.1.bn3.weight"
     assert timm["blocks.15.se.excite.bias"] == "blocks.6.0.se.conv_expand.bias"
     assert luke["blocks.15.expand.bn.weight"] == "_blocks.15._bn0.weight" and luke["head.bn.bias"] == "_bn1.bias"
+    # torchvision's Sequential index follows the contract's modules: a Lite block has no SE, so project is .2
+    tv_lite = source_keys(resolve("lite0"), "torchvision")
+    assert tv_lite["blocks.1.project.conv.weight"] == "features.2.0.block.2.0.weight"
+    assert tv_lite["blocks.0.project.bn.bias"] == "features.1.0.block.1.1.bias"  # no expand, no SE
 
 
-@pytest.mark.parametrize("layout", LIB_LAYOUTS)
-def test_every_variant_is_inferred_from_shapes(layout):
+@pytest.mark.parametrize("weight_source", LIB_SOURCES)
+def test_every_variant_is_inferred_from_shapes(weight_source):
     for variant in VARIANTS:
-        assert infer_variant({k: tuple(v.shape) for k, v in _renamed(resolve(variant), layout).items()}, layout) == (
-            variant
-        )
+        sd_shapes = {k: tuple(v.shape) for k, v in _renamed(resolve(variant), weight_source).items()}
+        assert infer_variant(sd_shapes, weight_source) == variant
 
 
-@pytest.mark.parametrize("layout", LIB_LAYOUTS)
-def test_export_then_import_is_lossless(b0, layout):
-    exported = export_state_dict(b0.state_dict(), b0.spec, layout)
+@pytest.mark.parametrize("weight_source", LIB_SOURCES)
+def test_export_then_import_is_lossless(b0, weight_source):
+    exported = export_state_dict(b0.state_dict(), b0.spec, weight_source)
     r = import_state_dict(exported)  # layout and variant detected
-    assert (r.weight_source, r.spec.name, r.spec.num_classes) == (layout, "b0", 1000)
+    assert (r.weight_source, r.spec.name, r.spec.num_classes) == (weight_source, "b0", 1000)
     for k, v in b0.state_dict().items():
         assert torch.equal(r.state_dict[k], v), k
 
@@ -170,6 +175,103 @@ def test_a_registered_source_is_imported_exported_and_offered(b0, monkeypatch, t
     src = tmp_path / "fake.pth"
     torch.save(sd, src)
     assert cli_main(["convert", str(src), str(tmp_path / "b0.safetensors"), "--weight-source", "fake"]) == 0
+
+
+# --- weight-source names: the spec's, each importable ------------------------------------------------------------
+
+
+def test_weight_source_names_are_the_spec_names():
+    assert sources.names() == ("torchvision", "timm", "timm_tf", "efficientnet_pytorch", "effnet")
+    assert set(sources.names()) <= set(SOURCES)
+    assert set(SOURCES) - set(sources.names()) == {"tf"}  # TF's own checkpoints: no importable layout
+    assert list(sources.REGISTRY) == ["torchvision", "timm", "efficientnet_pytorch", "effnet"]  # layouts only
+    assert [s.order for s in sources.REGISTRY.values()] == [0, 1, 2, 9]
+    assert sources.export_targets() == ("torchvision", "timm", "efficientnet_pytorch")
+    tf = sources.get("timm_tf")
+    assert (tf.source, tf.tf, tf.name, tf.layout, tf.conventions) == (
+        sources.REGISTRY["timm"], True, "timm_tf", "timm", "timm_tf"
+    )  # fmt: skip
+    assert sources.get("timm") == sources.Selected(sources.REGISTRY["timm"], tf=False)
+    assert (sources.get("timm").name, sources.get("timm").conventions) == ("timm", "timm")
+    with pytest.raises(ImportError_, match="unknown weight source 'tf'; expected one of: torchvision, timm, timm_tf, "):
+        sources.get("tf")
+    assert source_keys(resolve("b0"), "timm_tf") == source_keys(resolve("b0"), "timm")
+
+
+def test_detect_names_layouts_only(b0):
+    sd = export_state_dict(b0.state_dict(), b0.spec, "timm")
+    assert sources.detect(sd) == "timm"
+    r = import_state_dict(sd)
+    assert (r.weight_source, r.spec.conv.padding) == ("timm", "symmetric")
+
+
+@pytest.mark.parametrize(
+    "weight_source, model",
+    [("timm_tf", None), ("timm_tf", "b1"), ("timm_tf", "tf_efficientnet_b1"), ("timm", "tf_efficientnet_b1")],
+)
+def test_timm_tf_means_tf_conventions(weight_source, model):
+    """ "timm_tf" without a model name is what a tf_ model name is; the result names the conventions in effect."""
+    r = import_state_dict(_renamed(resolve("b1"), "timm"), weight_source, model=model)
+    assert (r.weight_source, r.spec.name, r.spec.conv.padding, r.spec.conv.bn_eps) == ("timm_tf", "b1", "tf_same", 1e-3)
+    assert r.preprocessing.crop_pct == 0.882  # timm's tf_efficientnet_b1 cfg (efficientnet_b1's is 0.9)
+
+
+def test_plain_timm_keeps_its_name_and_conventions():
+    sd = _renamed(resolve("b1"), "timm")
+    for model in (None, "b1", "efficientnet_b1"):
+        r = import_state_dict(sd, "timm", model=model)
+        assert (r.weight_source, r.spec.conv.padding, r.spec.conv.bn_eps) == ("timm", "symmetric", 1e-5)
+        assert r.preprocessing.crop_pct == 0.9
+    luke = import_state_dict(_renamed(resolve("b1"), "efficientnet_pytorch"), model="tf_efficientnet_b1")
+    assert luke.weight_source == "efficientnet_pytorch"  # no TF-conventions name of its own: it is TF already
+    assert source_preprocessing("timm_tf", resolve("b1"), ModelName("b1", False)).crop_pct == 0.882
+
+
+@pytest.mark.parametrize("model", ["efficientnet_b1", "efficientnet-b1"])
+def test_plain_model_name_contradicts_timm_tf(model):
+    with pytest.raises(
+        ImportError_, match=f"model '{model}' names non-TF weights, but weight source 'timm_tf' means TF-ported ones"
+    ):
+        import_state_dict(_renamed(resolve("b1"), "timm"), "timm_tf", model=model)
+
+
+def test_timm_tf_mismatches_name_the_timm_layout(b0):
+    sd = export_state_dict(b0.state_dict(), b0.spec, "timm")
+    with pytest.raises(ImportError_, match=r"does not match 'b1' in the timm layout; its shapes match 'b0'"):
+        import_state_dict(sd, "timm_tf", model="b1")
+    luke = export_state_dict(b0.state_dict(), b0.spec, "efficientnet_pytorch")
+    with pytest.raises(ImportError_, match="its keys are in the efficientnet_pytorch layout, not timm"):
+        import_state_dict(luke, "timm_tf", model="b0")
+    with pytest.raises(ImportError_, match="match no EfficientNet variant in the timm layout"):
+        import_state_dict(luke, "timm_tf")
+
+
+def test_a_new_source_module_is_discovered_in_order(tmp_path, monkeypatch):
+    """Adding a weight source is one file in effnet_torch/sources: found by its SOURCE, placed by its order."""
+    (tmp_path / "extra_lib.py").write_text(
+        "from effnet_torch.sources.base import WeightSource, native_preprocessing\n"
+        "SOURCE = WeightSource(name='extra_lib', order=1, module_name=lambda spec, m, repeat: 'x.' + m.name,\n"
+        "                      conventions='effnet', preprocessing=native_preprocessing)\n"
+    )
+    (tmp_path / "extra_helpers.py").write_text("HELP = 1\n")  # no SOURCE: not a source
+    monkeypatch.setattr(sources, "__path__", [*sources.__path__, str(tmp_path)])
+    try:
+        found = sources.discover()
+    finally:
+        for name in ("extra_lib", "extra_helpers"):
+            sys.modules.pop(f"effnet_torch.sources.{name}", None)
+    # order 1 ties with timm: then by name
+    assert list(found) == ["torchvision", "extra_lib", "timm", "efficientnet_pytorch", "effnet"]
+    assert found["timm"] is sources.REGISTRY["timm"]
+
+
+def test_importers_reach_sources_through_the_registry_only():
+    with open(importers.__file__) as f:
+        tree = ast.parse(f.read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert {m for m in imported if m.startswith("sources.")} == {"sources.base"}
+    for gone in ("LAYOUTS", "twin_shapes", "detect_layout", "IMPORT_SOURCES", "EXPORT_TARGETS", "TIMM_PREPROCESSING"):
+        assert not hasattr(importers, gone), gone
 
 
 def test_shapes_matching_no_variant_name_the_closest(b0):
@@ -328,3 +430,28 @@ def test_cli_convert_and_errors(b0, tmp_path, capsys):
 
     rc = cli_main(["convert", str(src), str(out), "--weight-source", "torchvision"])
     assert rc == 1 and "match no EfficientNet variant in the torchvision layout" in capsys.readouterr().err
+
+
+def test_cli_convert_timm_tf(tmp_path, capsys):
+    tf_b1 = EfficientNet.from_name("b1", weight_source="timm_tf")
+    src = tmp_path / "tf_b1.pth"
+    torch.save(export_state_dict(tf_b1.state_dict(), tf_b1.spec, "timm"), src)
+    out = tmp_path / "b1.safetensors"
+    assert cli_main(["convert", str(src), str(out), "--weight-source", "timm_tf"]) == 0, capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "b1 from timm_tf" in said.out and "padding tf_same, bn eps 0.001" in said.out
+    assert "assumed" not in said.err  # the name said which conventions: nothing was assumed
+    model = load_checkpoint(out)
+    assert (model.spec.conv.padding, model.spec.conv.bn_eps, model.preprocessing.crop_pct) == ("tf_same", 1e-3, 0.882)
+
+    for extra in ([], ["--resolution", "256"]):  # with and without preprocessing overrides
+        rc = cli_main(
+            ["convert", str(src), str(out), "--weight-source", "timm_tf", "--model", "efficientnet_b1", *extra]
+        )
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("effnet convert:") == 1
+        assert "'efficientnet_b1' names non-TF weights, but weight source 'timm_tf'" in err
+
+    with pytest.raises(SystemExit) as e:  # a spec weight source with no importable layout
+        cli_main(["convert", str(src), str(out), "--weight-source", "tf"])
+    assert e.value.code == 2 and "invalid choice: 'tf'" in capsys.readouterr().err

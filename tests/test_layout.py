@@ -153,3 +153,24 @@ def test_layout_tables_name_every_sub_package():
     spec_modules = sorted(p.stem for p in (ROOT / "effnet_spec").glob("*.py") if p.stem != "__init__")
     for mod in ("contract", "forward", "classes", "atomic"):
         assert mod in spec_modules and f"`{mod}`" in design, f"docs/design.md's layout table lacks effnet_spec.{mod}"
+
+
+def test_module_tree_is_spelled_only_in_the_contract():
+    # A full module path ("blocks.3.se.reduce", f"blocks.{i}...", "stem.conv.weight") in product code means a
+    # second copy of the tree. Part names alone ("stem.conv", "se.reduce") are the contract's vocabulary: weight
+    # sources map them to their libraries' names.
+    import re
+
+    path_literal = re.compile(r"""f?["']blocks\.|["'](stem|head)\.(conv|bn)\.|["']classifier\.(weight|bias)""")
+    allowed = {ROOT / "effnet_spec" / "contract.py"}
+    hits = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path in allowed or path.parent.name == "sources":
+                continue
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if path_literal.search(code) and '"""' not in code:
+                    hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert hits == []
+    assert path_literal.search('name = f"blocks.{b.index}.se.reduce"'), "the pattern must catch a path"

@@ -1,13 +1,14 @@
 """`effnet convert SRC OUT`: bring another library's EfficientNet weights into effnet format, or back out.
 
 The output is the interchange checkpoint (the twin's state_dict as safetensors plus the JSON header with the
-source's conventions and preprocessing), which `effnet_jax.convert.load_checkpoint` reads with numpy alone.
+source's conventions and preprocessing), which `effnet_jax.weights.load_checkpoint` reads with numpy alone.
 The `--weight-source` and `--to` choices are the weight-source registry's (`effnet_torch.sources`;
-docs/design.md, "Weight sources"). Reading needs torch (a `.pth` is only ever opened with
-`torch.load(weights_only=True)`); the work is done by `effnet_torch.importers`.
+docs/design.md, "Weight sources"): `timm_tf` is the timm layout with TF conventions. Reading needs torch (a
+`.pth` is only ever opened with `torch.load(weights_only=True)`); the work is done by `effnet_torch.importers`.
 
     effnet convert efficientnet_b0.pth b0.safetensors --weight-source torchvision
     effnet convert tf_lite0.safetensors lite0.safetensors --weight-source timm --model tf_efficientnet_lite0
+    effnet convert tf_b3.pth b3.safetensors --weight-source timm_tf
     effnet convert b0.safetensors b0_timm.safetensors --to timm
 """
 
@@ -35,12 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--weight-source",
         dest="weight_source",
         choices=sources.names() if sources else None,
-        help="the library that wrote SRC (default: detected from the keys)",
+        help="the library that wrote SRC (default: detected from the keys); timm_tf: timm's TF-ported weights "
+        "(TF SAME padding, eps 1e-3)",
     )
     p.add_argument(
         "--model",
         help="variant (b0, lite3) or library model name (tf_efficientnet_b3, efficientnet-b0); default: inferred "
-        "from the tensor shapes. For timm, tf_* names select TF SAME padding and eps 1e-3",
+        "from the tensor shapes. For timm, tf_* names select TF SAME padding and eps 1e-3 (as --weight-source "
+        "timm_tf does)",
     )
     p.add_argument(
         "--to",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from effnet_spec import VARIANTS, BlockSpec, ModelSpec, Preprocessing, default_preprocessing, resolve
 from effnet_spec.classes import imagenet_class_names
@@ -20,6 +20,7 @@ __all__ = [
     "ImportError_",
     "ModelName",
     "ModuleNamer",
+    "Selected",
     "WeightSource",
     "any_spec",
     "class_names",
@@ -43,22 +44,24 @@ class ModelName:
     variant: str  # "b0", "lite3", ...; "" when no name was given
     tf: bool  # a TensorFlow-ported weight (timm `tf_*`): TF SAME padding, eps 1e-3
     tag: str = ""  # timm pretrained tag after the dot, if any
+    library: bool = False  # a library's model name ("efficientnet_b0", "tf_..."), not a bare variant ("b0")
+    given: str = field(default="", compare=False)  # the name as given, for messages
 
 
 @dataclass(frozen=True)
 class WeightSource:
     """One library whose EfficientNet weights effnet reads (and maybe writes)."""
 
-    name: str  # the registry key, the `--weight-source` choice and `ImportResult.weight_source`
+    name: str  # the registry key (its layout), a `--weight-source` choice and `ImportResult.weight_source`
     module_name: ModuleNamer  # how the library names each contract module
     conventions: str  # key of `effnet_spec.conventions.SOURCES` for its weights
     preprocessing: Callable[[ModelSpec, ModelName], Preprocessing]  # how the library prepares images for them
-    tf_conventions: str | None = None  # a `tf_` model name (a TF port) selects these conventions instead
+    # Another key of SOURCES for its TF ports: a `tf_` model name selects it, and it is a weight-source name of
+    # its own ("this layout, TF conventions").
+    tf_conventions: str | None = None
     exports: Callable[[ModelSpec], str | None] | None = None  # None: not an export target; else why a spec is refused
     unnamed_note: str = ""  # what an import without a model name assumed, where names pick the conventions
-
-    def conventions_for(self, name: ModelName) -> str:
-        return self.tf_conventions if name.tf and self.tf_conventions else self.conventions
+    order: int = 5  # place in the registry: CLI choices and error messages list sources by it, then by name
 
     @property
     def stem_key(self) -> str:
@@ -66,6 +69,49 @@ class WeightSource:
         probe = _probe()
         stem = next(m for m in modules(probe) if m.part == "stem.conv")
         return f"{self.module_name(probe, stem, 0)}.weight"
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A weight source as a name selects it: a layout, and whether its TF conventions are in effect."""
+
+    source: WeightSource
+    tf: bool = False  # only where `source.tf_conventions` is set
+
+    @property
+    def name(self) -> str:
+        """The weight-source name of the conventions in effect: "timm_tf" for timm with TF conventions."""
+        return self.source.tf_conventions if self.tf else self.source.name
+
+    @property
+    def layout(self) -> str:
+        """The registry name of the key layout ("timm" for "timm_tf")."""
+        return self.source.name
+
+    @property
+    def conventions(self) -> str:
+        """The key of `effnet_spec.conventions.SOURCES` in effect."""
+        return self.source.tf_conventions if self.tf else self.source.conventions
+
+    @property
+    def unnamed_note(self) -> str:
+        """What an import without a model name assumed; nothing when the name chose the TF conventions."""
+        return "" if self.tf else self.source.unnamed_note
+
+    def for_model(self, name: ModelName) -> Selected:
+        """This selection with a model name applied: a `tf_` name selects the TF conventions where there are any.
+
+        Raises:
+            ImportError_: a library name of non-TF weights under a TF weight-source name (timm_tf with
+                efficientnet_b0): the two contradict each other.
+        """
+        if self.tf and name.library and not name.tf:
+            raise ImportError_(
+                f"model {name.given!r} names non-TF weights, but weight source {self.name!r} means TF-ported ones; "
+                f"pass tf_efficientnet_{name.variant} or the bare variant {name.variant!r}, or weight source "
+                f"{self.layout!r} for the plain conventions"
+            )
+        return replace(self, tf=True) if name.tf and self.source.tf_conventions else self
 
 
 @functools.cache
@@ -94,7 +140,7 @@ def any_spec(spec: ModelSpec) -> str | None:
 
 # --- model names ------------------------------------------------------------------------------------------------
 
-_NAME = re.compile(r"^(?P<tf>tf_)?(?:efficientnet[_-]?)?(?P<variant>[a-z]+\d+)(?:\.(?P<tag>[\w.-]+))?$")
+_NAME = re.compile(r"^(?P<tf>tf_)?(?P<lib>efficientnet[_-]?)?(?P<variant>[a-z]+\d+)(?:\.(?P<tag>[\w.-]+))?$")
 
 
 def parse_model_name(name: str) -> ModelName:
@@ -105,7 +151,7 @@ def parse_model_name(name: str) -> ModelName:
             f"unknown model {name!r}; expected a variant ({', '.join(VARIANTS)}) or a library name such as "
             "efficientnet_b0, tf_efficientnet_lite0, efficientnet-b3"
         )
-    return ModelName(m["variant"], bool(m["tf"]), m["tag"] or "")
+    return ModelName(m["variant"], bool(m["tf"]), m["tag"] or "", library=bool(m["tf"] or m["lib"]), given=name)
 
 
 # --- preprocessing ----------------------------------------------------------------------------------------------

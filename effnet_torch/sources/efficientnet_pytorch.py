@@ -16,6 +16,7 @@ _BLOCK = {"expand.conv": "_expand_conv", "expand.bn": "_bn0", "depthwise.conv": 
 
 SOURCE = WeightSource(
     name="efficientnet_pytorch",
+    order=2,
     module_name=layout(_TOP, lambda b, repeat, part: f"_blocks.{b.index}.{_BLOCK[part]}"),
     conventions="efficientnet_pytorch",
     preprocessing=tf_eval_preprocessing,

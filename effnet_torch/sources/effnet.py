@@ -10,6 +10,7 @@ from .base import WeightSource, native_preprocessing
 
 SOURCE = WeightSource(
     name="effnet",
+    order=9,
     module_name=lambda spec, m, repeat: m.name,
     conventions="effnet",
     preprocessing=native_preprocessing,

@@ -1,8 +1,8 @@
 """timm: `blocks.{stage}.{repeat}` with conv_pw / conv_dw / conv_pwl, and one layout for two kinds of weights.
 
 Plain `efficientnet_*` and TF-ported `tf_efficientnet_*` weights have identical keys and shapes but different
-padding and BN eps, so only the model name tells them apart; without one the plain conventions are assumed
-and said so (docs/design.md, "Weight sources").
+padding and BN eps, so only a name tells them apart: the weight source "timm_tf" or a `tf_` model name;
+without one the plain conventions are assumed and said so (docs/design.md, "Weight sources").
 """
 
 from __future__ import annotations
@@ -65,11 +65,12 @@ def _preprocessing(spec: ModelSpec, name: ModelName) -> Preprocessing:
 
 SOURCE = WeightSource(
     name="timm",
+    order=1,
     module_name=layout(_TOP, _block),
     conventions="timm",
     tf_conventions="timm_tf",
     preprocessing=_preprocessing,
     exports=any_spec,
     unnamed_note="assumed timm efficientnet_* conventions (symmetric padding, eps 1e-5); "
-    "for TF-ported weights pass --model tf_efficientnet_<variant>",
+    "for TF-ported weights pass --weight-source timm_tf or --model tf_efficientnet_<variant>",
 )

@@ -6,9 +6,10 @@ DEFAULT weights each come with their own resize and crop, kept here (docs/design
 
 from __future__ import annotations
 
-from effnet_spec import BlockSpec, ModelSpec, Preprocessing
+from effnet_spec import ModelSpec, Preprocessing
+from effnet_spec.contract import Module, modules
 
-from .base import ModelName, WeightSource, class_names, layout, native_preprocessing
+from .base import ModelName, WeightSource, class_names, native_preprocessing
 
 # torchvision's DEFAULT weights (models/efficientnet.py, torchvision 0.29): (crop_size, resize_size, interpolation).
 TORCHVISION_PREPROCESSING: dict[str, tuple[int, int, str]] = {
@@ -24,12 +25,33 @@ def _top(spec: ModelSpec) -> dict[str, str]:
             "classifier": "classifier.1"}  # fmt: skip
 
 
-def _block(b: BlockSpec, repeat: int, part: str) -> str:
-    # A block is a Sequential of [expand], depthwise, [SE], project; each conv-BN pair is itself .0 / .1.
-    layer, _, leaf = part.partition(".")
-    layers = (["expand"] if b.has_expand else []) + ["depthwise"] + (["se"] if b.se_ch else []) + ["project"]
+_last: tuple[ModelSpec, dict[int, tuple[str, ...]]] | None = None  # a key map asks once per module of one spec
+
+
+def _layers(spec: ModelSpec) -> dict[int, tuple[str, ...]]:
+    """block index -> its Sequential's layers: the distinct first parts of its contract modules, in their order
+    ("expand", "depthwise", "se", "project", those the block has)."""
+    global _last
+    last = _last
+    if last is not None and last[0] is spec:  # identity, not a hash of the whole spec per module
+        return last[1]
+    out: dict[int, dict[str, None]] = {}
+    for m in modules(spec):
+        if m.block is not None:
+            out.setdefault(m.block, {})[m.part.partition(".")[0]] = None
+    layers = {b: tuple(parts) for b, parts in out.items()}
+    _last = (spec, layers)
+    return layers
+
+
+def _module_name(spec: ModelSpec, m: Module, repeat: int) -> str:
+    if m.block is None:
+        return _top(spec)[m.part]
+    # A block is a Sequential of its layers; each conv-BN pair is itself .0 / .1, SE has fc1 / fc2.
+    layer, _, leaf = m.part.partition(".")
     sub = {"conv": "0", "bn": "1", "reduce": "fc1", "excite": "fc2"}[leaf]
-    return f"features.{b.stage + 1}.{repeat}.block.{layers.index(layer)}.{sub}"
+    index = _layers(spec)[m.block].index(layer)
+    return f"features.{spec.blocks[m.block].stage + 1}.{repeat}.block.{index}.{sub}"
 
 
 def _preprocessing(spec: ModelSpec, name: ModelName) -> Preprocessing:
@@ -47,7 +69,8 @@ def _exports(spec: ModelSpec) -> str | None:
 
 SOURCE = WeightSource(
     name="torchvision",
-    module_name=layout(_top, _block),
+    order=0,
+    module_name=_module_name,
     conventions="torchvision",
     preprocessing=_preprocessing,
     exports=_exports,

@@ -223,7 +223,7 @@ def test_export_loads_strict_and_matches(variant, weight_source, target, build):
 
 
 def test_timm_preprocessing_table_matches_timm():
-    from effnet_torch.importers import TIMM_PREPROCESSING
+    from effnet_torch.sources.timm import TIMM_PREPROCESSING
 
     wrong = []
     for name, (res, crop_pct, interp, norm) in TIMM_PREPROCESSING.items():
