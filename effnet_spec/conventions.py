@@ -64,15 +64,15 @@ SOURCES: dict[str, Conventions] = {
 _TORCHVISION_TF_BN = ("b5", "b6", "b7")
 
 
-def conventions_for(source: str, variant: str | None = None) -> Conventions:
+def conventions_for(weight_source: str, variant: str | None = None) -> Conventions:
     """The conventions a weight source uses for a variant.
 
     Raises:
-        ValueError: unknown source.
+        ValueError: unknown weight source.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown weight source {source!r}; expected one of: {', '.join(SOURCES)}")
-    conv = SOURCES[source]
-    if source == "torchvision" and variant in _TORCHVISION_TF_BN:
+    if weight_source not in SOURCES:
+        raise ValueError(f"unknown weight source {weight_source!r}; expected one of: {', '.join(SOURCES)}")
+    conv = SOURCES[weight_source]
+    if weight_source == "torchvision" and variant in _TORCHVISION_TF_BN:
         conv = replace(conv, bn_eps=1e-3, bn_decay=0.99)
     return conv
