@@ -431,6 +431,11 @@ def test_cli_convert_and_errors(b0, tmp_path, capsys):
     rc = cli_main(["convert", str(src), str(out), "--weight-source", "torchvision"])
     assert rc == 1 and "match no EfficientNet variant in the torchvision layout" in capsys.readouterr().err
 
+    before = out.read_bytes()
+    rc = cli_main(["convert", str(src), str(out), "--from", "timm"])  # the flag's old name: told, nothing written
+    assert rc == 2 and "--from is now --weight-source (--weight-source timm)" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
 
 def test_cli_convert_timm_tf(tmp_path, capsys):
     tf_b1 = EfficientNet.from_name("b1", weight_source="timm_tf")

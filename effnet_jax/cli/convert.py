@@ -57,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pre.add_argument("--interpolation", choices=("bicubic", "bilinear", "nearest"))
     pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="on [0, 1] input")
     pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="on [0, 1] input")
+    p.add_argument("--from", dest="renamed_from", help=argparse.SUPPRESS)  # the old spelling: answered, not parsed
 
 
 def convert(
@@ -95,6 +96,9 @@ def convert(
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.renamed_from is not None:
+        print(f"effnet convert: --from is now --weight-source (--weight-source {args.renamed_from})", file=sys.stderr)
+        return 2
     try:
         import torch  # noqa: F401 (only to give a clear message when it is missing)
     except ModuleNotFoundError:
