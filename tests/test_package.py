@@ -21,6 +21,19 @@ def test_summary_command_and_host_memory_do_not_import_jax():
     assert out.splitlines()[-1] == "[]"
 
 
+def test_the_training_config_and_print_config_do_not_import_jax():
+    # The config validates dtype against ModelOptions' own tuple without loading jax, so `--print-config` and a
+    # bad `--set` answer at once.
+    code = (
+        "import sys; from effnet_jax import cli; "
+        "rc = cli.main(['train', '--print-config', '--set', 'dtype=bfloat16']); "
+        "print(rc, sorted(m for m in ('jax', 'flax', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "0 []"
+    assert '"dtype": "bfloat16"' in out
+
+
 def test_every_public_name_resolves_to_its_module():
     assert sorted(effnet_jax.__all__) == sorted(effnet_jax._EXPORTS)
     for name in effnet_jax.__all__:

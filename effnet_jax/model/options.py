@@ -8,13 +8,15 @@ the tensors of the twin contract, so a checkpoint loads under any options.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import jax.numpy as jnp
-
-from ..ops.depthwise import IMPLS
+if TYPE_CHECKING:
+    import jax.numpy as jnp
 
 __all__ = ["DTYPES", "ModelOptions"]
 
+# Spelled here once; this module imports jax only when an options object is made, so the training config
+# (stdlib only) validates `dtype` against the same tuple.
 DTYPES = ("float32", "bfloat16")
 
 
@@ -32,6 +34,10 @@ class ModelOptions:
     depthwise_impl: str = "auto"
 
     def __post_init__(self) -> None:
+        import jax.numpy as jnp
+
+        from ..ops.depthwise import IMPLS
+
         try:
             name = jnp.dtype(self.dtype).name
         except TypeError:
@@ -46,4 +52,6 @@ class ModelOptions:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
+        import jax.numpy as jnp
+
         return jnp.dtype(self.dtype)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from effnet_spec import SOURCES, VARIANTS
 
 from ..env import FALSE, TRUE
+from ..model.options import DTYPES
 
 __all__ = [
     "BASE",
@@ -33,7 +34,6 @@ __all__ = [
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 AUGMENTS = ("autoaugment", "randaugment", "none")
-DTYPES = ("float32", "bfloat16")  # ModelOptions.dtype values; spelled here so a config parses without jax
 
 
 @dataclass(frozen=True, kw_only=True)
