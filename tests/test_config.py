@@ -61,6 +61,14 @@ def test_overrides_parse_by_field_type():
         ("steps", "is not key=value"),
         ("optimizer=lamb", "optimizer must be one of"),
         ("global_batch=0", "global_batch must be >= 1"),
+        ("steps=-5", "steps and epochs must be >= 0; got -5"),
+        ("lr=-1", "lr must be >= 0"),
+        ("lr=nan", "lr must be a finite number; got nan"),
+        ("ema_decay=inf", "ema_decay must be a finite number; got inf"),
+        ("warmup_epochs=-1", "warmup_epochs must be >= 0"),
+        ("weight_decay=-0.1", "weight_decay must be >= 0"),
+        ("momentum=1.5", "momentum must lie in"),
+        ("dropout=1", "drop_path and dropout must be < 1"),
     ],
 )
 def test_bad_overrides_raise_clear_errors(override, message):

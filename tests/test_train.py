@@ -137,6 +137,33 @@ def test_resume_with_a_different_config_is_an_error(finished_run):
         train_mod.train(_cfg(workdir, "global_batch=32", "resume=true"))
 
 
+def test_refused_runs_write_nothing(finished_run):
+    workdir, _ = finished_run
+    records = {name: (workdir / name).read_bytes() for name in ("config.json", "summary.json", "metrics.jsonl")}
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train_mod.train(_cfg(workdir, "seed=5"))
+    with pytest.raises(ValueError, match="cannot resume"):
+        train_mod.train(_cfg(workdir, "seed=5", "resume=true"))
+    assert {name: (workdir / name).read_bytes() for name in records} == records
+
+
+def test_resume_with_another_variant_says_so_before_reading_tensors(finished_run):
+    workdir, _ = finished_run
+    with pytest.raises(ValueError) as e:
+        train_mod.train(_cfg(workdir, "variant=b1", "resume=true"))
+    msg = str(e.value)
+    assert "variant: checkpoint 'b0' vs now 'b1'" in msg
+    assert "shape" not in msg and len(msg.splitlines()) < 5, "the config check comes before any shape diff"
+
+
+def test_resume_of_a_finished_run_keeps_its_records(finished_run):
+    workdir, summary = finished_run
+    records = {name: (workdir / name).read_bytes() for name in ("config.json", "summary.json", "metrics.jsonl")}
+    again = train_mod.train(_cfg(workdir, "resume=true"))
+    assert again == summary and again["best_val_top1"] is not None
+    assert {name: (workdir / name).read_bytes() for name in records} == records
+
+
 def test_cli_errors_exit_2(capsys):
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
@@ -151,3 +178,14 @@ def test_print_config(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["seed"] == 9 and cfg["data"] == "digits"
     assert dataclasses.asdict(from_preset())["steps"] == cfg["steps"]
+
+
+def test_a_resumed_run_counts_the_evaluations_before_its_checkpoint(tmp_path):
+    from effnet_jax.train.metrics import best_logged
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [("val", 2, 0.5), ("train", 3, 0.99), ("val", 4, 0.7), ("val", 6, 0.9)]  # step 6: after the checkpoint
+    path.write_text("".join(json.dumps({"kind": k, "step": s, "top1": v}) + "\n" for k, s, v in rows))
+    assert best_logged(str(path), "val", "top1", up_to_step=5) == 0.7
+    assert best_logged(str(path), "val", "top1", up_to_step=1) is None
+    assert best_logged(str(tmp_path / "none.jsonl"), "val", "top1", up_to_step=9) is None

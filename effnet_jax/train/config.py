@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"TrainConfig: {what}")
 
+        for f in dataclasses.fields(self):  # nan/inf would pass every range check below (or be silently replaced)
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                need(math.isfinite(value), f"{f.name} must be a finite number; got {value}")
         need(self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}; got {self.augment!r}")
@@ -112,7 +117,21 @@ class TrainConfig:
         )
         need(self.global_batch >= 1, f"global_batch must be >= 1; got {self.global_batch}")
         need(self.eval_batch >= 1, f"eval_batch must be >= 1; got {self.eval_batch}")
+        need(self.steps >= 0 and self.epochs >= 0, f"steps and epochs must be >= 0; got {self.steps}, {self.epochs}")
         need(self.steps > 0 or self.epochs > 0, f"need steps > 0 or epochs > 0; got {self.steps}, {self.epochs}")
+        need(self.lr >= 0, f"lr must be >= 0 (0 = lr_per_256 * global_batch / 256); got {self.lr}")
+        need(self.lr_per_256 > 0, f"lr_per_256 must be > 0; got {self.lr_per_256}")
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}")
+        need(0 < self.lr_decay_rate <= 1, f"lr_decay_rate must lie in (0, 1]; got {self.lr_decay_rate}")
+        need(self.lr_decay_epochs > 0, f"lr_decay_epochs must be > 0; got {self.lr_decay_epochs}")
+        need(0 <= self.momentum < 1, f"momentum must lie in [0, 1); got {self.momentum}")
+        need(0 <= self.rmsprop_decay < 1, f"rmsprop_decay must lie in [0, 1); got {self.rmsprop_decay}")
+        need(self.rmsprop_eps > 0, f"rmsprop_eps must be > 0; got {self.rmsprop_eps}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off); got {self.grad_clip}")
+        need(self.drop_path < 1 and self.dropout < 1, f"drop_path and dropout must be < 1 (< 0: the variant's); got "
+             f"{self.drop_path}, {self.dropout}")  # fmt: skip
+        need(self.num_classes >= 0 and self.randaugment_n >= 0, "num_classes and randaugment_n must be >= 0")
         need(self.resolution >= 0, f"resolution must be >= 0; got {self.resolution}")
         need(0 <= self.stages <= 7, f"stages must lie in 0..7; got {self.stages}")
         need(0 < self.crop_min_area <= 1, f"crop_min_area must lie in (0, 1]; got {self.crop_min_area}")

@@ -32,7 +32,7 @@ from .checkpoint import Checkpointer, abstract_like
 from .config import TrainConfig, to_json
 from .evaluate import evaluate_split, make_eval_step
 from .mesh import init_distributed, make_mesh, to_global
-from .metrics import Logger, note, plot_curves
+from .metrics import Logger, best_logged, note, plot_curves
 from .modeling import WEIGHTS, build_model, cross_entropy, resolution_of
 from .optim import ema_update, make_optimizer, make_schedule
 
@@ -143,9 +143,10 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule) -
     # Resume order:
     # 1. Shapes only: nnx.eval_shape builds the model and optimizer abstractly (no memory, no compute).
     # 2. Find the latest complete checkpoint (Orbax renames a step dir only once it is fully written).
-    # 3. Restore model, optimizer and EMA against the abstract state, placed replicated on the mesh;
-    #    then `meta` (step, root RNG key) and, in place, the Grain iterator state (next batch index).
-    # 4. The loop continues at step + 1 with key fold_in(root, step): the same keys and batches as
+    # 3. Read its `meta` alone and refuse a config that would change the run, before any tensor is read.
+    # 4. Restore model, optimizer and EMA against the abstract state, placed replicated on the mesh;
+    #    then, in place, the Grain iterator state (next batch index).
+    # 5. The loop continues at step + 1 with key fold_in(root, step): the same keys and batches as
     #    an uninterrupted run.
     (graphdef, opt_graphdef), abstract = _split(*nnx.eval_shape(build))
     abstract["ema"] = abstract["weights"]
@@ -161,12 +162,12 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule) -
         raise ValueError(f"{ckpt_dir} already holds checkpoints (latest step {latest}); pass --resume or a new workdir")
     root_key = jax.random.key(cfg.seed)
     if cfg.resume and latest is not None:
+        _check_resumable(cfg, ckpt.restore(latest)["meta"]["config"])
         got = ckpt.restore(
             latest, data_iter=data_iter, model={"weights": abstract["weights"], "rest": abstract["rest"]},
             opt=abstract["opt"], ema=abstract["ema"],
         )  # fmt: skip
         meta = got["meta"]
-        _check_resumable(cfg, meta["config"])
         state = {**got["model"], "opt": got["opt"], "ema": got["ema"]}
         root_key = jax.random.wrap_key_data(jnp.asarray(meta["root_key"], jnp.uint32))
         step = int(meta["step"])
@@ -274,7 +275,9 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
     bar = tqdm(total=data.steps, initial=run.step, disable=not (cfg.progress and jax.process_index() == 0),
                unit="step", dynamic_ncols=True)  # fmt: skip
     window, pending, t0, seen0 = [], [], time.perf_counter(), run.step
-    stats = {"start": time.perf_counter(), "first_step_s": None, "images": 0, "best_top1": None, "val": None}
+    stats = {"start": time.perf_counter(), "first_step_s": None, "images": 0, "val": None, "resumed_at": run.step}
+    # A resumed run's best counts the evaluations before the interruption too.
+    stats["best_top1"] = best_logged(logger.path, "val", "top1", up_to_step=run.step) if run.step else None
     while run.step < data.steps:
         batch = to_global(next(run.data_iter), mesh)
         run.state, metrics = train_step(run.state, batch, jnp.int32(run.step), run.root_key)
@@ -318,6 +321,7 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
     summary = {
         "steps": run.step,
         "best_val_top1": stats["best_top1"],
+        "resumed_at_step": stats["resumed_at"] or None,
         "final_val": stats["val"],
         "wall_s": round(total, 1),
         "first_step_s": round(stats["first_step_s"] or 0.0, 1),
@@ -336,6 +340,17 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
     return summary
 
 
+def _already_finished(cfg: TrainConfig, run: Run) -> dict:
+    """`--resume` of a run that has done all its steps: nothing to train, and its records stay as they are."""
+    run.ckpt.close()
+    path = os.path.join(cfg.workdir, "summary.json")
+    note(f"the run in {cfg.workdir} already finished at step {run.step}; nothing to do ({path} kept)")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"steps": run.step, "workdir": os.path.abspath(cfg.workdir)}
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run training as `cfg` says; returns the summary dict.
 
@@ -346,12 +361,14 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.distributed:
         init_distributed(cfg)
     os.makedirs(cfg.workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     mesh = make_mesh(cfg)
     data = make_data(cfg)
     build, schedule = make_model_and_optimizer(cfg, data)
-    run = restore_or_init(cfg, mesh, data, build, schedule)
+    run = restore_or_init(cfg, mesh, data, build, schedule)  # refuses a workdir or resume before anything is written
+    if run.step >= data.steps:
+        return _already_finished(cfg, run)
+    if jax.process_index() == 0:
+        write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     train_step, eval_step = make_steps(cfg, mesh, run)
     logger = Logger(cfg.workdir)
     note(f"model: {cfg.variant}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")

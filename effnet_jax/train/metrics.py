@@ -9,7 +9,7 @@ import time
 
 import jax
 
-__all__ = ["Logger", "note", "plot_curves"]
+__all__ = ["Logger", "best_logged", "note", "plot_curves"]
 
 
 def note(msg: str) -> None:
@@ -77,3 +77,16 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+def best_logged(metrics_path: str, kind: str, key: str, *, up_to_step: int) -> float | None:
+    """The largest `key` among `kind` rows of metrics.jsonl at steps <= `up_to_step` (None if there are none)."""
+    if not os.path.exists(metrics_path):
+        return None
+    best = None
+    with open(metrics_path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("kind") == kind and r.get("step", 0) <= up_to_step and key in r:
+                best = r[key] if best is None else max(best, r[key])
+    return best
