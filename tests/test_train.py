@@ -189,3 +189,15 @@ def test_a_resumed_run_counts_the_evaluations_before_its_checkpoint(tmp_path):
     assert best_logged(str(path), "val", "top1", up_to_step=5) == 0.7
     assert best_logged(str(path), "val", "top1", up_to_step=1) is None
     assert best_logged(str(tmp_path / "none.jsonl"), "val", "top1", up_to_step=9) is None
+
+
+def test_a_fresh_run_sets_aside_records_of_a_run_that_never_checkpointed(tmp_path):
+    old_rows = '{"step": 1, "kind": "train", "loss": 9.0, "top1": 0.0}\n'
+    (tmp_path / "metrics.jsonl").write_text(old_rows)
+    (tmp_path / "config.json").write_text('{"seed": 123}\n')
+    train_mod.train(_cfg(tmp_path, "steps=2", "ckpt_every=0"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2] and all(r["loss"] != 9.0 for r in rows)
+    (previous,) = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+    assert (previous / "metrics.jsonl").read_text() == old_rows, "the old records are kept, not overwritten"
+    assert json.loads((previous / "config.json").read_text()) == {"seed": 123}

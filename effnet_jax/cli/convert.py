@@ -15,7 +15,9 @@ docs/design.md, "Weight sources"): `timm_tf` is the timm layout with TF conventi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from dataclasses import replace
 
 
@@ -95,6 +97,21 @@ def convert(
     )
 
 
+def _unwritable(out: str) -> str | None:
+    """Why `out` cannot be written as a file, or None; checked before any work (nothing is created)."""
+    if os.path.isdir(out):
+        return "it is a directory; give a file name such as " + os.path.join(out, "model.safetensors")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        return f"its directory {parent} does not exist"
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        return f"its directory {parent} is not writable ({e.strerror or e})"
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     if args.renamed_from is not None:
         print(f"effnet convert: --from is now --weight-source (--weight-source {args.renamed_from})", file=sys.stderr)
@@ -106,6 +123,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from effnet_torch.importers import export_checkpoint
 
+    problem = _unwritable(args.out)
+    if problem:
+        print(f"effnet convert: cannot write {args.out}: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.target:
             if args.weight_source not in (None, "effnet") or args.model:
@@ -127,6 +148,9 @@ def main(args: argparse.Namespace) -> int:
         r = convert(args.src, args.out, weight_source=args.weight_source, model=args.model, overrides=overrides)
     except ValueError as e:  # ImportError_, a bad header or override: the message names the problem
         print(f"effnet convert: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the disk filled up or went read-only mid-write; write_atomic left OUT as it was
+        print(f"effnet convert: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     note = _sources().get(r.weight_source).unnamed_note
     if note and not args.model:

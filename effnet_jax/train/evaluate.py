@@ -78,6 +78,8 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
       FileNotFoundError: no checkpoint there.
       ValueError: the data has a different number of classes than the model.
     """
+    if not os.path.isdir(ckpt_dir):  # checked first: the Orbax manager would create it
+        raise FileNotFoundError(f"no training run at {ckpt_dir!r}: not a directory")
     sub = os.path.join(ckpt_dir, "checkpoints")
     ckpt = Checkpointer(sub if os.path.isdir(sub) else ckpt_dir)
     if ckpt.latest_step() is None:

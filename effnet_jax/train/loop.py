@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -340,6 +341,44 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
     return summary
 
 
+# What a run writes besides its checkpoints.
+RECORDS = ("config.json", "metrics.jsonl", "tb", "curves.png", "summary.json")
+
+
+def check_workdir(workdir: str) -> None:
+    """Create `workdir` if needed and prove it writable, so a bad path is one line before any work.
+
+    Raises:
+        ValueError: the path is a file, or cannot be created or written.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} is a file, not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
+
+
+def set_aside_records(workdir: str) -> None:
+    """A fresh run in a workdir that holds another run's records (one that died before its first checkpoint) moves
+    them to `previous-<UTC time>/`, so metrics, curves and TensorBoard never mix two runs and nothing is lost."""
+    found = [name for name in RECORDS if os.path.exists(os.path.join(workdir, name))]
+    if not found:
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = os.path.join(workdir, f"previous-{stamp}")
+    n = 1
+    while os.path.exists(dest):
+        n += 1
+        dest = os.path.join(workdir, f"previous-{stamp}-{n}")
+    os.makedirs(dest)
+    for name in found:
+        os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+    note(f"{workdir} held records of an earlier run without checkpoints ({', '.join(found)}); moved to {dest}")
+
+
 def _already_finished(cfg: TrainConfig, run: Run) -> dict:
     """`--resume` of a run that has done all its steps: nothing to train, and its records stay as they are."""
     run.ckpt.close()
@@ -360,7 +399,7 @@ def train(cfg: TrainConfig) -> dict:
     """
     if cfg.distributed:
         init_distributed(cfg)
-    os.makedirs(cfg.workdir, exist_ok=True)
+    check_workdir(cfg.workdir)
     mesh = make_mesh(cfg)
     data = make_data(cfg)
     build, schedule = make_model_and_optimizer(cfg, data)
@@ -368,6 +407,8 @@ def train(cfg: TrainConfig) -> dict:
     if run.step >= data.steps:
         return _already_finished(cfg, run)
     if jax.process_index() == 0:
+        if run.step == 0:
+            set_aside_records(cfg.workdir)
         write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     train_step, eval_step = make_steps(cfg, mesh, run)
     logger = Logger(cfg.workdir)
