@@ -85,6 +85,12 @@ def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLik
                 batch.append(preprocess(im, pre, spec.in_channels))
         except UnidentifiedImageError as e:
             raise ValueError(f"{os.fspath(path)}: not an image Pillow can read") from e
+        except Image.DecompressionBombError as e:  # Pillow's guard against huge images (a DoS), not an OSError
+            raise ValueError(f"{os.fspath(path)}: refused by Pillow's decompression-bomb guard ({e})") from None
+        except OSError as e:
+            if not os.path.exists(path):
+                raise
+            raise ValueError(f"{os.fspath(path)}: cannot read the image ({e})") from None
     graphdef, state = nnx.split(model)
     logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))
     return class_names(pre, spec.num_classes), softmax(np.asarray(logits))

@@ -147,3 +147,9 @@ def test_worker_processes_give_the_same_batches():
 def test_no_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="no dataset given"):
         data_lib.make_source("", "train")
+
+
+def test_a_flat_folder_of_images_says_what_is_expected(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"holds 1 images directly; expected one sub-folder per class"):
+        ImageFolderSource(str(tmp_path))

@@ -92,3 +92,14 @@ def test_bad_inputs_fail_with_a_message(weights, images, tmp_path, capsys):
     assert cli_main(["predict", str(images[0]), "--weights", str(tmp_path / "missing.safetensors")]) == 1
     assert "missing.safetensors" in capsys.readouterr().err
     assert cli_main(["predict", str(images[0]), "--weights", str(weights), "--top", "0"]) == 2
+
+
+def test_truncated_and_oversized_images_name_the_file(weights, images, tmp_path, capsys, monkeypatch):
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(images[0].read_bytes()[:200])
+    assert cli_main(["predict", str(truncated), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"effnet predict: {truncated}: cannot read the image") and len(err.splitlines()) == 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the guard, made to trip on a small image
+    assert cli_main(["predict", str(images[0]), "--weights", str(weights)]) == 1
+    assert f"{images[0]}: refused by Pillow's decompression-bomb guard" in capsys.readouterr().err

@@ -119,6 +119,12 @@ class ImageFolderSource:
             if not found:
                 empty.append(name)
             files.extend((f, label) for f in found)
+        loose = [f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not classes and loose:
+            raise ValueError(
+                f"image folder {root!r} holds {len(loose)} images directly; expected one sub-folder per class "
+                f"({os.path.join(root, '<class>', '<image>')}), whose names become the class names"
+            )
         if not files:
             raise ValueError(
                 f"image folder {root!r} is empty: expected one sub-folder per class holding "
