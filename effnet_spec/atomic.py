@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 
 __all__ = ["write_atomic"]
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_temp(path: str, directory: str) -> tuple[int, str]:
+    """A new file beside `path`, created with mode 0o666 so the kernel applies the umask, as `open(path, "w")` does.
+
+    (`tempfile.mkstemp` creates 0o600 whatever the umask.)
+    """
+    prefix = os.path.join(directory, ".tmp-" + os.path.basename(path) + ".")
+    for _ in range(100):
+        tmp = prefix + secrets.token_hex(6)
+        try:
+            return os.open(tmp, _FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {path} in {directory}")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` to `path` so that a reader sees either the old file or the complete new one.
 
     Temp file in the same directory, fsync, `os.replace`, then fsync of the directory where it can be opened;
-    on any failure the temp file is removed and the old file is left as it was.
+    on any failure the temp file is removed and the old file is left as it was. The file gets the permissions a
+    plain `open(path, "w")` would give it: those of the file it replaces, else 0o666 less the umask.
     """
     path = os.fspath(path)
     if isinstance(data, str):
         data = data.encode()
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    fd, tmp = _open_temp(path, directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(FileNotFoundError):
+                old = os.stat(path)
+                if stat.S_ISREG(old.st_mode) and hasattr(os, "fchmod"):
+                    os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) & 0o777)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

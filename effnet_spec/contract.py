@@ -149,12 +149,13 @@ class CheckpointMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class Got:
-    """What a framework reports of one tensor it was given: shape and dtype kind."""
+    """What a framework reports of one tensor it was given: shape, dtype kind, and what its values allow."""
 
     shape: tuple[int, ...]
     kind: str  # "float", "int" or "other"
     dtype: str = ""  # the framework's dtype name, for the message
     value: int | None = None  # the value of an integer scalar (the BN counter), to range-check it
+    finite: bool | None = None  # a float tensor: whether every value is finite (no NaN or inf); None: not known
 
 
 def check_tensors(
@@ -165,8 +166,9 @@ def check_tensors(
 ) -> list[str]:
     """Problem lines between a contract and what was given: `- missing`, `+ unexpected`, `shape`, `dtype`, `value`.
 
-    `got` maps key -> `Got` (or a bare shape, which skips the dtype checks). `note` adds text to a key's shape line
-    (the JAX twin names its own layout there). Empty when everything matches.
+    `got` maps key -> `Got` (or a bare shape, which skips the dtype and value checks). `note` adds text to a key's
+    shape line (the JAX twin names its own layout there). A `value` line is a counter that does not fit int32 or a
+    float tensor holding NaN or inf (`Got.finite` False). Empty when everything matches.
     """
     want = {t.name: t for t in expected}
     lines = [f"- {k}" for k in sorted(want.keys() - got.keys())]
@@ -183,6 +185,8 @@ def check_tensors(
             )
         elif isinstance(g, Got) and t.integer and g.value is not None and not 0 <= g.value < 2**31:
             lines.append(f"value {k}: {g.value} does not fit the int32 counter")
+        elif isinstance(g, Got) and not t.integer and g.finite is False:
+            lines.append(f"value {k}: holds NaN or inf")
     return lines
 
 

@@ -8,7 +8,9 @@ the standard library alone. The twins do the tensor I/O; this module only (de)se
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import reprlib
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .conventions import Conventions
 from .resolve import ModelSpec, resolve
@@ -19,44 +21,113 @@ __all__ = ["FORMAT", "Preprocessing", "default_preprocessing", "make_header", "r
 FORMAT = "effnet/1"
 
 
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Preprocessing:
-    """How images must be prepared for a set of weights (timm's pretrained-cfg, trimmed)."""
+    """How images must be prepared for a set of weights (timm's pretrained-cfg, trimmed).
+
+    Lists are taken as tuples; a field of the wrong type or value fails with one `ValueError` naming it.
+    """
 
     resolution: int
     crop_pct: float = 0.875  # eval: resize to resolution / crop_pct, then center-crop
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on [0, 1] input
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # on [0, 1] input, one per input channel
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     class_names: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.resolution < 1:
-            raise ValueError(f"Preprocessing: resolution must be >= 1, got {self.resolution}")
-        if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"Preprocessing: crop_pct must lie in (0, 1], got {self.crop_pct}")
-        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
-            raise ValueError(f"Preprocessing: unknown interpolation {self.interpolation!r}")
-        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise ValueError(f"Preprocessing: mean {self.mean} and std {self.std} must match and std be > 0")
+        if not isinstance(self.resolution, int) or isinstance(self.resolution, bool) or self.resolution < 1:
+            raise ValueError(f"Preprocessing: resolution must be an int >= 1, got {reprlib.repr(self.resolution)}")
+        if not _number(self.crop_pct) or not 0 < self.crop_pct <= 1:
+            raise ValueError(f"Preprocessing: crop_pct must be a number in (0, 1], got {reprlib.repr(self.crop_pct)}")
+        if not isinstance(self.interpolation, str) or self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"Preprocessing: interpolation must be one of {_INTERPOLATIONS}, got {reprlib.repr(self.interpolation)}"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (
+                not isinstance(values, (list, tuple))
+                or not values
+                or not all(_number(v) and math.isfinite(v) for v in values)
+            ):
+                raise ValueError(f"Preprocessing: {name} must be a list of finite numbers, got {reprlib.repr(values)}")
+            object.__setattr__(self, name, tuple(values))
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"Preprocessing: mean and std must have the same length, got {len(self.mean)} and {len(self.std)}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"Preprocessing: std must be > 0, got {self.std}")
+        names = self.class_names
+        if names is not None:
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                raise ValueError(
+                    f"Preprocessing: class_names must be a list of strings or None, got {reprlib.repr(names)}"
+                )
+            object.__setattr__(self, "class_names", tuple(names))
+
+
+_FIELDS = tuple(f.name for f in fields(Preprocessing))
 
 
 def default_preprocessing(spec: ModelSpec, class_names: tuple[str, ...] | None = None) -> Preprocessing:
-    fam = spec.family
+    """The family's preprocessing for `spec`, with one mean and std per input channel.
+
+    The family's values are per RGB channel; a model with another `in_channels` takes them in turn (channel i gets
+    value i % 3: a one-channel model the first), as `effnet_jax.predict.preprocess` always read them.
+    """
+    fam, n = spec.family, spec.in_channels
     return Preprocessing(
         resolution=spec.resolution,
         interpolation=fam.interpolation,
-        mean=fam.mean,
-        std=fam.std,
+        mean=tuple(fam.mean[i % len(fam.mean)] for i in range(n)),
+        std=tuple(fam.std[i % len(fam.std)] for i in range(n)),
         class_names=class_names,
     )
 
 
+def _channel_problem(spec: ModelSpec, mean: object, std: object) -> str | None:
+    """The line for a mean or std that does not fit the model's `in_channels` (None when both fit).
+
+    Fitting is one value per input channel, or three (RGB) values for a model with another channel count: weight
+    sources state RGB values, and older effnet files stored them so for 1-channel models (`_per_channel` spreads them).
+    """
+    n = spec.in_channels
+    for name, values in (("mean", mean), ("std", std)):
+        if isinstance(values, (list, tuple)) and len(values) != n and not (n != 3 and len(values) == 3):
+            return f"preprocessing.{name} has {len(values)} value(s), expected {n} (one per input channel)"
+    return None
+
+
+def _per_channel(spec: ModelSpec, pre: Preprocessing) -> Preprocessing:
+    """`pre` with one mean and std per input channel: RGB values are taken in turn (channel i gets value i % 3)."""
+    n = spec.in_channels
+    if len(pre.mean) == n:
+        return pre
+    return replace(pre, mean=tuple(pre.mean[i % 3] for i in range(n)), std=tuple(pre.std[i % 3] for i in range(n)))
+
+
 def make_header(spec: ModelSpec, preprocessing: Preprocessing | None = None) -> dict[str, str]:
-    """The safetensors metadata (str -> str) for a checkpoint of `spec`."""
+    """The safetensors metadata (str -> str) for a checkpoint of `spec`.
+
+    Raises:
+        ValueError: class names that do not count the classes; a mean or std not one per input channel.
+    """
     pre = preprocessing or default_preprocessing(spec)
     if pre.class_names is not None and spec.num_classes and len(pre.class_names) != spec.num_classes:
         raise ValueError(f"{len(pre.class_names)} class names given for a model with {spec.num_classes} classes")
+    problem = _channel_problem(spec, pre.mean, pre.std)
+    if problem:
+        raise ValueError(problem)
+    pre = _per_channel(spec, pre)
     body = {
         "variant": asdict(spec.variant),
         "num_classes": spec.num_classes,
@@ -71,7 +142,8 @@ def read_header(meta: dict[str, str] | None) -> tuple[ModelSpec, Preprocessing]:
     """Rebuild (spec, preprocessing) from checkpoint metadata.
 
     Raises:
-        ValueError: no header, another format, or fields that do not make a valid spec.
+        ValueError: no header, another format, fields that do not make a valid spec, or a preprocessing that is
+            not valid or does not fit the spec (a mean or std not one per input channel); one line naming the field.
     """
     if not meta or "format" not in meta:
         raise ValueError("checkpoint has no effnet header (safetensors metadata 'format' is missing)")
@@ -79,7 +151,6 @@ def read_header(meta: dict[str, str] | None) -> tuple[ModelSpec, Preprocessing]:
         raise ValueError(f"checkpoint header format {meta['format']!r} is not supported; expected {FORMAT!r}")
     try:
         body = json.loads(meta["spec"])
-        pre = json.loads(meta.get("preprocessing") or "null")
         variant = Variant(**body["variant"])
         conv = Conventions(**body["conventions"])
         stages = STAGES if body.get("stages") is None else tuple(StageRow(**r) for r in body["stages"])
@@ -92,11 +163,38 @@ def read_header(meta: dict[str, str] | None) -> tuple[ModelSpec, Preprocessing]:
         )
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"checkpoint header is malformed: {type(e).__name__}: {e}") from e
+    return spec, _read_preprocessing(spec, meta.get("preprocessing"))
+
+
+def _read_preprocessing(spec: ModelSpec, text: object) -> Preprocessing:
+    """The header's preprocessing for `spec` (the family default when absent), every problem one `ValueError` line."""
+
+    def malformed(what: str) -> ValueError:
+        return ValueError(f"checkpoint header is malformed: {what}")
+
+    try:
+        pre = json.loads(text or "null")
+    except (TypeError, json.JSONDecodeError) as e:
+        raise malformed(f"preprocessing is not JSON ({type(e).__name__}: {e})") from None
     if pre is None:
-        preprocessing = default_preprocessing(spec)
-    else:
-        for k in ("mean", "std", "class_names"):
-            if pre.get(k) is not None:
-                pre[k] = tuple(pre[k])
+        return default_preprocessing(spec)
+    if not isinstance(pre, dict):
+        raise malformed(f"preprocessing must be a JSON object, got {type(pre).__name__}")
+    unknown = [k for k in pre if k not in _FIELDS]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise malformed(f"preprocessing has unknown field{'s' if len(unknown) > 1 else ''} {names}; "
+                        f"its fields are {', '.join(_FIELDS)}")  # fmt: skip
+    if "resolution" not in pre:
+        raise malformed("preprocessing is missing field 'resolution'")
+    problem = _channel_problem(spec, pre.get("mean"), pre.get("std"))  # before the mean-vs-std length check
+    if problem:
+        raise malformed(problem)
+    try:
         preprocessing = Preprocessing(**pre)
-    return spec, preprocessing
+    except ValueError as e:
+        raise malformed("preprocessing." + str(e).removeprefix("Preprocessing: ")) from None
+    problem = _channel_problem(spec, preprocessing.mean, preprocessing.std)  # an absent one took the RGB default
+    if problem:
+        raise malformed(problem)
+    return _per_channel(spec, preprocessing)

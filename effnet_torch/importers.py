@@ -258,7 +258,7 @@ def import_state_dict(
     Raises:
         ImportError_: unknown source, an undetectable layout, a model name contradicting the source;
             `ImportMismatchError` (also a `CheckpointMismatchError`) for a variant mismatch (every difference
-            listed) or no variant matching.
+            listed), no variant matching, or a float tensor holding NaN or inf.
     """
     sd = dict(state_dict)
     name = parse_model_name(model) if model else ModelName("", False)
@@ -283,6 +283,11 @@ def import_state_dict(
         if v is None:  # an absent BN counter (allowed above)
             v = torch.zeros((), dtype=torch.int64)
         out[t.name] = v.detach().to("cpu", torch.int64 if t.integer else torch.float32).contiguous()
+    # The values, in the contract's dtypes now: NaN or inf (or a value float32 cannot hold) is refused, by its key.
+    problems = check_tensors(_expected(spec, weight_source), {kmap[k]: tensor_info(v) for k, v in out.items()})
+    if problems:
+        raise mismatch_error(f"checkpoint does not match {variant!r} in the {layout} layout", problems,
+                             cls=ImportMismatchError)  # fmt: skip
     pre = preprocessing or selected.source.preprocessing(spec, replace(name, variant=variant))
     return ImportResult(spec, out, pre, weight_source)
 

@@ -90,7 +90,10 @@ class EfficientNet(nn.Module):
         return linear
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for `num_classes` (0 removes it)."""
+        """Replace the classifier with a freshly initialised one for `num_classes` (0 removes it).
+
+        A new head has no class names: `preprocessing` keeps everything else and drops them.
+        """
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         old = self.classifier
@@ -98,6 +101,8 @@ class EfficientNet(nn.Module):
         self.classifier = self._make_classifier(num_classes)
         if isinstance(old, nn.Linear):
             self.classifier.to(device=old.weight.device, dtype=old.weight.dtype)
+        if self.preprocessing is not None:
+            self.preprocessing = replace(self.preprocessing, class_names=None)
 
     def _check_input(self, x: torch.Tensor) -> None:
         ok = (

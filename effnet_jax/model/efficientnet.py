@@ -157,11 +157,16 @@ class EfficientNet(nnx.Module):
         )
 
     def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
-        """Replace the classifier with a freshly initialised one for `num_classes` (0 removes it)."""
+        """Replace the classifier with a freshly initialised one for `num_classes` (0 removes it).
+
+        A new head has no class names: `preprocessing` keeps everything else and drops them.
+        """
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         self.spec = replace(self.spec, num_classes=num_classes)
         self.classifier = nnx.data(self._make_classifier(num_classes, rngs))
+        if self.preprocessing is not None:
+            self.preprocessing = replace(self.preprocessing, class_names=None)
 
     @property
     def training(self) -> bool:

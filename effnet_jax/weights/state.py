@@ -114,17 +114,18 @@ def state_dict_from_model(model: EfficientNet) -> dict[str, np.ndarray]:
 def _got(a: np.ndarray) -> Got:
     kind = "int" if np.issubdtype(a.dtype, np.integer) else "float" if np.issubdtype(a.dtype, np.floating) else "other"
     value = int(a) if kind == "int" and a.ndim == 0 else None
-    return Got(tuple(a.shape), kind, str(a.dtype), value)
+    finite = bool(np.isfinite(a).all()) if kind == "float" else None
+    return Got(tuple(a.shape), kind, str(a.dtype), value, finite)
 
 
 def load_state_dict(model: EfficientNet, state_dict: Mapping[str, np.ndarray]) -> None:
     """Load an interchange-format state_dict into `model`, strictly: every key, shape and dtype kind must match.
 
-    Nothing is changed unless everything matches.
+    Every float value must be finite too (NaN or inf is refused). Nothing is changed unless everything matches.
 
     Raises:
-        CheckpointMismatchError: one message listing sorted missing (-) and unexpected (+) keys, and shape or
-            dtype mismatches with expected vs got and the layout.
+        CheckpointMismatchError: one message listing sorted missing (-) and unexpected (+) keys, shape or dtype
+            mismatches with expected vs got and the layout, and values (NaN or inf, a counter beyond int32).
     """
     _check_model(model, "load_state_dict")
     entries = key_map(model.spec)
