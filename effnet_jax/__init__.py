@@ -14,6 +14,8 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
+
 # public name -> submodule that defines it
 _EXPORTS = {
     "CheckpointMismatchError": "weights",
@@ -59,12 +61,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'effnet_jax' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

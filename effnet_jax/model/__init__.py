@@ -5,8 +5,9 @@ Names load on first use, so `effnet_jax.model.options` is importable without jax
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {"EfficientNet": "efficientnet", "MBConv": "efficientnet", "ModelOptions": "options"}
 __all__ = ["EfficientNet", "MBConv", "ModelOptions"]
@@ -16,9 +17,4 @@ if TYPE_CHECKING:
     from .options import ModelOptions
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'effnet_jax.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
