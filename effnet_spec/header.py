@@ -81,17 +81,14 @@ _FIELDS = tuple(f.name for f in fields(Preprocessing))
 def default_preprocessing(spec: ModelSpec, class_names: tuple[str, ...] | None = None) -> Preprocessing:
     """The family's preprocessing for `spec`, with one mean and std per input channel.
 
-    The family's values are per RGB channel; a model with another `in_channels` takes them in turn (channel i gets
-    value i % 3: a one-channel model the first), as `effnet_jax.predict.preprocess` always read them.
+    The family's values are per RGB channel; a model with another `in_channels` takes them in turn (`_per_channel`:
+    channel i gets value i % 3, a one-channel model the first), as `effnet_jax.predict.preprocess` always read them.
     """
-    fam, n = spec.family, spec.in_channels
-    return Preprocessing(
-        resolution=spec.resolution,
-        interpolation=fam.interpolation,
-        mean=tuple(fam.mean[i % len(fam.mean)] for i in range(n)),
-        std=tuple(fam.std[i % len(fam.std)] for i in range(n)),
-        class_names=class_names,
+    fam = spec.family
+    rgb = Preprocessing(
+        resolution=spec.resolution, interpolation=fam.interpolation, mean=fam.mean, std=fam.std, class_names=class_names
     )
+    return _per_channel(spec, rgb)
 
 
 def _channel_problem(spec: ModelSpec, mean: object, std: object) -> str | None:
