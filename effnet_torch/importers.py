@@ -85,8 +85,7 @@ def _expected(spec: ModelSpec, weight_source: str) -> list[Tensor]:
     return [replace(t, name=kmap[t.name]) for t in tensors(spec)]
 
 
-def _problems(spec: ModelSpec, weight_source: str, got: Mapping[str, tuple[int, ...]]) -> list[str]:
-    expected = _expected(spec, weight_source)
+def _problems(expected: list[Tensor], got: Mapping[str, tuple[int, ...]]) -> list[str]:
     # Old checkpoints and TF ports may lack BN's counter; it never changes a forward pass, so it may be absent.
     got = dict(got)
     for t in expected:
@@ -127,7 +126,7 @@ def infer_variant(shapes: Mapping[str, tuple[int, ...]], weight_source: str, con
     """
     scored = []
     for v in VARIANTS:
-        p = _problems(_spec_for(v, shapes, weight_source, conventions or "effnet"), weight_source, shapes)
+        p = _problems(_expected(_spec_for(v, shapes, weight_source, conventions or "effnet"), weight_source), shapes)
         if not p:
             return v
         scored.append((len(p), v, p))
@@ -269,22 +268,23 @@ def import_state_dict(
     sd_shapes = {k: tuple(v.shape) for k, v in sd.items()}
     variant = name.variant or infer_variant(sd_shapes, weight_source, conv)
     spec = _spec_for(variant, sd_shapes, weight_source, conv)
-    problems = _problems(spec, weight_source, sd_shapes)
+    expected = _expected(spec, weight_source)  # the contract under the source's names, in the contract's order
+    problems = _problems(expected, sd_shapes)
     if problems:
         hint = _mismatch_hint(list(sd), sd_shapes, weight_source, conv)
         raise mismatch_error(
             f"checkpoint does not match {variant!r} in the {layout} layout{hint}", problems,
             cls=ImportMismatchError,
         )  # fmt: skip
-    kmap = source_keys(spec, weight_source)
+    pairs = list(zip(tensors(spec), expected))  # (twin tensor, the same tensor under the source's name)
     out = {}
-    for t in tensors(spec):
-        v = sd.get(kmap[t.name])
+    for t, theirs in pairs:
+        v = sd.get(theirs.name)
         if v is None:  # an absent BN counter (allowed above)
             v = torch.zeros((), dtype=torch.int64)
         out[t.name] = v.detach().to("cpu", torch.int64 if t.integer else torch.float32).contiguous()
     # The values, in the contract's dtypes now: NaN or inf (or a value float32 cannot hold) is refused, by its key.
-    problems = check_tensors(_expected(spec, weight_source), {kmap[k]: tensor_info(v) for k, v in out.items()})
+    problems = check_tensors(expected, {theirs.name: tensor_info(out[t.name]) for t, theirs in pairs})
     if problems:
         raise mismatch_error(f"checkpoint does not match {variant!r} in the {layout} layout", problems,
                              cls=ImportMismatchError)  # fmt: skip
