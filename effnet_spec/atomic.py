@@ -6,8 +6,9 @@ import contextlib
 import os
 import secrets
 import stat
+import tempfile
 
-__all__ = ["write_atomic"]
+__all__ = ["unwritable_dir", "write_atomic"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -63,3 +64,14 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def unwritable_dir(directory: str | os.PathLike) -> str | None:
+    """Why no file can be created in `directory` (the OS's reason), or None: probed with a temp file, as
+    `write_atomic` would create one, so a read-only disk or a missing permission shows before any work."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

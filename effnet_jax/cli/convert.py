@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import replace
+
+from effnet_spec.atomic import unwritable_dir
 
 
 def _sources():
@@ -104,12 +105,8 @@ def _unwritable(out: str) -> str | None:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         return f"its directory {parent} does not exist"
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        return f"its directory {parent} is not writable ({e.strerror or e})"
-    return None
+    reason = unwritable_dir(parent)
+    return f"its directory {parent} is not writable ({reason})" if reason else None
 
 
 def main(args: argparse.Namespace) -> int:

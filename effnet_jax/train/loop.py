@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from effnet_spec import resolve
-from effnet_spec.atomic import write_atomic
+from effnet_spec.atomic import unwritable_dir, write_atomic
 
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
@@ -355,10 +354,11 @@ def check_workdir(workdir: str) -> None:
         raise ValueError(f"workdir {workdir!r} is a file, not a directory")
     try:
         os.makedirs(workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):
-            pass
     except OSError as e:
         raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
+    reason = unwritable_dir(workdir)
+    if reason:
+        raise ValueError(f"workdir {workdir!r} is not writable: {reason}")
 
 
 def set_aside_records(workdir: str) -> None:
