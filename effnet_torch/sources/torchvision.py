@@ -6,6 +6,8 @@ DEFAULT weights each come with their own resize and crop, kept here (docs/design
 
 from __future__ import annotations
 
+import functools
+
 from effnet_spec import ModelSpec, Preprocessing
 from effnet_spec.contract import Module, modules
 
@@ -25,23 +27,15 @@ def _top(spec: ModelSpec) -> dict[str, str]:
             "classifier": "classifier.1"}  # fmt: skip
 
 
-_last: tuple[ModelSpec, dict[int, tuple[str, ...]]] | None = None  # a key map asks once per module of one spec
-
-
+@functools.lru_cache(maxsize=4)  # a key map asks once per module of one spec
 def _layers(spec: ModelSpec) -> dict[int, tuple[str, ...]]:
     """block index -> its Sequential's layers: the distinct first parts of its contract modules, in their order
     ("expand", "depthwise", "se", "project", those the block has)."""
-    global _last
-    last = _last
-    if last is not None and last[0] is spec:  # identity, not a hash of the whole spec per module
-        return last[1]
     out: dict[int, dict[str, None]] = {}
     for m in modules(spec):
         if m.block is not None:
             out.setdefault(m.block, {})[m.part.partition(".")[0]] = None
-    layers = {b: tuple(parts) for b, parts in out.items()}
-    _last = (spec, layers)
-    return layers
+    return {b: tuple(parts) for b, parts in out.items()}
 
 
 def _module_name(spec: ModelSpec, m: Module, repeat: int) -> str:
