@@ -35,8 +35,8 @@ from effnet_spec.contract import (
 )
 
 from . import sources
-from .io import tensor_info
 from .sources.base import ImportError_, ModelName, parse_model_name
+from .strict import tensor_info
 
 __all__ = [
     "ImportError_",
@@ -46,6 +46,7 @@ __all__ = [
     "export_checkpoint",
     "export_state_dict",
     "import_checkpoint",
+    "import_own",
     "import_state_dict",
     "infer_variant",
     "source_keys",
@@ -292,6 +293,28 @@ def import_state_dict(
     return ImportResult(spec, out, pre, weight_source)
 
 
+def import_own(
+    state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, str], src: str | os.PathLike, *, model: str | None = None
+) -> ImportResult:
+    """An effnet checkpoint's tensors checked against its own header (spec and preprocessing come from there).
+
+    Raises:
+        ImportError_: a malformed header, or `model` naming another variant; `ImportMismatchError` for tensors that
+            do not fit the header.
+    """
+    try:
+        spec, pre = read_header(dict(meta))
+    except ValueError as e:
+        raise ImportError_(f"{os.fspath(src)}: {e}") from None
+    if model and parse_model_name(model).variant != spec.name:
+        raise ImportError_(f"{os.fspath(src)}: its header says {spec.name!r}, not {model!r}")
+    problems = check_tensors(tensors(spec), {k: tensor_info(v) for k, v in state_dict.items()})
+    if problems:
+        raise mismatch_error(f"{os.fspath(src)}: tensors do not match its own header", problems,
+                             cls=ImportMismatchError)  # fmt: skip
+    return ImportResult(spec, {k: v.contiguous() for k, v in state_dict.items()}, pre, "effnet")
+
+
 def import_checkpoint(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -308,14 +331,8 @@ def import_checkpoint(
     sd, meta = read_state_dict(src)
     layout = sources.get(weight_source).layout if weight_source else sources.detect(sd)
     if layout == "effnet" and meta and "format" in meta:
-        spec, pre = read_header(meta)
-        if model and parse_model_name(model).variant != spec.name:
-            raise ImportError_(f"{os.fspath(src)}: its header says {spec.name!r}, not {model!r}")
-        problems = check_tensors(tensors(spec), {k: tensor_info(v) for k, v in sd.items()})
-        if problems:
-            raise mismatch_error(f"{os.fspath(src)}: tensors do not match its own header", problems,
-                                 cls=ImportMismatchError)  # fmt: skip
-        result = ImportResult(spec, {k: v.contiguous() for k, v in sd.items()}, preprocessing or pre, "effnet")
+        result = import_own(sd, meta, src, model=model)
+        result = replace(result, preprocessing=preprocessing or result.preprocessing)
     else:
         result = import_state_dict(sd, weight_source, model=model, preprocessing=preprocessing)
     write_atomic(out, st_save(result.state_dict, metadata=make_header(result.spec, result.preprocessing)))
