@@ -7,6 +7,7 @@ contract"; checked by `tests/test_contract.py`). Every number comes from the spe
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -78,6 +79,34 @@ class EfficientNet(nn.Module):
     ) -> EfficientNet:
         """Build a named variant (or compound phi); `resolve_kwargs` go to `effnet_spec.resolve` (`weight_source=`)."""
         return cls(resolve(name, num_classes=num_classes, in_channels=in_channels, **resolve_kwargs))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        weight_source: str | None = None,
+        model: str | None = None,
+    ) -> EfficientNet:
+        """A model holding pretrained weights, ready for another task; returned in eval mode.
+
+        Args:
+            source: an effnet `.safetensors`, a torchvision / timm / efficientnet_pytorch checkpoint file, or a timm
+                id on the Hugging Face Hub (`hf-hub:timm/efficientnet_b0.ra_in1k`; needs `effnet[hub]`). A JAX
+                training run directory becomes a file with `effnet convert RUN OUT.safetensors`.
+            num_classes: another class count replaces the classifier with a fresh one (0 removes it); every other
+                tensor loads strictly. None keeps the source's head and its class names.
+            in_channels: another input channel count adapts the stem kernel as timm's `adapt_input_conv`.
+            weight_source, model: for files whose keys do not tell their conventions (timm's TF ports), as in
+                `effnet convert`.
+        """
+        from .pretrained import from_pretrained
+
+        return from_pretrained(
+            cls, source, num_classes=num_classes, in_channels=in_channels, weight_source=weight_source, model=model
+        )
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         if num_classes == 0:

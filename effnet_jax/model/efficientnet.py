@@ -10,6 +10,7 @@ How it computes is `ModelOptions`: parameters and BN statistics are float32; con
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -143,6 +144,47 @@ class EfficientNet(nnx.Module):
         spec = resolve(name, num_classes=num_classes, in_channels=in_channels, **resolve_kwargs)
         options = _options(options, dtype, depthwise_impl)
         return cls(spec, rngs=rngs if rngs is not None else nnx.Rngs(0), options=options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        rngs: nnx.Rngs | None = None,
+        options: ModelOptions | None = None,
+        weight_source: str | None = None,
+        model: str | None = None,
+        ema: bool = True,
+    ) -> EfficientNet:
+        """A model holding pretrained weights, ready for another task; returned in eval mode.
+
+        Args:
+            source: an effnet `.safetensors` (needs numpy + safetensors only); a torchvision / timm /
+                efficientnet_pytorch checkpoint file (needs torch); a training run directory (its latest
+                checkpoint, EMA weights unless `ema=False`); or a timm id on the Hugging Face Hub,
+                `hf-hub:timm/efficientnet_b0.ra_in1k` (needs `effnet[hub]` and torch), with the repository's
+                preprocessing.
+            num_classes: another class count replaces the classifier with a fresh one drawn from `rngs` (0 removes
+                it); every other tensor loads strictly. None keeps the source's head and its class names.
+            in_channels: another input channel count adapts the stem kernel as timm's `adapt_input_conv`
+                (1: the sum over RGB; N: RGB repeated, scaled by 3/N).
+            weight_source, model: for files whose keys do not tell their conventions (timm's TF ports), as in
+                `effnet convert`.
+        """
+        from ..weights.pretrained import from_pretrained
+
+        return from_pretrained(
+            source,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            rngs=rngs,
+            options=options,
+            weight_source=weight_source,
+            model=model,
+            ema=ema,
+        )
 
     def _make_classifier(self, num_classes: int, rngs: nnx.Rngs) -> nnx.Linear | None:
         if num_classes == 0:

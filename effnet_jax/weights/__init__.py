@@ -3,7 +3,8 @@ conversion to and from the PyTorch twin (`twins`). Other libraries' layouts are 
 
 from effnet_spec.contract import CheckpointMismatchError
 
-from .files import load_checkpoint, save_checkpoint
+from .files import load_checkpoint, read_checkpoint, save_checkpoint
+from .pretrained import Pretrained, build_adapted, from_pretrained, read_pretrained
 from .state import KeyEntry, key_map, load_state_dict, model_from_state_dict, state_dict_from_model
 from .twins import from_torch, to_torch
 
@@ -14,6 +15,11 @@ __all__ = [
     "key_map",
     "load_checkpoint",
     "load_state_dict",
+    "Pretrained",
+    "build_adapted",
+    "from_pretrained",
+    "read_checkpoint",
+    "read_pretrained",
     "model_from_state_dict",
     "save_checkpoint",
     "state_dict_from_model",

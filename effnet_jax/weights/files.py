@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from flax import nnx
 
-from effnet_spec import Preprocessing, make_header, read_header
+from effnet_spec import ModelSpec, Preprocessing, make_header, read_header
 from effnet_spec.atomic import write_atomic
 
 from ..model import EfficientNet, ModelOptions
 from .state import _check_model, model_from_state_dict, state_dict_from_model
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> None:
@@ -32,16 +33,11 @@ def save_checkpoint(model: EfficientNet, path: str | os.PathLike, preprocessing:
     write_atomic(path, save(state_dict_from_model(model), metadata=meta))
 
 
-def load_checkpoint(
-    path: str | os.PathLike, *, rngs: nnx.Rngs | None = None, options: ModelOptions | None = None
-) -> EfficientNet:
-    """Rebuild the model named by the checkpoint header and load its weights (strict, never partial).
-
-    Needs numpy and safetensors only. The model is returned in eval mode, with `preprocessing` from the header.
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, np.ndarray], Preprocessing]:
+    """(spec, interchange state_dict, preprocessing) of an effnet checkpoint, read with numpy + safetensors.
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a safetensors file, or a missing/malformed header.
-        CheckpointMismatchError: the tensors do not fit the spec.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -55,6 +51,21 @@ def load_checkpoint(
     except SafetensorError as e:
         raise ValueError(f"{path}: not a readable safetensors checkpoint: {e}") from e
     spec, pre = read_header(meta)
+    return spec, state, pre
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, rngs: nnx.Rngs | None = None, options: ModelOptions | None = None
+) -> EfficientNet:
+    """Rebuild the model named by the checkpoint header and load its weights (strict, never partial).
+
+    Needs numpy and safetensors only. The model is returned in eval mode, with `preprocessing` from the header.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a safetensors file, or a missing/malformed header.
+        CheckpointMismatchError: the tensors do not fit the spec.
+    """
+    spec, state, pre = read_checkpoint(path)
     model = model_from_state_dict(spec, state, rngs=rngs, options=options)
     model.preprocessing = pre
     model.eval()

@@ -1,0 +1,157 @@
+"""`EfficientNet.from_pretrained`: weights from wherever a user keeps them, adapted to a new task.
+
+A source is an effnet checkpoint (read with numpy + safetensors alone), another library's checkpoint file or a timm
+id on the Hugging Face Hub (both read by `effnet_torch.pretrained`, so those need torch), or a training run
+directory (`effnet_jax.train.runs`: the latest checkpoint, EMA weights by default). Every source becomes one
+`Pretrained` (spec, interchange state_dict as numpy, preprocessing); `effnet_spec.adapt` then fits it to the new
+class count or input channels, and the model is built without a random init except for a new classifier
+(docs/design.md, "Pretrained weights").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from flax import nnx
+
+from effnet_spec import ModelSpec, Preprocessing
+from effnet_spec.adapt import adapt, adapt_preprocessing, adapt_spec
+
+from ..model import EfficientNet, ModelOptions
+from .files import read_checkpoint
+from .state import model_from_state_dict
+
+__all__ = ["HUB_PREFIX", "Pretrained", "build_adapted", "from_pretrained", "read_pretrained"]
+
+HUB_PREFIX = "hf-hub:"  # timm's spelling of a Hugging Face Hub id
+SOURCES_HELP = (
+    "an effnet .safetensors, a torchvision/timm/efficientnet_pytorch checkpoint (.pth, .safetensors), "
+    "a training run directory, or hf-hub:<org>/<name>"
+)
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A set of weights before adaptation: what they are, the interchange tensors and their preprocessing."""
+
+    spec: ModelSpec
+    state_dict: dict[str, np.ndarray]
+    preprocessing: Preprocessing
+    origin: str  # what was read, for messages and logs
+
+
+def _has_effnet_header(path: str) -> bool:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            return "format" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def read_pretrained(
+    source: str | os.PathLike,
+    *,
+    weight_source: str | None = None,
+    model: str | None = None,
+    ema: bool = True,
+) -> Pretrained:
+    """Read any source `from_pretrained` takes, unadapted.
+
+    Raises:
+        FileNotFoundError: no such file or directory, a directory that is not a run or holds no checkpoint.
+        ValueError: unreadable, unsafe or mismatching weights; a hub id that cannot be had (one line each).
+        ModuleNotFoundError: another library's weights without torch installed (the message says what to install).
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a pretrained source is a path or an {HUB_PREFIX} id, got {type(source).__name__}")
+    text = os.fspath(source)
+    if isinstance(source, str) and source.startswith(HUB_PREFIX):
+        return _via_torch(text, weight_source, model)
+    if os.path.isdir(text):
+        if weight_source or model:
+            raise ValueError(f"{text}: a training run describes its own model; drop weight_source/model")
+        return _from_run(text, ema)
+    if not os.path.exists(text):
+        raise FileNotFoundError(f"{text}: no such file or directory; expected {SOURCES_HELP}")
+    if weight_source in (None, "effnet") and _has_effnet_header(text):
+        spec, state, pre = read_checkpoint(text)
+        if model and model.strip().lower() != spec.name:
+            raise ValueError(f"{text}: its header says {spec.name!r}, not {model!r}")
+        return Pretrained(spec, state, pre, f"effnet checkpoint {text}")
+    return _via_torch(text, weight_source, model)
+
+
+def _via_torch(source: str, weight_source: str | None, model: str | None) -> Pretrained:
+    try:
+        from effnet_torch.pretrained import read_pretrained as read_torch
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise ModuleNotFoundError(
+            f"{source}: reading another library's weights needs PyTorch: pip install 'effnet[torch]'", name="torch"
+        ) from None
+    p = read_torch(source, weight_source=weight_source, model=model)
+    state = {k: v.numpy() for k, v in p.state_dict.items()}
+    return Pretrained(p.spec, state, p.preprocessing, p.origin)
+
+
+def _from_run(path: str, ema: bool) -> Pretrained:
+    from ..train.runs import restore_model
+    from .state import state_dict_from_model
+
+    r = restore_model(path, ema=ema)
+    origin = f"training run {path} step {r.step} ({r.weights} weights)"
+    return Pretrained(r.model.spec, state_dict_from_model(r.model), r.model.preprocessing, origin)
+
+
+def build_adapted(
+    p: Pretrained,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    drop_path: float | None = None,
+    dropout: float | None = None,
+    new_head: bool = False,
+    rngs: nnx.Rngs | None = None,
+    options: ModelOptions | None = None,
+) -> EfficientNet:
+    """The model `p` becomes with another head, stem or regularisation rates (None keeps the source's).
+
+    Every tensor but a new classifier is the source's (stem adapted), loaded strictly; a new classifier (another
+    class count, or `new_head`) draws from `rngs`' `params` stream. The model comes back in train mode.
+    """
+    a = adapt(p.spec, p.state_dict, num_classes=num_classes, in_channels=in_channels)
+    spec = adapt_spec(a.spec, drop_path=drop_path, dropout=dropout)
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    fresh = a.new_classifier or (new_head and spec.num_classes > 0)
+    if fresh:
+        headless = adapt(a.spec, a.state_dict, num_classes=0).state_dict
+        model = model_from_state_dict(adapt_spec(spec, num_classes=0), headless, rngs=rngs, options=options)
+        model.reset_classifier(spec.num_classes, rngs=rngs)
+    else:
+        model = model_from_state_dict(spec, a.state_dict, rngs=rngs, options=options)
+    model.preprocessing = adapt_preprocessing(p.preprocessing, p.spec, spec, new_classifier=fresh)
+    model.train()
+    return model
+
+
+def from_pretrained(
+    source: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    rngs: nnx.Rngs | None = None,
+    options: ModelOptions | None = None,
+    weight_source: str | None = None,
+    model: str | None = None,
+    ema: bool = True,
+) -> EfficientNet:
+    """`EfficientNet.from_pretrained`: read `source`, adapt it, build the model (eval mode)."""
+    p = read_pretrained(source, weight_source=weight_source, model=model, ema=ema)
+    net = build_adapted(p, num_classes=num_classes, in_channels=in_channels, rngs=rngs, options=options)
+    net.eval()
+    return net
