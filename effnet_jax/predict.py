@@ -1,9 +1,10 @@
-"""Classify images with an effnet checkpoint, each prepared as the weights expect (`effnet predict`).
+"""Classify images with any weights `from_pretrained` reads, each prepared as the weights expect (`effnet predict`).
 
-The checkpoint header carries the preprocessing (resolution, crop fraction, interpolation, mean/std, class
-names), so the same command is right for torchvision, timm, TF-ported and Lite weights alike. Eval transform
-(timm/torchvision): resize the short side to floor(resolution / crop_pct), center-crop resolution x resolution,
-scale to [0, 1], normalise with mean/std. ImageNet-1k class names come from `effnet_spec.classes`.
+The checkpoint header (or a training run's) carries the preprocessing (resolution, crop fraction, interpolation,
+mean/std, class names), so the same command is right for torchvision, timm, TF-ported and Lite weights alike.
+Eval transform (timm/torchvision): resize the short side to floor(resolution / crop_pct), center-crop
+resolution x resolution, scale to [0, 1], normalise with mean/std. ImageNet-1k class names come from
+`effnet_spec.classes`.
 """
 
 from __future__ import annotations
@@ -63,18 +64,22 @@ def predict(
 
 
 def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """(class names, probabilities (N, num_classes)) for the images, from one jitted forward pass."""
+    """(class names, probabilities (N, num_classes)) for the images, from one jitted forward pass.
+
+    `weights` is anything `EfficientNet.from_pretrained` reads: an effnet checkpoint, another library's file, a
+    training run directory (its latest EMA weights, with the class names of its data) or an `hf-hub:` id.
+    """
     import jax
     from flax import nnx
 
-    from .weights import load_checkpoint
+    from .weights import from_pretrained
 
     try:
         from PIL import Image, UnidentifiedImageError
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("effnet predict needs Pillow to read images: pip install pillow") from e
 
-    model = load_checkpoint(weights)
+    model = from_pretrained(weights)
     spec, pre = model.spec, model.preprocessing
     if spec.num_classes == 0:
         raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")

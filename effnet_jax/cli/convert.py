@@ -1,4 +1,5 @@
-"""`effnet convert SRC OUT`: bring another library's EfficientNet weights into effnet format, or back out.
+"""`effnet convert SRC OUT`: bring another library's EfficientNet weights (or a training run) into effnet format,
+or back out.
 
 The output is the interchange checkpoint (the twin's state_dict as safetensors plus the JSON header with the
 source's conventions and preprocessing), which `effnet_jax.weights.load_checkpoint` reads with numpy alone.
@@ -10,6 +11,7 @@ docs/design.md, "Weight sources"): `timm_tf` is the timm layout with TF conventi
     effnet convert tf_lite0.safetensors lite0.safetensors --weight-source timm --model tf_efficientnet_lite0
     effnet convert tf_b3.pth b3.safetensors --weight-source timm_tf
     effnet convert b0.safetensors b0_timm.safetensors --to timm
+    effnet convert runs/digits digits.safetensors        # a run's EMA weights, spec and class names (--raw: raw)
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ def _sources():
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", metavar="SRC", help="source weights: .safetensors, or .pth/.pt (read with weights_only)")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="source weights: .safetensors, .pth/.pt (read with weights_only), or a training run directory",
+    )
+    p.add_argument("--raw", action="store_true", help="a training run's raw weights instead of its EMA")
     p.add_argument("out", metavar="OUT", help="output .safetensors (written atomically)")
     sources = _sources()
     p.add_argument(
@@ -109,9 +116,77 @@ def _unwritable(out: str) -> str | None:
     return f"its directory {parent} is not writable ({reason})" if reason else None
 
 
+def convert_run(run_dir: str, out: str, *, raw: bool = False, target: str | None = None, overrides: dict | None = None):
+    """Python API of `effnet convert RUN_DIR OUT`: a training run's latest (EMA, unless `raw`) weights as a file.
+
+    The header carries the run's spec, conventions, preprocessing and the class names of its training data; with
+    `target`, the tensors are written in that library's layout instead. Needs no torch unless `target` is given.
+    Returns the `effnet_jax.weights.Pretrained` that was written.
+    """
+    from safetensors.numpy import save
+
+    from effnet_spec import make_header
+    from effnet_spec.atomic import write_atomic
+
+    from ..weights.pretrained import read_pretrained
+
+    p = read_pretrained(run_dir, ema=not raw)
+    changes = {k: tuple(v) if k in ("mean", "std") else v for k, v in (overrides or {}).items() if v is not None}
+    if changes:
+        p = replace(p, preprocessing=replace(p.preprocessing, **changes))
+    if target:
+        import torch
+        from safetensors.torch import save as st_save
+
+        from effnet_torch.importers import export_state_dict
+
+        exported = export_state_dict({k: torch.from_numpy(v) for k, v in p.state_dict.items()}, p.spec, target)
+        write_atomic(out, st_save({k: v.contiguous() for k, v in exported.items()}))
+    else:
+        write_atomic(out, save(p.state_dict, metadata=make_header(p.spec, p.preprocessing)))
+    return p
+
+
+def _main_run(args: argparse.Namespace, overrides: dict) -> int:
+    """`effnet convert RUN_DIR OUT`."""
+    if args.weight_source or args.model:
+        print("effnet convert: a training run describes its own model; --weight-source/--model do not apply",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        p = convert_run(args.src, args.out, raw=args.raw, target=args.target, overrides=overrides)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+        print(f"effnet convert: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"effnet convert: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    names = p.preprocessing.class_names
+    shown = f"; classes {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else ""
+    layout = f" in the {args.target} layout" if args.target else ""
+    print(f"wrote {args.out}{layout}: {p.spec.name} from {p.origin}, {p.spec.num_classes} classes{shown}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     if args.renamed_from is not None:
         print(f"effnet convert: --from is now --weight-source (--weight-source {args.renamed_from})", file=sys.stderr)
+        return 2
+    overrides = {
+        "resolution": args.resolution,
+        "crop_pct": args.crop_pct,
+        "interpolation": args.interpolation,
+        "mean": args.mean,
+        "std": args.std,
+    }
+    problem = _unwritable(args.out)
+    if problem:
+        print(f"effnet convert: cannot write {args.out}: {problem}", file=sys.stderr)
+        return 2
+    if os.path.isdir(args.src):
+        return _main_run(args, overrides)
+    if args.raw:
+        print("effnet convert: --raw applies to a training run directory", file=sys.stderr)
         return 2
     try:
         import torch  # noqa: F401 (only to give a clear message when it is missing)
@@ -120,10 +195,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from effnet_torch.importers import export_checkpoint
 
-    problem = _unwritable(args.out)
-    if problem:
-        print(f"effnet convert: cannot write {args.out}: {problem}", file=sys.stderr)
-        return 2
     try:
         if args.target:
             if args.weight_source not in (None, "effnet") or args.model:
@@ -135,13 +206,6 @@ def main(args: argparse.Namespace) -> int:
             spec = export_checkpoint(args.src, args.out, args.target)
             print(f"wrote {args.out}: {spec.name} in the {args.target} layout")
             return 0
-        overrides = {
-            "resolution": args.resolution,
-            "crop_pct": args.crop_pct,
-            "interpolation": args.interpolation,
-            "mean": args.mean,
-            "std": args.std,
-        }
         r = convert(args.src, args.out, weight_source=args.weight_source, model=args.model, overrides=overrides)
     except ValueError as e:  # ImportError_, a bad header or override: the message names the problem
         print(f"effnet convert: {e}", file=sys.stderr)

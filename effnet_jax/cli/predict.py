@@ -1,4 +1,8 @@
-"""`effnet predict IMAGE... --weights W.safetensors`: top-k classes of each image (see `effnet_jax.predict`)."""
+"""`effnet predict IMAGE... --weights W`: top-k classes of each image (see `effnet_jax.predict`).
+
+W is anything `EfficientNet.from_pretrained` reads: an effnet .safetensors, another library's checkpoint, a
+training run directory (`runs/digits`: its EMA weights and its data's class names) or an `hf-hub:` id.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,12 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
-    p.add_argument("--weights", required=True, help="an effnet checkpoint (.safetensors; see `effnet convert`)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="an effnet .safetensors, a torchvision/timm/efficientnet_pytorch checkpoint, a training run directory, "
+        "or hf-hub:<org>/<name>",
+    )
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
 
 
@@ -20,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         results = predict(args.images, args.weights, top=args.top)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ModuleNotFoundError) as e:
         print(f"effnet predict: {e}", file=sys.stderr)
         return 1
     for path, rows in zip(args.images, results):

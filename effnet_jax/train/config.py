@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-from effnet_spec import SOURCES, VARIANTS
+from effnet_spec import SOURCES, STAGES, VARIANTS
 
 from ..env import FALSE, TRUE
 from ..model.options import DTYPES
@@ -28,12 +28,31 @@ __all__ = [
     "DEFAULT_PRESET",
     "TrainConfig",
     "apply_overrides",
+    "check_runnable",
+    "parse_freeze",
     "from_dict",
     "from_preset",
     "to_json",
 ]
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
+FREEZE = ("none", "bn", "backbone", "stages:K")
+
+
+def parse_freeze(text: str) -> tuple[str, int]:
+    """("none" | "bn" | "backbone" | "stages", K) of a `freeze=` value (K is 0 except for stages:K).
+
+    Raises:
+        ValueError: anything else, naming the accepted spellings.
+    """
+    mode, sep, k = text.partition(":")
+    if not sep and mode in FREEZE[:3]:
+        return mode, 0
+    if mode == "stages" and sep and k.isdigit():
+        return mode, int(k)
+    raise ValueError(f"TrainConfig: freeze must be one of {', '.join(FREEZE)} (K a stage count); got {text!r}")
+
+
 AUGMENTS = ("autoaugment", "randaugment", "none")
 
 
@@ -42,10 +61,12 @@ class TrainConfig:
     """Everything a training run depends on; written as JSON into the workdir."""
 
     # --- model
-    variant: str = "b0"  # effnet_spec variant name (b0..b8, l2, lite0..lite4)
+    variant: str = "b0"  # effnet_spec variant name (b0..b8, l2, lite0..lite4); "" = init's
+    init: str = ""  # start from these weights (any `from_pretrained` source: file, run directory, hf-hub: id)
+    freeze: str = "none"  # with init: "none", "bn", "backbone" or "stages:K" (see effnet_jax.train.freeze)
     resolution: int = 0  # train/eval image side in pixels; 0 = the variant's native resolution
     stages: int = 0  # keep only the first N rows of the stage table (0 = all 7); a cheap model for smoke runs
-    weight_source: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use
+    weight_source: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use; "" = init's
     drop_path: float = -1.0  # stochastic-depth rate of the last block; < 0 = the variant's (0.2)
     dropout: float = -1.0  # dropout before the classifier; < 0 = the variant's (0.2..0.5)
     dtype: str = "float32"  # compute dtype ("bfloat16": bf16 activations, float32 parameters and optimizer)
@@ -107,14 +128,22 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float):
                 need(math.isfinite(value), f"{f.name} must be a finite number; got {value}")
-        need(self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
+        need(
+            self.variant in VARIANTS or self.variant == "",
+            f"variant must be one of {', '.join(VARIANTS)} (or empty: init='s); got {self.variant!r}",
+        )
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}; got {self.augment!r}")
         need(self.dtype in DTYPES, f"dtype must be one of {DTYPES}; got {self.dtype!r}")
         need(
-            self.weight_source in SOURCES,
-            f"weight_source must be one of {', '.join(SOURCES)}; got {self.weight_source!r}",
+            self.weight_source in SOURCES or self.weight_source == "",
+            f"weight_source must be one of {', '.join(SOURCES)} (or empty: init='s); got {self.weight_source!r}",
         )
+        mode, k = parse_freeze(self.freeze)  # raises with the accepted spellings
+        need(mode == "none" or self.init, f"freeze={self.freeze} needs init= (a frozen random network learns nothing)")
+        need(not (self.init and self.stages), f"stages={self.stages} truncates a model built from scratch, not init=")
+        depth = self.stages or len(STAGES)
+        need(k <= depth, f"freeze=stages:{k}: the model has {depth} stages; K must lie in 0..{depth}")
         need(self.global_batch >= 1, f"global_batch must be >= 1; got {self.global_batch}")
         need(self.eval_batch >= 1, f"eval_batch must be >= 1; got {self.eval_batch}")
         need(self.steps >= 0 and self.epochs >= 0, f"steps and epochs must be >= 0; got {self.steps}, {self.epochs}")
@@ -142,6 +171,20 @@ class TrainConfig:
         need(self.keep >= 1, f"keep must be >= 1; got {self.keep}")
         need(min(self.ckpt_every, self.eval_every, self.num_workers) >= 0, "ckpt_every, eval_every, num_workers >= 0")
         need(self.log_every >= 1, f"log_every must be >= 1; got {self.log_every}")
+
+
+def check_runnable(cfg: TrainConfig) -> None:
+    """What a preset may leave open but a run may not: an empty variant or weight source needs init weights.
+
+    Raises:
+        ValueError: one line saying what to set.
+    """
+    if not cfg.init and (not cfg.variant or not cfg.weight_source):
+        empty = "variant" if not cfg.variant else "weight_source"
+        raise ValueError(
+            f"{empty} is empty, which means the init weights', but init is not set: pass --set init=SOURCE "
+            f"(weights file, run directory or hf-hub: id) or --set {empty}=..."
+        )
 
 
 BASE = TrainConfig()
@@ -180,6 +223,32 @@ PRESETS: dict[str, TrainConfig] = {
         eval_every=200,
         log_every=20,
         workdir="runs/digits",
+    ),
+    # Fine-tuning pretrained weights (`--set init=SOURCE`; variant, conventions and input normalisation are the
+    # weights'): AdamW at a tenth of the digits preset's peak lr with a short warm-up and cosine decay, label
+    # smoothing, EMA for a short run, light augmentation (a milder random crop and flips; the digits source turns
+    # flips off), the variant's dropout and drop-path. Runs on the embedded digits unless `--data` says otherwise.
+    "finetune": dataclasses.replace(
+        BASE,
+        variant="",
+        weight_source="",
+        data="digits",
+        global_batch=64,
+        eval_batch=120,
+        epochs=10.0,
+        optimizer="adamw",
+        lr=5e-4,
+        warmup_epochs=0.5,
+        weight_decay=0.01,
+        label_smoothing=0.1,
+        ema_decay=0.99,
+        augment="none",
+        crop_min_area=0.35,
+        flip=True,
+        ckpt_every=100,
+        eval_every=100,
+        log_every=20,
+        workdir="runs/finetune",
     ),
     # Two steps of a 2-stage b0 on random tensors: checks an install end to end in seconds.
     "smoke": dataclasses.replace(

@@ -67,6 +67,7 @@ class DigitsSource:
         self.images = np.repeat(np.stack(big)[..., None], 3, axis=-1)
         self.labels = digits.target[keep].astype(np.int32)
         self.class_names = tuple(str(d) for d in range(10))
+        self.mirror_invariant = False  # a mirrored 2 is not a 2: the train transform never flips digits
 
     def __len__(self) -> int:
         return len(self.labels)

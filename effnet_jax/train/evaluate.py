@@ -7,7 +7,6 @@ correct top-5, loss, count) over unmasked rows only, so the padded last batch do
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 from . import data as data_lib
 from .augment import EvalTransform
-from .checkpoint import Checkpointer, abstract_like
-from .config import from_dict
 from .mesh import to_global
-from .modeling import WEIGHTS, build_model, resolution_of
+from .modeling import WEIGHTS
+from .runs import restore_model
 
 __all__ = ["evaluate_checkpoint", "evaluate_split", "make_eval_step"]
 
@@ -67,6 +65,8 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
                         batch: int | None = None) -> dict:  # fmt: skip
     """Top-1/top-5 of a training checkpoint on `data` (default: the run's own validation split).
 
+    Images are prepared as the run prepared them (its resolution, eval crop, interpolation and normalisation).
+
     Args:
       ckpt_dir: a training workdir, or its `checkpoints` sub-directory.
       data: "digits", "synthetic" or an image folder; None = the run's val data.
@@ -78,42 +78,21 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
       FileNotFoundError: no checkpoint there.
       ValueError: the data has a different number of classes than the model.
     """
-    if not os.path.isdir(ckpt_dir):  # checked first: the Orbax manager would create it
-        raise FileNotFoundError(f"no training run at {ckpt_dir!r}: not a directory")
-    sub = os.path.join(ckpt_dir, "checkpoints")
-    ckpt = Checkpointer(sub if os.path.isdir(sub) else ckpt_dir)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no training checkpoint in {ckpt_dir!r} (expected <workdir>/checkpoints/<step>)")
-    meta = ckpt.restore(step)["meta"]
-    cfg = from_dict(meta["config"])
-    if batch:
-        cfg = dataclasses.replace(cfg, eval_batch=batch)
-    num_classes = int(meta["num_classes"])
+    r = restore_model(ckpt_dir, ema=ema, step=step)
+    cfg = dataclasses.replace(r.config, eval_batch=batch) if batch else r.config
+    model, pre = r.model, r.model.preprocessing
+    num_classes = model.spec.num_classes
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    replicated = NamedSharding(mesh, P())
-    graphdef, weights, rest = nnx.split(nnx.eval_shape(lambda: build_model(cfg, num_classes)), WEIGHTS, ...)
-    item = "ema" if ema and cfg.ema_decay > 0 else "model"
-    want = abstract_like(weights, replicated)
-    abstract = {"ema": want} if item == "ema" else {"model": {"weights": want, "rest": abstract_like(rest, replicated)}}
-    got = ckpt.restore(step, **abstract)
-    weights = got["ema"] if item == "ema" else got["model"]["weights"]
-    rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                        else jax.random.key(0), rest)  # fmt: skip  # RNG streams: unused in eval mode
-    model = nnx.merge(graphdef, weights, rest)
-    model.eval()
     eval_graphdef, weights, rest = nnx.split(model, WEIGHTS, ...)
 
     source_name = data or cfg.val_data or cfg.data
-    size = resolution_of(cfg)
-    family = model.spec.family
-    source = data_lib.make_source(source_name, "val", size=size, num_classes=cfg.num_classes)
+    source = data_lib.make_source(source_name, "val", size=pre.resolution, num_classes=cfg.num_classes)
     if len(source.class_names) != num_classes and source_name not in ("synthetic",):
         raise ValueError(
             f"{source_name!r} has {len(source.class_names)} classes; the checkpoint's model has {num_classes}"
         )
-    tf = EvalTransform(size, family.mean, family.std, family.interpolation, crop_pct=cfg.eval_crop)
+    tf = EvalTransform(pre.resolution, pre.mean, pre.std, pre.interpolation, crop_pct=pre.crop_pct)
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
     ds = data_lib.eval_dataset(source, tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
     result = evaluate_split(make_eval_step(eval_graphdef, mesh), weights, rest, iter(ds), mesh)
-    ckpt.close()
-    return {**result, "weights": item, "step": int(meta["step"]), "data": source_name}
+    return {**result, "weights": r.weights, "step": r.step, "data": source_name}

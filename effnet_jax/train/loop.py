@@ -23,18 +23,21 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from effnet_spec import resolve
+from effnet_spec import ModelSpec, Preprocessing, make_header
 from effnet_spec.atomic import unwritable_dir, write_atomic
 
+from ..weights.pretrained import Pretrained, build_adapted
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
 from .checkpoint import Checkpointer, abstract_like
-from .config import TrainConfig, to_json
+from .config import TrainConfig, check_runnable, to_json
 from .evaluate import evaluate_split, make_eval_step
+from .freeze import apply_freeze, frozen_mask, trainable
 from .mesh import init_distributed, make_mesh, to_global
 from .metrics import Logger, best_logged, note, plot_curves
-from .modeling import WEIGHTS, build_model, cross_entropy, resolution_of
+from .modeling import WEIGHTS, build_model, cross_entropy, model_options, run_preprocessing
 from .optim import ema_update, make_optimizer, make_schedule
+from .start import Start, model_start, run_spec
 
 __all__ = ["NonFiniteLoss", "train"]
 
@@ -58,10 +61,10 @@ class Data:
     steps_per_epoch: float
 
 
-def make_data(cfg: TrainConfig) -> Data:
-    """Sources, transforms and the Grain pipelines, sliced for this process."""
-    size = resolution_of(cfg)
-    family = resolve(cfg.variant, num_classes=0).family
+def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
+    """Sources, transforms and the Grain pipelines, sliced for this process; images prepared as `pre` says (the
+    init weights' normalisation, or the family's)."""
+    size = pre.resolution
     train_src = data_lib.make_source(cfg.data, "train", size=size, num_classes=cfg.num_classes)
     if cfg.val_data:
         val_src = data_lib.make_source(cfg.val_data, "val", size=size)
@@ -75,11 +78,14 @@ def make_data(cfg: TrainConfig) -> Data:
     steps_per_epoch = len(train_src) / cfg.global_batch
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
-    norm = dict(size=size, mean=family.mean, std=family.std, interpolation=family.interpolation)
+    norm = dict(size=size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation)
+    flip = cfg.flip and getattr(train_src, "mirror_invariant", True)
+    if cfg.flip and not flip:
+        note(f"flip=true ignored: {cfg.data}'s labels change under a mirror (a mirrored 2 is not a 2)")
     train_tf = TrainTransform(
         **norm,
         crop_min_area=cfg.crop_min_area,
-        flip=cfg.flip,
+        flip=flip,
         augment=cfg.augment,
         randaugment_n=cfg.randaugment_n,
         randaugment_m=cfg.randaugment_m,
@@ -117,18 +123,33 @@ class Run:
     data_iter: object
     ckpt: Checkpointer | None = None
     history: list = field(default_factory=list)
+    spec: ModelSpec | None = None  # the model being trained
+    preprocessing: Preprocessing | None = None  # how its inputs are prepared, with the data's class names
 
 
-def make_model_and_optimizer(cfg: TrainConfig, data: Data):
-    """A function building (model, optimizer) from scratch, and the schedule; nothing is allocated yet."""
+def make_model_and_optimizer(cfg: TrainConfig, data: Data, spec: ModelSpec):
+    """Functions building (model, optimizer) from scratch or from init weights, and the schedule; nothing is
+    allocated yet. Frozen parts (`cfg.freeze`) run in inference mode and are not in the optimizer."""
     tx = make_optimizer(cfg, data.steps_per_epoch, data.steps)
     schedule = make_schedule(cfg, data.steps_per_epoch, data.steps)
+    wrt = trainable(spec, cfg.freeze)
+
+    def with_optimizer(model):
+        apply_freeze(model, cfg.freeze)
+        return model, nnx.Optimizer(model, tx, wrt=wrt)
 
     def build():
-        model = build_model(cfg, data.num_classes)
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+        return with_optimizer(build_model(cfg, data.num_classes, spec=spec))
 
-    return build, schedule
+    def build_from(init: Pretrained, new_head: bool):
+        rngs = nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
+        model = build_adapted(init, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                              drop_path=None if cfg.drop_path < 0 else cfg.drop_path,
+                              dropout=None if cfg.dropout < 0 else cfg.dropout,
+                              new_head=new_head, rngs=rngs, options=model_options(cfg))  # fmt: skip
+        return with_optimizer(model)
+
+    return build, build_from, schedule
 
 
 def _split(model, optimizer) -> tuple[tuple, dict]:
@@ -137,8 +158,9 @@ def _split(model, optimizer) -> tuple[tuple, dict]:
     return (graphdef, opt_graphdef), {"weights": weights, "rest": rest, "opt": opt_state}
 
 
-def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule) -> Run:
-    """Fresh state, or the latest checkpoint's when `cfg.resume`."""
+def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, build_from=None,
+                    start: Start | None = None) -> Run:  # fmt: skip
+    """Fresh state (random, or the init weights of `start`), or the latest checkpoint's when `cfg.resume`."""
     replicated = NamedSharding(mesh, P())
     # Resume order:
     # 1. Shapes only: nnx.eval_shape builds the model and optimizer abstractly (no memory, no compute).
@@ -176,19 +198,43 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule) -
         if cfg.resume:
             note(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
 
-        def init():
-            _, s = _split(*build())
-            s["ema"] = s["weights"]
-            return s
+        if start is not None and start.weights is not None:
+            state = _init_from_weights(cfg, data, start, build_from, replicated)
+        else:
 
-        state = jax.jit(init, out_shardings=replicated)()
+            def init():
+                _, s = _split(*build())
+                s["ema"] = s["weights"]
+                return s
+
+            state = jax.jit(init, out_shardings=replicated)()
         step = 0
     return Run(graphdef, opt_graphdef, eval_graphdef, state, schedule, step, root_key, data_iter, ckpt)
 
 
+def _init_from_weights(cfg: TrainConfig, data: Data, start: Start, build_from, replicated) -> dict:
+    """The train state of a fresh run from init weights: the model eagerly (numpy fills it, no random init but a
+    new head's), then the optimizer and EMA in one jitted call, placed replicated."""
+    init = start.weights
+    names = init.preprocessing.class_names
+    keep = init.spec.num_classes == data.num_classes
+    if keep and names is not None and tuple(names) != tuple(data.class_names):
+        note(f"init: keeping its {data.num_classes}-class head (the counts match) though its class names differ "
+             f"from the data's; from here on the data's names apply")  # fmt: skip
+    note(f"init: {'keeping the classifier' if keep else f'a new {data.num_classes}-class classifier'}; "
+         f"freeze={cfg.freeze}")  # fmt: skip
+    _, s = _split(*build_from(init, new_head=False))
+
+    def place(s):  # one call: fresh buffers for every leaf (EMA and weights must not share one: both are donated)
+        return {**s, "ema": s["weights"]}
+
+    return jax.jit(place, out_shardings=replicated)(s)
+
+
 def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
     """Refuse to resume with a config that would change the model, data order or schedule."""
-    fixed = ("variant", "stages", "resolution", "data", "global_batch", "seed", "optimizer", "steps", "epochs")
+    fixed = ("variant", "init", "freeze", "stages", "resolution", "data", "global_batch", "seed", "optimizer", "steps",
+             "epochs")  # fmt: skip
     diff = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(cfg, k)!r}" for k in fixed if saved.get(k) != getattr(cfg, k)
     ]
@@ -200,6 +246,8 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
     """The jitted train step (state donated) and eval step; shardings fixed, so nothing recompiles."""
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, opt_graphdef, schedule = run.graphdef, run.opt_graphdef, run.schedule
+    wrt = trainable(run.spec, cfg.freeze)
+    frozen = frozen_mask(run.spec, cfg.freeze, run.state["weights"]) if cfg.freeze != "none" else None
 
     def train_step(state, batch, step, root_key):
         model = nnx.merge(graphdef, state["weights"], state["rest"])
@@ -210,10 +258,12 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
             logits = model(batch["image"])
             return cross_entropy(logits, batch["label"], cfg.label_smoothing), logits
 
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        # Only the trainable parameters are differentiated: frozen ones (cfg.freeze) cost no backward work.
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
+        (loss, logits), grads = grad_fn(model)
         optimizer.update(model, grads)
         _, weights, rest = nnx.split(model, WEIGHTS, ...)
-        ema = ema_update(state["ema"], weights, cfg.ema_decay, step + 1) if cfg.ema_decay > 0 else weights
+        ema = ema_update(state["ema"], weights, cfg.ema_decay, step + 1, keep=frozen) if cfg.ema_decay > 0 else weights
         metrics = {
             "loss": loss,
             "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
@@ -262,6 +312,7 @@ def save(cfg: TrainConfig, run: Run, data: Data, *, force: bool) -> None:
         "config": dataclasses.asdict(cfg),
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
+        "header": make_header(run.spec, run.preprocessing),  # what the run's weights are: effnet convert/predict
     }
     model = {"weights": run.state["weights"], "rest": run.state["rest"]}
     run.ckpt.save(run.step, model=model, opt=run.state["opt"], ema=run.state["ema"], meta=meta,
@@ -379,6 +430,24 @@ def set_aside_records(workdir: str) -> None:
     note(f"{workdir} held records of an earlier run without checkpoints ({', '.join(found)}); moved to {dest}")
 
 
+def saved_meta(cfg: TrainConfig) -> dict | None:
+    """The meta of the checkpoint a resume would continue from (None for a fresh run or an empty workdir)."""
+    ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
+    if not cfg.resume or not os.path.isdir(ckpt_dir):
+        return None
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        latest = ckpt.latest_step()
+        return None if latest is None else ckpt.restore(latest)["meta"]
+    finally:
+        ckpt.close()
+
+
+def _names(data: Data) -> tuple[str, ...] | None:
+    """The training data's class names, when they name every output of the model."""
+    return tuple(data.class_names) if len(data.class_names) == data.num_classes else None
+
+
 def _already_finished(cfg: TrainConfig, run: Run) -> dict:
     """`--resume` of a run that has done all its steps: nothing to train, and its records stay as they are."""
     run.ckpt.close()
@@ -397,13 +466,19 @@ def train(cfg: TrainConfig) -> dict:
       NonFiniteLoss: the loss went NaN/inf (nothing was saved after the last good checkpoint).
       ValueError: bad config or data.
     """
+    check_runnable(cfg)
     if cfg.distributed:
         init_distributed(cfg)
     check_workdir(cfg.workdir)
     mesh = make_mesh(cfg)
-    data = make_data(cfg)
-    build, schedule = make_model_and_optimizer(cfg, data)
-    run = restore_or_init(cfg, mesh, data, build, schedule)  # refuses a workdir or resume before anything is written
+    start = model_start(cfg, saved_meta(cfg))  # init weights read (and checked against the config) here
+    data = make_data(cfg, start.preprocessing)
+    spec = run_spec(cfg, start, data.num_classes)
+    build, build_from, schedule = make_model_and_optimizer(cfg, data, spec)
+    # refuses a workdir or resume before anything is written
+    run = restore_or_init(cfg, mesh, data, build, schedule, build_from, start)
+    run.spec = spec
+    run.preprocessing = run_preprocessing(cfg, start.preprocessing, _names(data))
     if run.step >= data.steps:
         return _already_finished(cfg, run)
     if jax.process_index() == 0:
@@ -412,7 +487,7 @@ def train(cfg: TrainConfig) -> dict:
         write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     train_step, eval_step = make_steps(cfg, mesh, run)
     logger = Logger(cfg.workdir)
-    note(f"model: {cfg.variant}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
+    note(f"model: {spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger)
     except NonFiniteLoss:

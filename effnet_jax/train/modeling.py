@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from effnet_spec import STAGES, VARIANTS, resolve
+from effnet_spec import STAGES, VARIANTS, ModelSpec, Preprocessing, resolve
+from effnet_spec.adapt import adapt_spec
 
 from ..model import EfficientNet, ModelOptions
 from .config import TrainConfig
 
-__all__ = ["WEIGHTS", "build_model", "cross_entropy", "model_options", "resolution_of"]
+__all__ = [
+    "WEIGHTS",
+    "build_model",
+    "config_spec",
+    "cross_entropy",
+    "model_options",
+    "resolution_of",
+    "run_preprocessing",
+]
 
 WEIGHTS = (nnx.Param, nnx.BatchStat)  # what the EMA tracks: parameters and BN running statistics
 
@@ -21,19 +32,39 @@ def model_options(cfg: TrainConfig) -> ModelOptions:
     return ModelOptions(dtype=cfg.dtype, depthwise_impl=cfg.depthwise_impl)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, *, seed: int | None = None) -> EfficientNet:
-    """The EfficientNet `cfg` describes (variant, optional truncated stage table, rates, build options)."""
+def build_model(
+    cfg: TrainConfig, num_classes: int, *, seed: int | None = None, spec: ModelSpec | None = None
+) -> EfficientNet:
+    """The EfficientNet `cfg` describes (variant, optional truncated stage table, rates, build options), freshly
+    initialised; `spec` (a run's, see `run_spec`) replaces the one the config alone would give."""
     seed = cfg.seed if seed is None else seed
-    spec = resolve(
+    if spec is None:
+        spec = adapt_spec(config_spec(cfg), num_classes=num_classes)
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    return EfficientNet(spec, rngs=rngs, options=model_options(cfg))
+
+
+def config_spec(cfg: TrainConfig) -> ModelSpec:
+    """The headless spec a config describes without init weights: variant, conventions, stages, rates."""
+    return resolve(
         cfg.variant,
-        num_classes=num_classes,
+        num_classes=0,
         weight_source=cfg.weight_source,
         stages=STAGES[: cfg.stages] if cfg.stages else STAGES,
         drop_path=None if cfg.drop_path < 0 else cfg.drop_path,
         dropout=None if cfg.dropout < 0 else cfg.dropout,
     )
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return EfficientNet(spec, rngs=rngs, options=model_options(cfg))
+
+
+def run_preprocessing(cfg: TrainConfig, base: Preprocessing, class_names: tuple[str, ...] | None) -> Preprocessing:
+    """How the run prepares images: `base`'s normalisation and interpolation (the init weights', or the family's),
+    the config's resolution (0: `base`'s) and eval crop, and the training data's class names."""
+    return replace(
+        base,
+        resolution=cfg.resolution or base.resolution,
+        crop_pct=cfg.eval_crop,
+        class_names=class_names,
+    )
 
 
 def resolution_of(cfg: TrainConfig) -> int:

@@ -89,13 +89,21 @@ def ema_decay_at(decay: float, num_updates):
     return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
-def ema_update(ema, new, decay: float, num_updates):
-    """ema <- d * ema + (1 - d) * new for float leaves; integer leaves (BN's batch counter) are copied."""
+def ema_update(ema, new, decay: float, num_updates, keep=None):
+    """ema <- d * ema + (1 - d) * new for float leaves; integer leaves (BN's batch counter) are copied.
+
+    `keep` (a pytree like `ema` of Python bools, or None) marks leaves left exactly as they are: frozen tensors,
+    whose average would otherwise drift from their value by rounding.
+    """
     d = ema_decay_at(decay, num_updates)
 
-    def one(e, x):
+    def one(e, x, k=False):
+        if k:
+            return e
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             return x
         return (d * e + (1.0 - d) * x).astype(e.dtype)
 
-    return jax.tree.map(one, ema, new)
+    if keep is None:
+        return jax.tree.map(one, ema, new)
+    return jax.tree.map(one, ema, new, keep)

@@ -27,6 +27,7 @@ __all__ = [
     "key_map",
     "load_state_dict",
     "model_from_state_dict",
+    "node_at",
     "state_dict_from_model",
 ]
 
@@ -88,7 +89,8 @@ def key_map(spec: ModelSpec) -> list[KeyEntry]:
     return out
 
 
-def _variable(model: EfficientNet, path: tuple[str | int, ...]) -> nnx.Variable:
+def node_at(model: EfficientNet, path: tuple[str | int, ...]):
+    """The module or variable at `path` (a `KeyEntry.jax_path`, or a prefix of one) in the NNX tree."""
     node = model
     for p in path:
         node = node[p] if isinstance(p, int) else getattr(node, p)
@@ -105,7 +107,7 @@ def state_dict_from_model(model: EfficientNet) -> dict[str, np.ndarray]:
     _check_model(model, "state_dict_from_model")
     out = {}
     for e in key_map(model.spec):
-        a = np.asarray(jax.device_get(_variable(model, e.jax_path).get_value()))
+        a = np.asarray(jax.device_get(node_at(model, e.jax_path).get_value()))
         a = a.astype(np.int64) if e.tensor.integer else a.astype(np.float32, copy=False)
         out[e.torch_key] = np.array(e.layout.torch_array(a), order="C")  # copy: keeps 0-d arrays 0-d
     return out
@@ -138,7 +140,7 @@ def load_state_dict(model: EfficientNet, state_dict: Mapping[str, np.ndarray]) -
         # A private C-contiguous copy: jnp.asarray may alias host memory on CPU, and the source (a torch tensor's
         # .numpy() view, say) may be mutated in place later; the model must never see that.
         a = np.array(e.layout.jax_array(arrays[e.torch_key]), np.int32 if e.tensor.integer else np.float32, order="C")
-        _variable(model, e.jax_path).set_value(jnp.asarray(a))
+        node_at(model, e.jax_path).set_value(jnp.asarray(a))
 
 
 def model_from_state_dict(
