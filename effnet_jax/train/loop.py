@@ -1,8 +1,8 @@
 """The training loop: jit-compiled, data-parallel EfficientNet training that reads top to bottom.
 
-`train(cfg)` runs the phases in order: make_mesh -> make_data -> make_model_and_optimizer -> restore_or_init
--> make_steps -> loop -> finish. The step is one pure `jax.jit` function of (state, batch, step) built by
-splitting the NNX model and optimizer once; state is replicated (`P()`), the batch sharded over the `data`
+`train(cfg)` runs the phases in order: make_mesh -> prepare (model_start -> make_data -> make_model_and_optimizer
+-> restore_or_init) -> make_steps -> loop -> finish. The step is one pure `jax.jit` function of (state, batch, step)
+built by splitting the NNX model and optimizer once; state is replicated (`P()`), the batch sharded over the `data`
 axis (`P('data')`), so BN statistics are computed over the global batch; state buffers are donated.
 """
 
@@ -430,6 +430,19 @@ def set_aside_records(workdir: str) -> None:
     note(f"{workdir} held records of an earlier run without checkpoints ({', '.join(found)}); moved to {dest}")
 
 
+def prepare(cfg: TrainConfig, mesh: Mesh) -> tuple[Data, Run]:
+    """The phases before the first step: where the model starts (init weights are read and checked here), the
+    data, the model and optimizer, and the state (fresh or restored)."""
+    start = model_start(cfg, saved_meta(cfg))
+    data = make_data(cfg, start.preprocessing)
+    spec = run_spec(cfg, start, data.num_classes)
+    build, build_from, schedule = make_model_and_optimizer(cfg, data, spec)
+    run = restore_or_init(cfg, mesh, data, build, schedule, build_from, start)
+    run.spec = spec
+    run.preprocessing = run_preprocessing(cfg, start.preprocessing, _names(data))
+    return data, run
+
+
 def saved_meta(cfg: TrainConfig) -> dict | None:
     """The meta of the checkpoint a resume would continue from (None for a fresh run or an empty workdir)."""
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
@@ -471,14 +484,7 @@ def train(cfg: TrainConfig) -> dict:
         init_distributed(cfg)
     check_workdir(cfg.workdir)
     mesh = make_mesh(cfg)
-    start = model_start(cfg, saved_meta(cfg))  # init weights read (and checked against the config) here
-    data = make_data(cfg, start.preprocessing)
-    spec = run_spec(cfg, start, data.num_classes)
-    build, build_from, schedule = make_model_and_optimizer(cfg, data, spec)
-    # refuses a workdir or resume before anything is written
-    run = restore_or_init(cfg, mesh, data, build, schedule, build_from, start)
-    run.spec = spec
-    run.preprocessing = run_preprocessing(cfg, start.preprocessing, _names(data))
+    data, run = prepare(cfg, mesh)  # refuses a workdir, resume or init before anything is written
     if run.step >= data.steps:
         return _already_finished(cfg, run)
     if jax.process_index() == 0:
@@ -487,7 +493,7 @@ def train(cfg: TrainConfig) -> dict:
         write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     train_step, eval_step = make_steps(cfg, mesh, run)
     logger = Logger(cfg.workdir)
-    note(f"model: {spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
+    note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger)
     except NonFiniteLoss:

@@ -46,17 +46,16 @@ def open_run(run_dir: str | os.PathLike) -> Checkpointer:
     if not os.path.isdir(run_dir):  # checked first: the Orbax manager would create it
         raise FileNotFoundError(f"no training run at {run_dir!r}: not a directory")
     sub = os.path.join(run_dir, "checkpoints")
+    missing = FileNotFoundError(
+        f"no training checkpoint in {run_dir!r} (expected {os.path.join(run_dir, 'checkpoints', '<step>')}; "
+        "a run killed before its first save has none)"
+    )
     if not is_run_dir(run_dir):
-        raise FileNotFoundError(
-            f"{run_dir!r} is not a training run: expected {os.path.join(run_dir, 'checkpoints', '<step>')}"
-        )
+        raise missing
     ckpt = Checkpointer(sub if os.path.isdir(sub) else run_dir)
     if ckpt.latest_step() is None:
         ckpt.close()
-        raise FileNotFoundError(
-            f"no complete training checkpoint in {run_dir!r} (expected <workdir>/checkpoints/<step>; "
-            "a run killed before its first save has none)"
-        )
+        raise missing
     return ckpt
 
 
