@@ -430,10 +430,10 @@ def set_aside_records(workdir: str) -> None:
     note(f"{workdir} held records of an earlier run without checkpoints ({', '.join(found)}); moved to {dest}")
 
 
-def prepare(cfg: TrainConfig, mesh: Mesh) -> tuple[Data, Run]:
-    """The phases before the first step: where the model starts (init weights are read and checked here), the
-    data, the model and optimizer, and the state (fresh or restored)."""
-    start = model_start(cfg, saved_meta(cfg))
+def prepare(cfg: TrainConfig, mesh: Mesh, start: Start | None = None) -> tuple[Data, Run]:
+    """The phases before the first step: where the model starts (`model_start`: init weights are read and checked
+    there), the data, the model and optimizer, and the state (fresh or restored)."""
+    start = start or model_start(cfg, saved_meta(cfg))
     data = make_data(cfg, start.preprocessing)
     spec = run_spec(cfg, start, data.num_classes)
     build, build_from, schedule = make_model_and_optimizer(cfg, data, spec)
@@ -482,9 +482,10 @@ def train(cfg: TrainConfig) -> dict:
     check_runnable(cfg)
     if cfg.distributed:
         init_distributed(cfg)
+    start = model_start(cfg, saved_meta(cfg))  # init weights read and checked before the workdir is touched
     check_workdir(cfg.workdir)
     mesh = make_mesh(cfg)
-    data, run = prepare(cfg, mesh)  # refuses a workdir, resume or init before anything is written
+    data, run = prepare(cfg, mesh, start)  # refuses a workdir or resume before anything is written
     if run.step >= data.steps:
         return _already_finished(cfg, run)
     if jax.process_index() == 0:
