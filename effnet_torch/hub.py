@@ -9,7 +9,9 @@ huggingface_hub is optional (`effnet[hub]`) and imported only here, when an id i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, replace
@@ -96,7 +98,8 @@ def _downloader(source: str, repo_id: str, revision: str | None):
 
     def download(filename: str) -> str:
         try:
-            return hf_hub_download(repo_id, filename, revision=revision)
+            with _quiet_retries():
+                return hf_hub_download(repo_id, filename, revision=revision)
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             # Not cached, and HF_HUB_OFFLINE is set or the Hub could not be reached (the cache is all it has)
             why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
@@ -127,6 +130,18 @@ def _downloader(source: str, repo_id: str, revision: str | None):
             raise HubError(f"{source}: could not fetch {filename} of {repo_id}: {_first_line(e)}") from None
 
     return download
+
+
+@contextlib.contextmanager
+def _quiet_retries():
+    """huggingface_hub logs a warning per retry of an unreachable Hub; the error effnet raises says it in one line."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _NotCached(HubError):

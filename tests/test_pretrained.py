@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _hub_cache import make_hub_cache
+from _weights import random_twin as _random_twin
 from flax import nnx
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
@@ -46,23 +47,6 @@ def _fwd(model, x):
 @nnx.jit(static_argnames="pre_logits")
 def _features(model, x, pre_logits=True):
     return model.forward_classifier(model.forward_features(x), pre_logits=pre_logits)
-
-
-def _random_twin(weight_source: str, seed: int = 0) -> effnet_torch.EfficientNet:
-    """A b0 twin with every tensor random (BN statistics and counters too), so a wrong copy cannot pass."""
-    torch.manual_seed(seed)
-    net = effnet_torch.EfficientNet.from_name("b0", weight_source=weight_source)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if name.endswith("running_var"):
-                t.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                t.normal_(0, 0.1)
-            elif name.endswith("num_batches_tracked"):
-                t.fill_(1234)
-            elif name.endswith("bias"):
-                t.normal_(0, 0.05)
-    return net.eval()
 
 
 def _write(net: effnet_torch.EfficientNet, layout: str, directory) -> str:
