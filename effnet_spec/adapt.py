@@ -12,7 +12,7 @@ numpy arrays and torch tensors alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,8 +63,8 @@ def adapt_stem_kernel(kernel: Any, in_channels: int) -> Any:
 @dataclass(frozen=True)
 class Adapted:
     spec: ModelSpec  # the model to build
-    state_dict: dict[str, Any]  # its tensors; without the classifier's when `new_classifier`
-    new_classifier: bool  # the classifier must be freshly initialised (another class count)
+    state_dict: dict[str, Any]  # its tensors, a new classifier's included (zeros)
+    new_classifier: bool  # the classifier is new (another class count)
 
 
 def adapt(
@@ -73,11 +73,14 @@ def adapt(
     *,
     num_classes: int | None = None,
     in_channels: int | None = None,
+    zeros: Callable[[tuple[int, ...]], Any],
 ) -> Adapted:
     """Map a state_dict of `spec` (the interchange names) onto a model with `num_classes` / `in_channels`.
 
-    None keeps the source's. A new class count drops the source classifier (`new_classifier` says whether the
-    model needs a fresh one: not when `num_classes` is 0); a new channel count adapts the stem kernel.
+    None keeps the source's. A new class count replaces the source classifier with one of zeros (`zeros(shape)`
+    makes a float32 array of the caller's framework), as big_vision initialises a fine-tuning head: the first
+    logits are uniform, the loss starts at ln(classes) instead of wherever a random head on pretrained features
+    would put it, and both twins get the same model. A new channel count adapts the stem kernel.
 
     Raises:
         ValueError: a bad count, or a channel change from a source without 3 input channels.
@@ -100,6 +103,8 @@ def adapt(
                     f"(as timm's adapt_input_conv), and these weights take {spec.in_channels}"
                 )
             out[t.name] = adapt_stem_kernel(out[t.name], target.in_channels)
+    if new_head:
+        out.update({t.name: zeros(t.shape) for t in tensors(target) if t.module.part == "classifier"})
     return Adapted(target, out, new_head and target.num_classes > 0)
 
 

@@ -96,8 +96,9 @@ class EfficientNet(nn.Module):
             source: an effnet `.safetensors`, a torchvision / timm / efficientnet_pytorch checkpoint file, or a timm
                 id on the Hugging Face Hub (`hf-hub:timm/efficientnet_b0.ra_in1k`; needs `effnet[hub]`). A JAX
                 training run directory becomes a file with `effnet convert RUN OUT.safetensors`.
-            num_classes: another class count replaces the classifier with a fresh one (0 removes it); every other
-                tensor loads strictly. None keeps the source's head and its class names.
+            num_classes: another class count replaces the classifier with a new one that starts at zero, exactly as
+                in the JAX twin (0 removes it); every other tensor loads strictly. None keeps the source's head and
+                its class names.
             in_channels: another input channel count adapts the stem kernel as timm's `adapt_input_conv`.
             weight_source, model: for files whose keys do not tell their conventions (timm's TF ports), as in
                 `effnet convert`.

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from effnet_spec import ModelSpec, Preprocessing
-from effnet_spec.adapt import adapt, adapt_preprocessing, adapt_spec
+from effnet_spec.adapt import adapt, adapt_preprocessing
 
 from . import hub
 from .importers import ImportError_, import_own, import_state_dict, read_state_dict
@@ -93,13 +93,8 @@ def from_pretrained(
 ):
     """A `cls` (the twin's `EfficientNet`) holding the source's weights, adapted; see `EfficientNet.from_pretrained`."""
     p = read_pretrained(source, weight_source=weight_source, model=model)
-    a = adapt(p.spec, p.state_dict, num_classes=num_classes, in_channels=in_channels)
-    if a.new_classifier:
-        net = cls(adapt_spec(a.spec, num_classes=0))
-        load_state_dict_checked(net, a.state_dict)
-        net.reset_classifier(a.spec.num_classes)
-    else:
-        net = cls(a.spec)
-        load_state_dict_checked(net, a.state_dict)
+    a = adapt(p.spec, p.state_dict, num_classes=num_classes, in_channels=in_channels, zeros=torch.zeros)
+    net = cls(a.spec)
+    load_state_dict_checked(net, a.state_dict)
     net.preprocessing = adapt_preprocessing(p.preprocessing, p.spec, a.spec)
     return net.eval()

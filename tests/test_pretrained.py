@@ -116,6 +116,8 @@ def test_each_layout_loads_exactly_in_both_twins(sources_dir, layout):
 def test_new_head_loads_everything_else_strictly(sources_dir, layout):
     src, path = sources_dir[layout]
     want = _sd(src)
+    jax_sd, torch_sd = (_sd(t.from_pretrained(path, num_classes=7)) for t in (EfficientNet, effnet_torch.EfficientNet))
+    assert all(np.array_equal(jax_sd[k], torch_sd[k]) for k in want), "both twins build the same adapted model"
     for twin in (EfficientNet, effnet_torch.EfficientNet):
         model = twin.from_pretrained(path, num_classes=7)
         assert model.spec.num_classes == 7
@@ -125,7 +127,8 @@ def test_new_head_loads_everything_else_strictly(sources_dir, layout):
         assert {k: got[k].shape for k in head} == {k: (7, 1280) if k.endswith("weight") else (7,) for k in head}
         for k in want.keys() - head:
             assert np.array_equal(got[k], want[k]), f"{twin.__module__}: {k} must be the source's"
-        assert not np.array_equal(got[next(iter(head))], 0), "the new classifier is initialised"
+        assert all(not got[k].any() for k in head), "a new classifier starts at zero (big_vision's head init)"
+        assert np.array_equal(_sd(model)[next(iter(head))], got[next(iter(head))])
         headless = twin.from_pretrained(path, num_classes=0)
         assert headless.spec.num_classes == 0 and not (_head(src.spec) & _sd(headless).keys())
 

@@ -166,12 +166,16 @@ class EfficientNet(nnx.Module):
                 checkpoint, EMA weights unless `ema=False`); or a timm id on the Hugging Face Hub,
                 `hf-hub:timm/efficientnet_b0.ra_in1k` (needs `effnet[hub]` and torch), with the repository's
                 preprocessing.
-            num_classes: another class count replaces the classifier with a fresh one drawn from `rngs` (0 removes
-                it); every other tensor loads strictly. None keeps the source's head and its class names.
+            num_classes: another class count replaces the classifier with a new one that starts at zero (0 removes
+                it; docs/design.md, "Pretrained weights"); every other tensor loads strictly. None keeps the
+                source's head and its class names.
             in_channels: another input channel count adapts the stem kernel as timm's `adapt_input_conv`
                 (1: the sum over RGB; N: RGB repeated, scaled by 3/N).
+            rngs: the dropout and drop-path streams (default `nnx.Rngs(0)`).
+            options: how to compute (`ModelOptions`).
             weight_source, model: for files whose keys do not tell their conventions (timm's TF ports), as in
                 `effnet convert`.
+            ema: for a training run, its EMA weights (default) or the raw ones.
         """
         from ..weights.pretrained import from_pretrained
 

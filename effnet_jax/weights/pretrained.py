@@ -4,8 +4,8 @@ A source is an effnet checkpoint (read with numpy + safetensors alone), another 
 id on the Hugging Face Hub (both read by `effnet_torch.pretrained`, so those need torch), or a training run
 directory (`effnet_jax.train.runs`: the latest checkpoint, EMA weights by default). Every source becomes one
 `Pretrained` (spec, interchange state_dict as numpy, preprocessing); `effnet_spec.adapt` then fits it to the new
-class count or input channels, and the model is built without a random init except for a new classifier
-(docs/design.md, "Pretrained weights").
+class count or input channels, and the model is built without a random init (a new classifier starts at zero;
+docs/design.md, "Pretrained weights").
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ def _from_run(path: str, ema: bool) -> Pretrained:
     return Pretrained(r.model.spec, state_dict_from_model(r.model), r.model.preprocessing, origin)
 
 
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    return np.zeros(shape, np.float32)
+
+
 def build_adapted(
     p: Pretrained,
     *,
@@ -115,26 +119,19 @@ def build_adapted(
     in_channels: int | None = None,
     drop_path: float | None = None,
     dropout: float | None = None,
-    new_head: bool = False,
     rngs: nnx.Rngs | None = None,
     options: ModelOptions | None = None,
 ) -> EfficientNet:
     """The model `p` becomes with another head, stem or regularisation rates (None keeps the source's).
 
-    Every tensor but a new classifier is the source's (stem adapted), loaded strictly; a new classifier (another
-    class count, or `new_head`) draws from `rngs`' `params` stream. The model comes back in train mode.
+    Every tensor is the source's (stem adapted) but a new classifier's, which starts at zero (`effnet_spec.adapt`);
+    all are loaded strictly, with no random init. `rngs` seeds the dropout and drop-path streams. The model comes
+    back in train mode.
     """
-    a = adapt(p.spec, p.state_dict, num_classes=num_classes, in_channels=in_channels)
+    a = adapt(p.spec, p.state_dict, num_classes=num_classes, in_channels=in_channels, zeros=_zeros)
     spec = adapt_spec(a.spec, drop_path=drop_path, dropout=dropout)
-    rngs = rngs if rngs is not None else nnx.Rngs(0)
-    fresh = a.new_classifier or (new_head and spec.num_classes > 0)
-    if fresh:
-        headless = adapt(a.spec, a.state_dict, num_classes=0).state_dict
-        model = model_from_state_dict(adapt_spec(spec, num_classes=0), headless, rngs=rngs, options=options)
-        model.reset_classifier(spec.num_classes, rngs=rngs)
-    else:
-        model = model_from_state_dict(spec, a.state_dict, rngs=rngs, options=options)
-    model.preprocessing = adapt_preprocessing(p.preprocessing, p.spec, spec, new_classifier=fresh)
+    model = model_from_state_dict(spec, a.state_dict, rngs=rngs, options=options)
+    model.preprocessing = adapt_preprocessing(p.preprocessing, p.spec, spec)
     model.train()
     return model
 
