@@ -39,9 +39,12 @@ def run(name: str, sets: list[str], workdir: str) -> dict:
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        val = [(r["step"], r["top1"]) for r in map(json.loads, f) if r["kind"] == "val"]
+        rows = [json.loads(line) for line in f]
+    val = [(r["step"], r["top1"]) for r in rows if r["kind"] == "val"]
+    train = [r for r in rows if r["kind"] == "train"][-1]  # the last logging window: what the weights fit
     return {"name": name, "sets": sets, "wall_s": round(wall, 1), "final_top1": summary["final_val"]["top1"],
-            "best_top1": summary["best_val_top1"], "val": val, "img_per_s": summary["img_per_s"]}  # fmt: skip
+            "best_top1": summary["best_val_top1"], "val": val, "img_per_s": summary["img_per_s"],
+            "last_train_top1": train["top1"], "last_train_loss": train["loss"]}  # fmt: skip
 
 
 def main() -> int:
@@ -77,11 +80,17 @@ def main() -> int:
         f"{env['cpu_count']} CPUs ({env['cpu']}), jax {env['jax']} on {env['backend']}, {env['allocator']}; "
         f"command: `python benchmarks/finetune.py --steps {args.steps} --resolution {args.resolution}`.",
         "",
-        "| start | " + " | ".join(f"val top-1 @ {s}" for s in steps) + " | wall s |",
-        "|---|" + "---:|" * (len(steps) + 1),
+        "| start | " + " | ".join(f"val top-1 @ {s}" for s in steps) + " | train top-1, last window | wall s |",
+        "|---|" + "---:|" * (len(steps) + 2),
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | " + " | ".join(f"{t:.4f}" for _, t in r["val"]) + f" | {r['wall_s']} |")
+        vals = " | ".join(f"{t:.4f}" for _, t in r["val"])
+        lines.append(f"| {r['name']} | {vals} | {r['last_train_top1']:.4f} | {r['wall_s']} |")
+    lines += [
+        "",
+        "Val top-1 is the EMA weights in eval mode (BN running statistics), as `effnet eval` reports it; train top-1 "
+        "is the mean over the last 20 steps in train mode (batch statistics, augmentation).",
+    ]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "finetune-digits.md"), "w") as f:
         f.write(text)

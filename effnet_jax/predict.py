@@ -50,7 +50,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(
-    image_paths: Sequence[str | os.PathLike], weights: str | os.PathLike, *, top: int = 5
+    image_paths: Sequence[str | os.PathLike], weights: str | os.PathLike, *, top: int = 5, **source
 ) -> list[list[tuple[str, float]]]:
     """Top-`top` (class name, probability) of each image.
 
@@ -58,16 +58,23 @@ def predict(
         FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, or a checkpoint
             without a classifier.
     """
-    names, probs = classify(image_paths, weights)
+    names, probs = classify(image_paths, weights, **source)
     order = np.argsort(-probs, axis=-1)[:, :top]
     return [[(names[i], float(p[i])) for i in row] for p, row in zip(probs, order)]
 
 
-def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+def classify(
+    image_paths: Sequence[str | os.PathLike],
+    weights: str | os.PathLike,
+    *,
+    weight_source: str | None = None,
+    model: str | None = None,
+) -> tuple[list[str], np.ndarray]:
     """(class names, probabilities (N, num_classes)) for the images, from one jitted forward pass.
 
     `weights` is anything `EfficientNet.from_pretrained` reads: an effnet checkpoint, another library's file, a
-    training run directory (its latest EMA weights, with the class names of its data) or an `hf-hub:` id.
+    training run directory (its latest EMA weights, with the class names of its data) or an `hf-hub:` id;
+    `weight_source` / `model` as there (for timm's TF ports, whose keys do not tell their conventions).
     """
     import jax
     from flax import nnx
@@ -79,8 +86,8 @@ def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLik
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("effnet predict needs Pillow to read images: pip install pillow") from e
 
-    model = from_pretrained(weights)
-    spec, pre = model.spec, model.preprocessing
+    net = from_pretrained(weights, weight_source=weight_source, model=model)
+    spec, pre = net.spec, net.preprocessing
     if spec.num_classes == 0:
         raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")
     batch = []
@@ -96,7 +103,7 @@ def classify(image_paths: Sequence[str | os.PathLike], weights: str | os.PathLik
             if not os.path.exists(path):
                 raise
             raise ValueError(f"{os.fspath(path)}: cannot read the image ({e})") from None
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(net)
     logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))
     return class_names(pre, spec.num_classes), softmax(np.asarray(logits))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -199,14 +200,21 @@ def _read_torch(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        if "global" not in str(e).lower():  # not a refused global: bytes the unpickler cannot parse
+            raise ImportError_(
+                f"{path}: cannot read it as a PyTorch checkpoint; truncated or corrupt? ({detail[0] if detail else e})"
+            ) from None
         # weights_only refuses any global outside torch's tensor allow-list before calling it: nothing ran.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it names {found[1]}" if found else str(e).strip().splitlines()[0]
         raise ImportError_(
-            f"{path}: refused: this pickle needs code to load ({first}). effnet only reads tensors "
+            f"{path}: refused: this pickle needs code to load ({what}). effnet only reads tensors "
             "(torch.load(weights_only=True)); re-save the state_dict from trusted code, ideally as safetensors"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ImportError_(f"{path}: cannot read it as a PyTorch checkpoint; truncated or corrupt? ({e})") from None
+    except Exception as e:  # noqa: BLE001 (a corrupt pickle raises anything: IndexError, KeyError, EOFError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImportError_(f"{path}: cannot read it as a PyTorch checkpoint; truncated or corrupt? ({first})") from None
     return _unwrap(obj, path)
 
 

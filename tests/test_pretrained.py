@@ -112,23 +112,26 @@ def test_each_layout_loads_exactly_in_both_twins(sources_dir, layout):
     _close(_fwd(jax_model, jnp.asarray(x)), ref, f"{layout}: JAX logits vs the source twin")
 
 
-@pytest.mark.parametrize("layout", ["effnet", "timm"])
-def test_new_head_loads_everything_else_strictly(sources_dir, layout):
+@pytest.mark.parametrize("layout", ["effnet", "torchvision", "timm", "efficientnet_pytorch"])
+def test_new_head_and_stem_load_everything_else_strictly(sources_dir, layout):
     src, path = sources_dir[layout]
     want = _sd(src)
+    w = want[_stem_key(src.spec)]
     jax_sd, torch_sd = (_sd(t.from_pretrained(path, num_classes=7)) for t in (EfficientNet, effnet_torch.EfficientNet))
     assert all(np.array_equal(jax_sd[k], torch_sd[k]) for k in want), "both twins build the same adapted model"
     for twin in (EfficientNet, effnet_torch.EfficientNet):
-        model = twin.from_pretrained(path, num_classes=7)
-        assert model.spec.num_classes == 7
-        assert model.preprocessing.class_names is None, "a new head has no ImageNet names"
-        got = _sd(model)
-        head = _head(model.spec)
-        assert {k: got[k].shape for k in head} == {k: (7, 1280) if k.endswith("weight") else (7,) for k in head}
-        for k in want.keys() - head:
-            assert np.array_equal(got[k], want[k]), f"{twin.__module__}: {k} must be the source's"
-        assert all(not got[k].any() for k in head), "a new classifier starts at zero (big_vision's head init)"
-        assert np.array_equal(_sd(model)[next(iter(head))], got[next(iter(head))])
+        for in_channels, stem in ((3, w), (1, w.sum(axis=1, keepdims=True)), (4, w[:, [0, 1, 2, 0]] * 0.75)):
+            model = twin.from_pretrained(path, num_classes=7, in_channels=in_channels)
+            assert (model.spec.num_classes, model.spec.in_channels) == (7, in_channels)
+            assert model.preprocessing.class_names is None, "a new head has no ImageNet names"
+            assert len(model.preprocessing.mean) == in_channels
+            got = _sd(model)
+            head, stem_key = _head(model.spec), _stem_key(model.spec)
+            assert {k: got[k].shape for k in head} == {k: (7, 1280) if k.endswith("weight") else (7,) for k in head}
+            assert all(not got[k].any() for k in head), "a new classifier starts at zero (big_vision's head init)"
+            np.testing.assert_allclose(got[stem_key], stem, rtol=1e-6, atol=1e-7)  # timm's adapt_input_conv
+            for k in want.keys() - head - {stem_key}:
+                assert np.array_equal(got[k], want[k]), f"{twin.__module__}: {k} must be the source's"
         headless = twin.from_pretrained(path, num_classes=0)
         assert headless.spec.num_classes == 0 and not (_head(src.spec) & _sd(headless).keys())
 
@@ -240,7 +243,7 @@ def test_hub_id_without_cache_says_how_to_fix_it(hub_cache):
 def test_bad_sources_are_one_line_each(tmp_path, sources_dir):
     _, path = sources_dir["effnet"]
     garbage = tmp_path / "noise.bin"
-    garbage.write_bytes(os.urandom(4096))
+    garbage.write_bytes(bytes([0x80]) + np.random.default_rng(7).bytes(4096))  # looks like a pickle, is noise
     (tmp_path / "empty").mkdir()
     grey = tmp_path / "grey.safetensors"
     EfficientNet.from_pretrained(path, in_channels=1)  # fine
@@ -250,7 +253,7 @@ def test_bad_sources_are_one_line_each(tmp_path, sources_dir):
         (effnet_torch.EfficientNet, (tmp_path / "nope.safetensors",), {}, FileNotFoundError, "no such file"),
         (EfficientNet, (tmp_path / "empty",), {}, FileNotFoundError, "no training checkpoint"),
         (effnet_torch.EfficientNet, (tmp_path / "empty",), {}, ValueError, "effnet convert"),
-        (EfficientNet, (garbage,), {}, ValueError, str(garbage)),
+        (EfficientNet, (garbage,), {}, ValueError, f"{garbage}: cannot read it as a PyTorch checkpoint"),
         (EfficientNet, (path,), {"num_classes": -1}, ValueError, "num_classes"),
         (effnet_torch.EfficientNet, (path,), {"in_channels": 0}, ValueError, "in_channels"),
         (EfficientNet, (grey,), {"in_channels": 3}, ValueError, "from 3 input channels only"),

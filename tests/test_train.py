@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,36 @@ def test_eval_cli_reports_top1_top5(finished_run, capsys):
     assert r["step"] == 8 and r["weights"] == "ema" and r["count"] == 360
     assert r["top1"] == pytest.approx(summary["final_val"]["top1"]), "same weights, same split as the run's eval"
     assert 0 <= r["top1"] <= r["top5"] <= 1
+
+
+def test_a_run_is_a_pretrained_source(finished_run):
+    """from_pretrained(RUN): the run's model and EMA weights, with another head and stem on request."""
+    from effnet_jax import EfficientNet
+    from effnet_jax.weights import key_map, state_dict_from_model
+    from effnet_spec.contract import tensors
+
+    workdir, _ = finished_run
+    model = EfficientNet.from_pretrained(workdir)
+    saved = _weights(workdir, 8)
+    sd = state_dict_from_model(model)
+    assert model.spec.num_classes == 10 and len(model.spec.stages) == 1, "the run's own (1-stage) model"
+    assert model.preprocessing.class_names == tuple("0123456789") and model.preprocessing.resolution == 16
+    by_path = {tuple(re.findall(r"\['?([^'\]]+)'?\]", k.removesuffix("['value']"))): a for k, a in saved.items()}
+    entries = key_map(model.spec)
+    assert len(by_path) == len(entries)
+    for e in entries:  # the EMA weights of the last checkpoint, read by Orbax alone, in the interchange layout
+        want = e.layout.torch_array(by_path[tuple(str(p) for p in e.jax_path)])
+        assert np.array_equal(sd[e.torch_key], want), e.torch_key
+    raw = state_dict_from_model(EfficientNet.from_pretrained(workdir, ema=False))
+    assert any(not np.array_equal(raw[k], sd[k]) for k in sd), "ema=False reads the raw weights"
+    for in_channels in (1, 4):
+        adapted = EfficientNet.from_pretrained(workdir, num_classes=3, in_channels=in_channels)
+        got = state_dict_from_model(adapted)
+        head = {t.name for t in tensors(adapted.spec) if t.module.part == "classifier"}
+        stem = next(t.name for t in tensors(adapted.spec) if t.module.part == "stem.conv")
+        assert got[stem].shape[1] == in_channels and all(not got[k].any() for k in head)
+        assert all(np.array_equal(got[k], sd[k]) for k in sd.keys() - head - {stem})
+        assert adapted.preprocessing.class_names is None
 
 
 def test_eval_without_checkpoint_is_an_error(tmp_path, capsys):

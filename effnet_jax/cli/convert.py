@@ -135,7 +135,12 @@ def convert_run(run_dir: str, out: str, *, raw: bool = False, target: str | None
     if changes:
         p = replace(p, preprocessing=replace(p.preprocessing, **changes))
     if target:
-        import torch
+        try:
+            import torch
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(
+                f"--to {target} writes another library's layout, which needs PyTorch: pip install 'effnet[torch]'"
+            ) from None
         from safetensors.torch import save as st_save
 
         from effnet_torch.importers import export_state_dict

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or hf-hub:<org>/<name>",
     )
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
+    p.add_argument("--weight-source", dest="weight_source", help="as in `effnet convert`: the library that wrote W "
+                   "when its keys do not tell the conventions (timm_tf for timm's TF ports)")  # fmt: skip
+    p.add_argument("--model", help="as in `effnet convert`: a variant or library model name (tf_efficientnet_b3)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -28,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     try:
-        results = predict(args.images, args.weights, top=args.top)
+        results = predict(args.images, args.weights, top=args.top, weight_source=args.weight_source, model=args.model)
     except (OSError, ValueError, ModuleNotFoundError) as e:
         print(f"effnet predict: {e}", file=sys.stderr)
         return 1

@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLoss as e:
         print(f"effnet train: stopped: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, ModuleNotFoundError) as e:  # bad config, data or init weights: one line
         print(f"effnet train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -216,8 +216,11 @@ class EfficientNet(nnx.Module):
 
     @property
     def training(self) -> bool:
-        """Train mode (batch statistics, dropout, drop-path), as `torch.nn.Module.training`."""
-        return not self.stem.bn.use_running_average
+        """Train mode (batch statistics, dropout, drop-path), as `torch.nn.Module.training`.
+
+        Read from the dropout before the classifier, which no `freeze=` mode puts in inference mode.
+        """
+        return not self.dropout.deterministic
 
     def _check_input(self, x) -> None:
         shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)

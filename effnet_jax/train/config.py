@@ -82,7 +82,7 @@ class TrainConfig:
     randaugment_m: int = 9  # RandAugment: magnitude on the 0..10 scale
     crop_min_area: float = 0.08  # random resized crop: smallest share of the image area kept
     flip: bool = True  # random horizontal flip (off for digits: a mirrored 2 is not a 2)
-    eval_crop: float = 0.875  # eval: center crop share of the side, then resize to `resolution`
+    eval_crop: float = 0.875  # eval: center crop share of the side, then resize to `resolution`; 0 = init's
 
     # --- schedule (global = summed over every device of every host)
     global_batch: int = 4096  # images per optimizer step, global
@@ -164,7 +164,7 @@ class TrainConfig:
         need(self.resolution >= 0, f"resolution must be >= 0; got {self.resolution}")
         need(0 <= self.stages <= 7, f"stages must lie in 0..7; got {self.stages}")
         need(0 < self.crop_min_area <= 1, f"crop_min_area must lie in (0, 1]; got {self.crop_min_area}")
-        need(0 < self.eval_crop <= 1, f"eval_crop must lie in (0, 1]; got {self.eval_crop}")
+        need(0 <= self.eval_crop <= 1, f"eval_crop must lie in (0, 1] (0: the init weights'); got {self.eval_crop}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1); got {self.label_smoothing}")
         need(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1); got {self.ema_decay}")
         need(0 <= self.randaugment_m <= 10, f"randaugment_m must lie in 0..10; got {self.randaugment_m}")
@@ -242,6 +242,7 @@ PRESETS: dict[str, TrainConfig] = {
         weight_decay=0.01,
         label_smoothing=0.1,
         ema_decay=0.99,
+        eval_crop=0.0,
         augment="none",
         crop_min_area=0.35,
         flip=True,

@@ -101,7 +101,7 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
     )
     val = None
     if val_src is not None:
-        val_tf = EvalTransform(**norm, crop_pct=cfg.eval_crop)
+        val_tf = EvalTransform(**norm, crop_pct=pre.crop_pct)
         val = data_lib.eval_dataset(val_src, val_tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
     note(
         f"data: {cfg.data}: {len(train_src)} train / {len(val_src) if val_src else 0} val images, "
@@ -143,7 +143,7 @@ def make_model_and_optimizer(cfg: TrainConfig, data: Data, spec: ModelSpec):
         return with_optimizer(build_model(cfg, data.num_classes, spec=spec))
 
     def build_from(init: Pretrained):
-        """From init weights: no random init but a new classifier's (the data's class count differs)."""
+        """From init weights, with no random init (a new classifier, for another class count, starts at zero)."""
         rngs = nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
         model = build_adapted(init, num_classes=spec.num_classes, in_channels=spec.in_channels,
                               drop_path=None if cfg.drop_path < 0 else cfg.drop_path,

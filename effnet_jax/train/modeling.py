@@ -58,11 +58,11 @@ def config_spec(cfg: TrainConfig) -> ModelSpec:
 
 def run_preprocessing(cfg: TrainConfig, base: Preprocessing, class_names: tuple[str, ...] | None) -> Preprocessing:
     """How the run prepares images: `base`'s normalisation and interpolation (the init weights', or the family's),
-    the config's resolution (0: `base`'s) and eval crop, and the training data's class names."""
+    the config's resolution and eval crop (0: `base`'s), and the training data's class names."""
     return replace(
         base,
         resolution=cfg.resolution or base.resolution,
-        crop_pct=cfg.eval_crop,
+        crop_pct=cfg.eval_crop or base.crop_pct,
         class_names=class_names,
     )
 

@@ -29,11 +29,13 @@ __all__ = ["Restored", "is_run_dir", "open_run", "restore_model"]
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
-    """A training workdir (holding `checkpoints/`) or its `checkpoints/` folder itself."""
+    """A training workdir (holding `checkpoints/`) or its `checkpoints/` folder itself: one with a step folder
+    holding a `meta` item (an image folder with classes named 0..9 is not one)."""
     path = os.fspath(path)
-    return os.path.isdir(os.path.join(path, "checkpoints")) or (
-        os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
-    )
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return True
+    return os.path.isdir(path) and any(n.isdigit() and os.path.isdir(os.path.join(path, n, "meta"))
+                                       for n in os.listdir(path))  # fmt: skip
 
 
 def open_run(run_dir: str | os.PathLike) -> Checkpointer:

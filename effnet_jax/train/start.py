@@ -14,12 +14,15 @@ from dataclasses import asdict, dataclass, replace
 from effnet_spec import ModelSpec, Preprocessing, conventions_for, read_header
 from effnet_spec.adapt import adapt_spec
 
-from ..weights.pretrained import Pretrained, read_pretrained
+from ..weights.pretrained import Pretrained, read_pretrained, source_kind
 from .config import TrainConfig
+from .freeze import frozen_modules
 from .metrics import note
 from .modeling import config_spec, resolution_of
 
-__all__ = ["Start", "model_start", "run_spec"]
+__all__ = ["DEFAULT_CROP", "Start", "model_start", "run_spec"]
+
+DEFAULT_CROP = 0.875  # eval center-crop share when neither the config nor the init weights give one
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,17 @@ def model_start(cfg: TrainConfig, saved_meta: dict | None = None) -> Start:
     if not cfg.init:
         spec = config_spec(cfg)
         fam = spec.family
-        pre = Preprocessing(resolution=resolution_of(cfg), crop_pct=cfg.eval_crop, interpolation=fam.interpolation,
-                            mean=fam.mean, std=fam.std)  # fmt: skip
+        pre = Preprocessing(resolution=resolution_of(cfg), crop_pct=cfg.eval_crop or DEFAULT_CROP,
+                            interpolation=fam.interpolation, mean=fam.mean, std=fam.std)  # fmt: skip
         return Start(spec, pre, None)
-    p = read_pretrained(cfg.init)
+    # A weight source names how another library's file is to be read (timm_tf: TF conventions, which the keys
+    # cannot tell); effnet files, runs and hub ids say it themselves, and it is checked against them below.
+    foreign = cfg.weight_source and source_kind(cfg.init) == "library"
+    p = read_pretrained(cfg.init, weight_source=cfg.weight_source if foreign else None)
     _check_init(cfg, p)
     note(f"init: {p.origin}")
-    pre = replace(p.preprocessing, resolution=cfg.resolution or p.preprocessing.resolution, crop_pct=cfg.eval_crop)
+    pre = replace(p.preprocessing, resolution=cfg.resolution or p.preprocessing.resolution,
+                  crop_pct=cfg.eval_crop or p.preprocessing.crop_pct)  # fmt: skip
     return Start(p.spec, pre, p)
 
 
@@ -57,13 +64,21 @@ def _conventions(c) -> str:
 
 
 def _check_init(cfg: TrainConfig, p: Pretrained) -> None:
-    """A variant or weight source set in the config must be the init weights' own: never silently replaced."""
+    """What would fail later, refused now (before the workdir is touched): a variant or weight source set in the
+    config must be the init weights' own (never silently replaced), the weights must take RGB input as the data
+    is, and `freeze=stages:K` must fit their stage count."""
+    if p.spec.in_channels != 3:
+        raise ValueError(
+            f"init {cfg.init} takes {p.spec.in_channels}-channel input; training reads RGB images, so it needs "
+            "3-channel weights"
+        )
+    frozen_modules(p.spec, cfg.freeze)  # raises for stages:K beyond the weights' stages
     if cfg.variant and cfg.variant != p.spec.name:
         raise ValueError(
             f"init {cfg.init} holds {p.spec.name} weights, but the config says variant={cfg.variant}; set "
             f"variant={p.spec.name} or leave it empty to take the weights' (as --preset finetune does)"
         )
-    if cfg.weight_source:
+    if cfg.weight_source and source_kind(cfg.init) != "library":
         want = replace(conventions_for(cfg.weight_source, p.spec.name), activation=p.spec.conv.activation)
         if asdict(want) != asdict(p.spec.conv):
             raise ValueError(

@@ -11,6 +11,7 @@ docs/design.md, "Pretrained weights").
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +19,13 @@ from flax import nnx
 
 from effnet_spec import ModelSpec, Preprocessing
 from effnet_spec.adapt import adapt, adapt_preprocessing, adapt_spec
+from effnet_spec.contract import check_tensors, mismatch_error, tensors
 
 from ..model import EfficientNet, ModelOptions
 from .files import read_checkpoint
-from .state import model_from_state_dict
+from .state import _got, model_from_state_dict
 
-__all__ = ["HUB_PREFIX", "Pretrained", "build_adapted", "from_pretrained", "read_pretrained"]
+__all__ = ["HUB_PREFIX", "Pretrained", "build_adapted", "from_pretrained", "read_pretrained", "source_kind"]
 
 HUB_PREFIX = "hf-hub:"  # timm's spelling of a Hugging Face Hub id
 SOURCES_HELP = (
@@ -43,13 +45,37 @@ class Pretrained:
 
 
 def _has_effnet_header(path: str) -> bool:
+    """Whether `path` is an effnet checkpoint (safetensors with the effnet header).
+
+    Raises:
+        ValueError: a `.safetensors` file that safetensors cannot read (truncated, not safetensors at all).
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="np") as f:
             return "format" in (f.metadata() or {})
-    except (SafetensorError, OSError, ValueError):
+    except (SafetensorError, OSError, ValueError) as e:
+        if path.endswith(".safetensors"):
+            raise ValueError(f"{path}: not a readable safetensors file ({e}); it may be truncated") from None
         return False
+
+
+def source_kind(source: str | os.PathLike) -> str:
+    """ "hub", "run", "effnet" (an effnet checkpoint), "library" (another library's file) or "missing"."""
+    text = os.fspath(source)
+    if isinstance(source, str) and source.startswith(HUB_PREFIX):
+        return "hub"
+    if os.path.isdir(text):
+        return "run"
+    if not os.path.exists(text):
+        return "missing"
+    return "effnet" if _has_effnet_header(text) else "library"
+
+
+def _variant(model: str) -> str:
+    """The variant a model name names: "b0", "efficientnet_b0", "tf_efficientnet_b0.ns_jft_in1k" -> "b0"."""
+    return re.sub(r"^(tf_)?(efficientnet[_-]?)?", "", model.strip().lower()).split(".")[0]
 
 
 def read_pretrained(
@@ -79,8 +105,11 @@ def read_pretrained(
         raise FileNotFoundError(f"{text}: no such file or directory; expected {SOURCES_HELP}")
     if weight_source in (None, "effnet") and _has_effnet_header(text):
         spec, state, pre = read_checkpoint(text)
-        if model and model.strip().lower() != spec.name:
+        if model and _variant(model) != spec.name:
             raise ValueError(f"{text}: its header says {spec.name!r}, not {model!r}")
+        problems = check_tensors(tensors(spec), {k: _got(np.asarray(v)) for k, v in state.items()})
+        if problems:  # checked here, on reading, so a run refuses bad init weights before it writes anything
+            raise mismatch_error(f"{text}: tensors do not match its own header", problems)
         return Pretrained(spec, state, pre, f"effnet checkpoint {text}")
     return _via_torch(text, weight_source, model)
 
