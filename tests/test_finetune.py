@@ -160,6 +160,14 @@ def test_bad_fine_tuning_input_is_one_line(init_file, tmp_path, capsys, monkeypa
         assert not os.path.exists(w), f"{args}: a refused run must not create its workdir"
 
 
+def test_a_head_too_small_for_the_data_is_one_line(init_file, tmp_path, capsys):
+    """freeze=backbone trains the classifier alone: a class count below the data's cannot work and is refused."""
+    args = ["--preset", "finetune", "--set", f"init={init_file}", "--set", "freeze=backbone", "--set", "num_classes=5",
+            "--set", f"workdir={tmp_path / 'w'}"]  # fmt: skip
+    code, err = _train_cli(args, capsys)
+    assert code == 2 and err == "effnet train: error: num_classes=5 but 'digits' has 10 classes", err
+
+
 def test_a_weight_source_says_how_a_library_file_is_read(tmp_path):
     """timm's TF ports have the keys of its plain weights: weight_source=timm_tf (as `effnet convert
     --weight-source`) reads them with TF SAME padding and eps 1e-3; without it the plain conventions are assumed."""
