@@ -16,7 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("effnet_jax.cli.train", "train a model (default: the embedded digits dataset)"),
     "eval": ("effnet_jax.cli.eval", "report top-1/top-5 of a checkpoint on a dataset"),
     "predict": ("effnet_jax.cli.predict", "classify images with a weights file and print the top-5"),
-    "convert": ("effnet_jax.cli.convert", "import torchvision/timm/efficientnet_pytorch weights into effnet format"),
+    "convert": (
+        "effnet_jax.cli.convert",
+        "import torchvision/timm/efficientnet_pytorch weights or a training run into effnet format, or export them",
+    ),
     "bench": ("effnet_jax.cli.bench", "benchmark effnet_jax against effnet_torch side by side"),
 }
 
