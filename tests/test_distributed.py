@@ -83,3 +83,46 @@ def test_two_processes_train_to_identical_parameters(tmp_path):
     init = [k for k in a.files if "num_batches_tracked" in k and "weights" in k]
     assert int(a[init[0]]) == 3, "3 steps ran on the global batch"
     assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_fine_tune_from_the_same_init(tmp_path):
+    """init= on two hosts: each reads the weights itself and builds bit-identical replicas (no broadcast); frozen
+    stages stay the init's on both."""
+    from _weights import random_twin
+
+    import effnet_torch
+
+    init = tmp_path / "b0.safetensors"
+    net = random_twin("effnet", seed=9)
+    effnet_torch.save_checkpoint(net, init)
+    port = _free_port()
+    common = ["data=digits", "num_classes=0", "resolution=16", "eval_batch=120", "progress=false", "stages=0",
+              f"init={init}", "freeze=stages:3", "global_batch=16", "steps=2", "ckpt_every=0", "distributed=true",
+              f"workdir={tmp_path / 'run'}", f"coordinator=localhost:{port}", "num_processes=2"]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, "dist", str(tmp_path / f"p{i}.npz"), "--", *common, f"process_id={i}"],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        for p in procs:
+            _, stderr = p.communicate(timeout=2 * TIMEOUT_S)
+            assert p.returncode == 0, stderr[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    a, b = np.load(tmp_path / "p0.npz"), np.load(tmp_path / "p1.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    stem = next(k for k in a.files if "weights" in k and "stem" in k and "conv" in k and "kernel" in k)
+    want = net.state_dict()["stem.conv.weight"].numpy().transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    np.testing.assert_array_equal(a[stem], want, err_msg="freeze=stages:3 keeps the stem as the init's")

@@ -165,7 +165,8 @@ def test_a_head_too_small_for_the_data_is_one_line(init_file, tmp_path, capsys):
     args = ["--preset", "finetune", "--set", f"init={init_file}", "--set", "freeze=backbone", "--set", "num_classes=5",
             "--set", f"workdir={tmp_path / 'w'}"]  # fmt: skip
     code, err = _train_cli(args, capsys)
-    assert code == 2 and err == "effnet train: error: num_classes=5 but 'digits' has 10 classes", err
+    assert code == 2 and err.splitlines()[-1] == "effnet train: error: num_classes=5 but 'digits' has 10 classes", err
+    assert all(line.startswith("[effnet] ") for line in err.splitlines()[:-1]), "progress notes, then the one error"
 
 
 def test_a_weight_source_says_how_a_library_file_is_read(tmp_path):
