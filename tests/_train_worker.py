@@ -1,6 +1,7 @@
 """Subprocess helper for the training tests (not collected by pytest): modes that need a fresh process.
 
     python tests/_train_worker.py kill AT_STEP -- KEY=VALUE ...   train, SIGKILL itself before step AT_STEP
+    python tests/_train_worker.py signal SIGTERM AT_STEP -- ...   `effnet train`, sending itself SIGTERM in step AT_STEP
     python tests/_train_worker.py dist OUT.npz -- KEY=VALUE ...   train under jax.distributed, dump final weights
     python tests/_train_worker.py sharded -- KEY=VALUE ...        one step on a 4-device mesh and on 1 device
 
@@ -48,6 +49,23 @@ def kill(at_step: int, overrides) -> None:
     train_mod.train(_cfg(overrides))
 
 
+def signal_at(name: str, at_step: int, overrides) -> int:
+    """`effnet train` that sends itself signal `name` while step `at_step` runs; returns the CLI's exit status."""
+    from effnet_jax.cli import main
+    from effnet_jax.train import loop as train_mod
+
+    real, calls = train_mod.to_global, [0]
+
+    def to_global(batch, mesh):  # called once per step, before the step runs
+        calls[0] += 1
+        if calls[0] == at_step:
+            os.kill(os.getpid(), getattr(signal, name))
+        return real(batch, mesh)
+
+    train_mod.to_global = to_global
+    return main(["train", "--preset", "smoke", *[a for o in overrides for a in ("--set", o)]])
+
+
 def dist(out: str, overrides) -> None:
     from effnet_jax.train import loop as train_mod
 
@@ -91,6 +109,8 @@ if __name__ == "__main__":
     args, overrides = rest[:sep], rest[sep + 1 :]
     if mode == "kill":
         kill(int(args[0]), overrides)
+    elif mode == "signal":
+        sys.exit(signal_at(args[0], int(args[1]), overrides))
     elif mode == "dist":
         dist(args[0], overrides)
     elif mode == "sharded":

@@ -139,6 +139,61 @@ def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_that_step_and_resume_matches_uninterrupted(finished_run, tmp_path, name):
+    """Preemption: the step in progress finishes, a checkpoint of it is written (off the ckpt_every schedule), the
+    records are flushed, exit 75; --resume then ends bit-identical to the uninterrupted run."""
+    full_dir, _ = finished_run
+    overrides = [*TINY, f"workdir={tmp_path}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    stopped = subprocess.run([sys.executable, WORKER, "signal", name, "5", "--", *overrides], env=env,
+                             capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"effnet train: stopped by {name} after step 5; checkpoint and records written"), last
+    assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2, 4, 5], "step 5 saved off the schedule"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["preempted"] == name
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert not (tmp_path / ".effnet-lock").exists(), "the lock's holder file goes with the run"
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    resumed = subprocess.run([sys.executable, "-m", "effnet_jax.train", "--preset", "smoke", "--resume", *sets],
+                             env=env, capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(full_dir, 8), _weights(tmp_path, 8)
+    for k in a:  # same program, same inputs, same keys on the same CPU: bit-identical
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_second_run_on_a_live_workdir_is_refused(tmp_path, capsys):
+    """Two runs on one workdir: the second is one line, exit 2, and writes nothing; the holder's death frees it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from effnet_jax.train.guard import workdir_lock\n"
+         "with workdir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(os.listdir(tmp_path))
+        code = train_cli.main(argparse.Namespace(preset="smoke", set=[*TINY, f"workdir={tmp_path}"], resume=False,
+                                                 workdir=None, data=None, print_config=False))  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1].startswith(f"effnet train: error: workdir '{tmp_path}' is in use by another run "
+                                                f"(pid {holder.pid} on "), err  # fmt: skip
+        assert sorted(os.listdir(tmp_path)) == before == [".effnet-lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    from effnet_jax.train.guard import workdir_lock
+
+    notes = []
+    with workdir_lock(str(tmp_path), note=notes.append):  # the kill -9'd holder's lock is free; its file is stale
+        assert f"pid {os.getpid()} on " in (tmp_path / ".effnet-lock").read_text()
+    assert len(notes) == 1 and f"took over from a run that ended without releasing it (pid {holder.pid} on" in notes[0]
+    assert not (tmp_path / ".effnet-lock").exists()
+
+
 def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path, monkeypatch):
     real, calls = train_mod.to_global, [0]
 

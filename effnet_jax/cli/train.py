@@ -39,10 +39,14 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_json(cfg))
         return 0
-    from ..train.loop import NonFiniteLoss, train
+    from ..train.guard import PREEMPTED_EXIT
+    from ..train.loop import NonFiniteLoss, Preempted, train
 
     try:
         train(cfg)
+    except Preempted as e:
+        print(f"effnet train: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except NonFiniteLoss as e:
         print(f"effnet train: stopped: {e}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ axis (`P('data')`), so BN statistics are computed over the global batch; state b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -34,17 +35,29 @@ from .checkpoint import Checkpointer, abstract_like
 from .config import TrainConfig, check_runnable, to_json
 from .evaluate import evaluate_split, make_eval_step
 from .freeze import apply_freeze, frozen_mask, trainable
+from .guard import StopSignals, workdir_lock
 from .mesh import init_distributed, make_mesh, to_global
 from .metrics import Logger, best_logged, note, plot_curves
 from .modeling import WEIGHTS, build_model, cross_entropy, model_options, run_preprocessing
 from .optim import ema_update, make_optimizer, make_schedule
 from .start import Start, model_start, run_spec
 
-__all__ = ["NonFiniteLoss", "train"]
+__all__ = ["NonFiniteLoss", "Preempted", "train"]
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient became NaN/inf; the run stopped without saving."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run after a step; its checkpoint and records are written (`--resume` goes on).
+
+    `summary` is what `train` would have returned.
+    """
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -323,8 +336,10 @@ def save(cfg: TrainConfig, run: Run, data: Data, *, force: bool) -> None:
                   data_iter=run.data_iter, force=force)  # fmt: skip
 
 
-def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_step, logger: Logger) -> dict:
-    """Step until data.steps: metrics to the host every log_every steps, eval and checkpoints on schedule."""
+def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_step, logger: Logger,
+         stop: StopSignals | None = None) -> dict:  # fmt: skip
+    """Step until data.steps: metrics to the host every log_every steps, eval and checkpoints on schedule; when
+    `stop` asks (SIGTERM/SIGINT), after the step in progress: its metrics, a checkpoint, and out."""
     from tqdm import tqdm
 
     bar = tqdm(total=data.steps, initial=run.step, disable=not (cfg.progress and jax.process_index() == 0),
@@ -344,7 +359,8 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
             stats["first_step_s"] = time.perf_counter() - stats["start"]  # mostly compilation
             t0, seen0 = time.perf_counter(), run.step
         last = run.step == data.steps
-        if run.step % cfg.log_every == 0 or last:
+        halt = not last and stop is not None and stop.stop_now()
+        if run.step % cfg.log_every == 0 or last or halt:
             _check_finite(pending, run.step)
             mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
             elapsed = time.perf_counter() - t0
@@ -360,9 +376,12 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
             if result is not None:
                 stats["val"] = result
                 stats["best_top1"] = max(stats["best_top1"] or 0.0, result["top1"])
-        if run.ckpt.should_save(run.step) or last:
+        if run.ckpt.should_save(run.step) or last or halt:
             _check_finite(pending, run.step)
-            save(cfg, run, data, force=last)
+            save(cfg, run, data, force=last or halt)
+        if halt:
+            stats["preempted"] = stop.requested or "a signal on another host"
+            break
     bar.close()
     return stats
 
@@ -375,6 +394,7 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
     train_s = stats.get("train_s") or 0.0
     summary = {
         "steps": run.step,
+        "preempted": stats.get("preempted"),
         "best_val_top1": stats["best_top1"],
         "resumed_at_step": stats["resumed_at"] or None,
         "final_val": stats["val"],
@@ -485,13 +505,28 @@ def train(cfg: TrainConfig) -> dict:
 
     Raises:
       NonFiniteLoss: the loss went NaN/inf (nothing was saved after the last good checkpoint).
-      ValueError: bad config or data.
+      Preempted: SIGTERM or SIGINT stopped it after a step, with a checkpoint written.
+      ValueError: bad config or data; `guard.WorkdirInUse` when another run holds the workdir.
     """
     check_runnable(cfg)
     if cfg.distributed:
         init_distributed(cfg)
     start = model_start(cfg, saved_meta(cfg))  # init weights read and checked before the workdir is touched
     check_workdir(cfg.workdir)
+    lock = workdir_lock(cfg.workdir, note=note) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, StopSignals() as stop:  # a second run on this workdir is refused here, before it writes anything
+        summary = _train_locked(cfg, start, stop)
+    if summary.get("preempted"):
+        raise Preempted(
+            f"stopped by {summary['preempted']} after step {summary['steps']}; checkpoint and records written, "
+            f"continue with --resume (workdir {cfg.workdir})",
+            summary,
+        )
+    return summary
+
+
+def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
+    """`train` once the workdir is this run's."""
     mesh = make_mesh(cfg)
     data, run = prepare(cfg, mesh, start)  # refuses a workdir or resume before anything is written
     if run.step >= data.steps:
@@ -504,7 +539,7 @@ def train(cfg: TrainConfig) -> dict:
     logger = Logger(cfg.workdir)
     note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
     try:
-        stats = loop(cfg, mesh, data, run, train_step, eval_step, logger)
+        stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop)
     except NonFiniteLoss:
         run.ckpt.close()  # finish saves of earlier, good steps; nothing new is written
         logger.close()
