@@ -1,7 +1,8 @@
 """Subprocess helper for the training tests (not collected by pytest): modes that need a fresh process.
 
     python tests/_train_worker.py kill AT_STEP -- KEY=VALUE ...   train, SIGKILL itself before step AT_STEP
-    python tests/_train_worker.py signal SIGTERM AT_STEP -- ...   `effnet train`, sending itself SIGTERM in step AT_STEP
+    python tests/_train_worker.py signal SIGTERM AT_STEP [group] -- ...   `effnet train`, SIGTERM to itself (or
+                                                                          its process group) in step AT_STEP
     python tests/_train_worker.py dist OUT.npz -- KEY=VALUE ...   train under jax.distributed, dump final weights
     python tests/_train_worker.py sharded -- KEY=VALUE ...        one step on a 4-device mesh and on 1 device
 
@@ -49,8 +50,9 @@ def kill(at_step: int, overrides) -> None:
     train_mod.train(_cfg(overrides))
 
 
-def signal_at(name: str, at_step: int, overrides) -> int:
-    """`effnet train` that sends itself signal `name` while step `at_step` runs; returns the CLI's exit status."""
+def signal_at(name: str, at_step: int, overrides, group: bool = False) -> int:
+    """`effnet train` that sends itself (`group`: its whole process group, Grain workers included, as a terminal's
+    Ctrl-C or SLURM does) signal `name` while step `at_step` runs; returns the CLI's exit status."""
     from effnet_jax.cli import main
     from effnet_jax.train import loop as train_mod
 
@@ -59,7 +61,10 @@ def signal_at(name: str, at_step: int, overrides) -> int:
     def to_global(batch, mesh):  # called once per step, before the step runs
         calls[0] += 1
         if calls[0] == at_step:
-            os.kill(os.getpid(), getattr(signal, name))
+            if group:
+                os.killpg(os.getpgid(0), getattr(signal, name))
+            else:
+                os.kill(os.getpid(), getattr(signal, name))
         return real(batch, mesh)
 
     train_mod.to_global = to_global
@@ -110,7 +115,7 @@ if __name__ == "__main__":
     if mode == "kill":
         kill(int(args[0]), overrides)
     elif mode == "signal":
-        sys.exit(signal_at(args[0], int(args[1]), overrides))
+        sys.exit(signal_at(args[0], int(args[1]), overrides, group=args[2:] == ["group"]))
     elif mode == "dist":
         dist(args[0], overrides)
     elif mode == "sharded":

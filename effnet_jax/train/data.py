@@ -249,8 +249,17 @@ def _finish(ds: grain.MapDataset, local_batch: int, num_workers: int) -> grain.I
 
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside an absl app they are unparsed
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_ignore_stop_signals)
     return it
+
+
+def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+    """Grain workers share the terminal's process group (and SLURM signals every process): a SIGINT or SIGTERM meant
+    for the run must not kill them before it writes its checkpoint. The run stops them itself."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def train_dataset(

@@ -8,7 +8,6 @@ axis (`P('data')`), so BN statistics are computed over the global batch; state b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -359,7 +358,7 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
             stats["first_step_s"] = time.perf_counter() - stats["start"]  # mostly compilation
             t0, seen0 = time.perf_counter(), run.step
         last = run.step == data.steps
-        halt = not last and stop is not None and stop.stop_now()
+        halt = not last and stop is not None and stop.stop_now(run.step, cfg.log_every)
         if run.step % cfg.log_every == 0 or last or halt:
             _check_finite(pending, run.step)
             mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
@@ -371,7 +370,7 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
             stats["images"] = (run.step - seen0) * cfg.global_batch
             stats["train_s"] = elapsed
             window = []
-        if (cfg.eval_every and run.step % cfg.eval_every == 0) or last:
+        if ((cfg.eval_every and run.step % cfg.eval_every == 0) or last) and not halt:  # a halt saves first
             result = run_eval(cfg, mesh, run, eval_step, logger, data)
             if result is not None:
                 stats["val"] = result
@@ -407,8 +406,9 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
         write_atomic(os.path.join(cfg.workdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
         plot_curves(logger.path, os.path.join(cfg.workdir, "curves.png"))
         best = f"{summary['best_val_top1']:.4f}" if summary["best_val_top1"] is not None else "n/a"
+        ended = f"stopped by {summary['preempted']}" if summary["preempted"] else "done"
         note(
-            f"done: {run.step} steps in {total:.0f}s (first step incl. compile {summary['first_step_s']}s), "
+            f"{ended}: {run.step} steps in {total:.0f}s (first step incl. compile {summary['first_step_s']}s), "
             f"{summary['img_per_s']} img/s, best val top1 {best}; curves, metrics and checkpoints in {cfg.workdir}"
         )
     run.ckpt.close()
@@ -511,10 +511,13 @@ def train(cfg: TrainConfig) -> dict:
     check_runnable(cfg)
     if cfg.distributed:
         init_distributed(cfg)
-    start = model_start(cfg, saved_meta(cfg))  # init weights read and checked before the workdir is touched
+    # A fresh run reads and checks its init weights before the workdir is touched; a resume reads its checkpoint
+    # under the lock, so it never races the run that holds the workdir.
+    start = None if cfg.resume else model_start(cfg)
     check_workdir(cfg.workdir)
-    lock = workdir_lock(cfg.workdir, note=note) if jax.process_index() == 0 else contextlib.nullcontext()
+    lock = workdir_lock(cfg.workdir, note=note, lead=jax.process_index() == 0)
     with lock, StopSignals() as stop:  # a second run on this workdir is refused here, before it writes anything
+        start = start or model_start(cfg, saved_meta(cfg))
         summary = _train_locked(cfg, start, stop)
     if summary.get("preempted"):
         raise Preempted(
@@ -529,6 +532,9 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
     """`train` once the workdir is this run's."""
     mesh = make_mesh(cfg)
     data, run = prepare(cfg, mesh, start)  # refuses a workdir or resume before anything is written
+    if stop.stop_now(0, 1):  # asked to stop while preparing: nothing new to save
+        run.ckpt.close()
+        return {"steps": run.step, "preempted": stop.requested or "a signal on another host"}
     if run.step >= data.steps:
         return _already_finished(cfg, run)
     if jax.process_index() == 0:
