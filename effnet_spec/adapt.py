@@ -1,5 +1,7 @@
 """What a set of weights becomes in a model for another task: a new classifier, another input channel count.
 
+`Pretrained` is what both twins' `from_pretrained` read a source into (the one shape for both).
+
 Fine-tuning loads a source's tensors into a model that differs from it only in its classifier (another class count)
 or its stem (another number of input channels). `adapt` gives that model's spec and the source's state_dict mapped
 onto it: the stem kernel as timm's `adapt_input_conv` does it, the classifier left out when it must be new (each
@@ -20,7 +22,34 @@ from .contract import tensors
 from .header import Preprocessing, _per_channel
 from .resolve import ModelSpec, resolve
 
-__all__ = ["Adapted", "adapt", "adapt_preprocessing", "adapt_spec", "adapt_stem_kernel"]
+__all__ = [
+    "HUB_PREFIX",
+    "SOURCES_HELP",
+    "Adapted",
+    "Pretrained",
+    "adapt",
+    "adapt_preprocessing",
+    "adapt_spec",
+    "adapt_stem_kernel",
+]
+
+
+HUB_PREFIX = "hf-hub:"  # timm's spelling of a Hugging Face Hub id
+SOURCES_HELP = (
+    "an effnet .safetensors, a torchvision/timm/efficientnet_pytorch checkpoint (.pth, .safetensors), "
+    "a training run directory (JAX), or hf-hub:<org>/<name>"
+)
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A set of weights as read, before adaptation: what they are, the interchange tensors (numpy arrays or torch
+    tensors, as the twin reading them holds them) and their preprocessing."""
+
+    spec: ModelSpec
+    state_dict: dict[str, Any]
+    preprocessing: Preprocessing
+    origin: str  # what was read, for messages and logs
 
 
 def adapt_spec(
@@ -51,7 +80,8 @@ def adapt_stem_kernel(kernel: Any, in_channels: int) -> Any:
     """
     if kernel.shape[1] != 3:
         raise ValueError(
-            f"the stem kernel can be adapted from 3 input channels only (as timm does), this one has {kernel.shape[1]}"
+            f"in_channels={in_channels}: the stem can be adapted from 3 input channels only (as timm's "
+            f"adapt_input_conv), and these weights take {kernel.shape[1]}"
         )
     if in_channels == 3:
         return kernel
@@ -64,7 +94,6 @@ def adapt_stem_kernel(kernel: Any, in_channels: int) -> Any:
 class Adapted:
     spec: ModelSpec  # the model to build
     state_dict: dict[str, Any]  # its tensors, a new classifier's included (zeros)
-    new_classifier: bool  # the classifier is new (another class count)
 
 
 def adapt(
@@ -97,28 +126,19 @@ def adapt(
         if t.module.part == "classifier" and new_head:
             out.pop(t.name, None)
         elif t.module.part == "stem.conv" and target.in_channels != spec.in_channels and t.name in out:
-            if spec.in_channels != 3:
-                raise ValueError(
-                    f"in_channels={target.in_channels}: the stem can be adapted from 3 input channels only "
-                    f"(as timm's adapt_input_conv), and these weights take {spec.in_channels}"
-                )
             out[t.name] = adapt_stem_kernel(out[t.name], target.in_channels)
     if new_head:
         out.update({t.name: zeros(t.shape) for t in tensors(target) if t.module.part == "classifier"})
-    return Adapted(target, out, new_head and target.num_classes > 0)
+    return Adapted(target, out)
 
 
-def adapt_preprocessing(
-    pre: Preprocessing, source: ModelSpec, target: ModelSpec, *, new_classifier: bool | None = None
-) -> Preprocessing:
+def adapt_preprocessing(pre: Preprocessing, source: ModelSpec, target: ModelSpec) -> Preprocessing:
     """The source's preprocessing for the adapted model `target`.
 
-    Class names travel with the classifier: a new one (by default: when the class counts differ) has none. Another
-    channel count takes one mean and std per channel, the RGB values in turn (as `effnet_spec.header` spreads them).
+    Class names travel with the classifier: a new one (another class count) has none. Another channel count takes
+    one mean and std per channel, the RGB values in turn (as `effnet_spec.header` spreads them).
     """
-    if new_classifier is None:
-        new_classifier = target.num_classes != source.num_classes
-    if new_classifier:
+    if target.num_classes != source.num_classes:
         pre = replace(pre, class_names=None)
     if target.in_channels != source.in_channels:
         rgb = (pre.mean, pre.std) if len(pre.mean) == 3 else (pre.mean[:1] * 3, pre.std[:1] * 3)

@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass, replace
 
 from effnet_spec import ModelSpec, Preprocessing, default_preprocessing, imagenet_class_names
+from effnet_spec.adapt import HUB_PREFIX
 
 __all__ = ["PREFIX", "HubError", "HubWeights", "fetch", "hub_preprocessing", "is_hub_id"]
 
-PREFIX = "hf-hub:"
+PREFIX = HUB_PREFIX
 
 # timm's names for the architectures effnet builds (not efficientnetv2_*, efficientnet_em/es/cc, mixnet, ...)
 _ARCH = re.compile(r"(tf_)?efficientnet_(b[0-8]|l2|lite[0-4])")

@@ -10,34 +10,17 @@ run directories are the JAX side's (`effnet_jax.train.runs`); `effnet convert RU
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from effnet_spec import ModelSpec, Preprocessing
-from effnet_spec.adapt import adapt, adapt_preprocessing
+from effnet_spec.adapt import SOURCES_HELP, Pretrained, adapt, adapt_preprocessing
 
 from . import hub
 from .importers import ImportError_, import_own, import_state_dict, read_state_dict
 from .strict import load_state_dict_checked
 
 __all__ = ["SOURCES_HELP", "Pretrained", "from_pretrained", "read_pretrained"]
-
-SOURCES_HELP = (
-    "an effnet .safetensors, a torchvision/timm/efficientnet_pytorch checkpoint (.pth, .safetensors), "
-    "a training run directory, or hf-hub:<org>/<name>"
-)
-
-
-@dataclass(frozen=True)
-class Pretrained:
-    """A set of weights before adaptation: what they are, the tensors (the twin's names) and their preprocessing."""
-
-    spec: ModelSpec
-    state_dict: dict[str, torch.Tensor]
-    preprocessing: Preprocessing
-    origin: str  # what was read, for messages and logs
 
 
 def read_pretrained(

@@ -50,9 +50,9 @@ def model_start(cfg: TrainConfig, saved_meta: dict | None = None) -> Start:
         return Start(spec, pre, None)
     # A weight source names how another library's file is to be read (timm_tf: TF conventions, which the keys
     # cannot tell); effnet files, runs and hub ids say it themselves, and it is checked against them below.
-    foreign = cfg.weight_source and source_kind(cfg.init) == "library"
-    p = read_pretrained(cfg.init, weight_source=cfg.weight_source if foreign else None)
-    _check_init(cfg, p)
+    foreign = source_kind(cfg.init) == "library"
+    p = read_pretrained(cfg.init, weight_source=(cfg.weight_source or None) if foreign else None)
+    _check_init(cfg, p, foreign)
     note(f"init: {p.origin}")
     pre = replace(p.preprocessing, resolution=cfg.resolution or p.preprocessing.resolution,
                   crop_pct=cfg.eval_crop or p.preprocessing.crop_pct)  # fmt: skip
@@ -63,7 +63,7 @@ def _conventions(c) -> str:
     return f"padding {c.padding}, BN eps {c.bn_eps:g}, decay {c.bn_decay:g}"
 
 
-def _check_init(cfg: TrainConfig, p: Pretrained) -> None:
+def _check_init(cfg: TrainConfig, p: Pretrained, foreign: bool) -> None:
     """What would fail later, refused now (before the workdir is touched): a variant or weight source set in the
     config must be the init weights' own (never silently replaced), the weights must take RGB input as the data
     is, and `freeze=stages:K` must fit their stage count."""
@@ -78,7 +78,7 @@ def _check_init(cfg: TrainConfig, p: Pretrained) -> None:
             f"init {cfg.init} holds {p.spec.name} weights, but the config says variant={cfg.variant}; set "
             f"variant={p.spec.name} or leave it empty to take the weights' (as --preset finetune does)"
         )
-    if cfg.weight_source and source_kind(cfg.init) != "library":
+    if cfg.weight_source and not foreign:  # another library's file was read with it; nothing to compare
         want = replace(conventions_for(cfg.weight_source, p.spec.name), activation=p.spec.conv.activation)
         if asdict(want) != asdict(p.spec.conv):
             raise ValueError(

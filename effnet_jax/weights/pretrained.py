@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 from flax import nnx
 
-from effnet_spec import ModelSpec, Preprocessing
-from effnet_spec.adapt import adapt, adapt_preprocessing, adapt_spec
+from effnet_spec.adapt import HUB_PREFIX, SOURCES_HELP, Pretrained, adapt, adapt_preprocessing, adapt_spec
 from effnet_spec.contract import check_tensors, mismatch_error, tensors
 
 from ..model import EfficientNet, ModelOptions
@@ -26,22 +25,6 @@ from .files import read_checkpoint
 from .state import _got, model_from_state_dict
 
 __all__ = ["HUB_PREFIX", "Pretrained", "build_adapted", "from_pretrained", "read_pretrained", "source_kind"]
-
-HUB_PREFIX = "hf-hub:"  # timm's spelling of a Hugging Face Hub id
-SOURCES_HELP = (
-    "an effnet .safetensors, a torchvision/timm/efficientnet_pytorch checkpoint (.pth, .safetensors), "
-    "a training run directory, or hf-hub:<org>/<name>"
-)
-
-
-@dataclass(frozen=True)
-class Pretrained:
-    """A set of weights before adaptation: what they are, the interchange tensors and their preprocessing."""
-
-    spec: ModelSpec
-    state_dict: dict[str, np.ndarray]
-    preprocessing: Preprocessing
-    origin: str  # what was read, for messages and logs
 
 
 def _has_effnet_header(path: str) -> bool:
@@ -124,8 +107,7 @@ def _via_torch(source: str, weight_source: str | None, model: str | None) -> Pre
             f"{source}: reading another library's weights needs PyTorch: pip install 'effnet[torch]'", name="torch"
         ) from None
     p = read_torch(source, weight_source=weight_source, model=model)
-    state = {k: v.numpy() for k, v in p.state_dict.items()}
-    return Pretrained(p.spec, state, p.preprocessing, p.origin)
+    return replace(p, state_dict={k: v.numpy() for k, v in p.state_dict.items()})
 
 
 def _from_run(path: str, ema: bool) -> Pretrained:
