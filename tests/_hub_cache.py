@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 
-__all__ = ["make_hub_cache"]
+__all__ = ["make_hub_cache", "offline_hub"]
 
 
 def make_hub_cache(cache_dir: str | os.PathLike, repo_id: str, files: dict[str, bytes], revision: str = "main") -> str:
@@ -51,3 +51,18 @@ def make_hub_cache(cache_dir: str | os.PathLike, repo_id: str, files: dict[str, 
         except OSError:  # no symlinks (Windows without developer mode): huggingface_hub then copies too
             shutil.copyfile(blob, pointer)
     return snapshot
+
+
+def offline_hub(monkeypatch, cache_dir: str | os.PathLike) -> str:
+    """Point huggingface_hub at `cache_dir`, offline, for one test. Its `constants` read HF_HUB_OFFLINE and
+    HF_HUB_CACHE once, at import, and hf_hub_download reads those module attributes at each call: set both the env
+    (for a first import) and the attributes (for a module already imported). Skips without huggingface_hub."""
+    import pytest
+
+    constants = pytest.importorskip("huggingface_hub.constants")
+    path = os.fspath(cache_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", path)
+    return path

@@ -49,12 +49,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_two_processes_train_to_identical_parameters(tmp_path):
-    port = _free_port()
-    common = [*TINY, "global_batch=16", "steps=3", "ckpt_every=0", f"workdir={tmp_path / 'run'}", "distributed=true"]
-    common += [f"coordinator=localhost:{port}", "num_processes=2"]
+def _two_processes(tmp_path, common: list[str], timeout: int = TIMEOUT_S) -> list[dict]:
+    """Run the `dist` worker as processes 0 and 1 of one jax.distributed job; their JSON results, in order."""
     procs = [
         subprocess.Popen(
             [sys.executable, WORKER, "dist", str(tmp_path / f"p{i}.npz"), "--", *common, f"process_id={i}"],
@@ -68,13 +64,23 @@ def test_two_processes_train_to_identical_parameters(tmp_path):
     outs = []
     try:
         for p in procs:
-            stdout, stderr = p.communicate(timeout=TIMEOUT_S)
+            stdout, stderr = p.communicate(timeout=timeout)
             assert p.returncode == 0, stderr[-3000:]
             outs.append(json.loads(stdout.strip().splitlines()[-1]))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    return outs
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_to_identical_parameters(tmp_path):
+    port = _free_port()
+    common = [*TINY, "global_batch=16", "steps=3", "ckpt_every=0", f"workdir={tmp_path / 'run'}", "distributed=true"]
+    common += [f"coordinator=localhost:{port}", "num_processes=2"]
+    outs = _two_processes(tmp_path, common)
     assert [o["process"] for o in outs] == [0, 1] and all(o["devices"] == 2 and o["steps"] == 3 for o in outs)
     a, b = np.load(tmp_path / "p0.npz"), np.load(tmp_path / "p1.npz")
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 20
@@ -101,24 +107,7 @@ def test_two_processes_fine_tune_from_the_same_init(tmp_path):
     common = ["data=digits", "num_classes=0", "resolution=16", "eval_batch=120", "progress=false", "stages=0",
               f"init={init}", "freeze=stages:3", "global_batch=16", "steps=2", "ckpt_every=0", "distributed=true",
               f"workdir={tmp_path / 'run'}", f"coordinator=localhost:{port}", "num_processes=2"]  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, "dist", str(tmp_path / f"p{i}.npz"), "--", *common, f"process_id={i}"],
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    try:
-        for p in procs:
-            _, stderr = p.communicate(timeout=2 * TIMEOUT_S)
-            assert p.returncode == 0, stderr[-3000:]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    _two_processes(tmp_path, common, timeout=2 * TIMEOUT_S)  # a full b0 compiles in each process
     a, b = np.load(tmp_path / "p0.npz"), np.load(tmp_path / "p1.npz")
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:

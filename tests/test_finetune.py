@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from _hub_cache import offline_hub
 from _weights import random_twin
 from flax import nnx
 from PIL import Image
@@ -127,9 +128,7 @@ def _train_cli(args, capsys) -> tuple[int, str]:
 
 
 def test_bad_fine_tuning_input_is_one_line(init_file, tmp_path, capsys, monkeypatch):
-    constants = pytest.importorskip("huggingface_hub.constants")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network here: fail at once, not after 5 retries
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    offline_hub(monkeypatch, tmp_path / "hub")  # no network here: fail at once, not after 5 retries
     w = str(tmp_path / "w")
     cases = [
         (["--preset", "finetune"], "init is not set"),

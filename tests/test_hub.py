@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from _hub_cache import make_hub_cache
+from _hub_cache import make_hub_cache, offline_hub
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
@@ -51,16 +51,8 @@ def config_bytes(config: dict) -> bytes:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty hub cache, offline. huggingface_hub.constants reads HF_HUB_OFFLINE and HF_HUB_CACHE once, at its
-    import, and hf_hub_download reads those module attributes at each call: set both the env (for a first import)
-    and the attributes (for a module already imported). test_env_is_read_by_a_fresh_process covers the env alone."""
-    constants = pytest.importorskip("huggingface_hub.constants")
-    path = str(tmp_path / "hub")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", path)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", path)
-    return path
+    """An empty hub cache, offline (`offline_hub`; test_env_is_read_by_a_fresh_process covers the env alone)."""
+    return offline_hub(monkeypatch, tmp_path / "hub")
 
 
 def one_line_error(source: str) -> str:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _hub_cache import make_hub_cache
+from _hub_cache import make_hub_cache, offline_hub
 from _weights import random_twin as _random_twin
 from flax import nnx
 from safetensors.torch import save as st_save
@@ -188,14 +188,7 @@ def test_real_lite0_weights_agree_across_twins_and_adaptations():
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    """An offline hub cache (huggingface_hub reads these at import and per call; see tests/test_hub.py)."""
-    constants = pytest.importorskip("huggingface_hub.constants")
-    path = str(tmp_path / "hub")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", path)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", path)
-    return path
+    return offline_hub(monkeypatch, tmp_path / "hub")
 
 
 def _timm_repo(cache: str, repo: str, net: effnet_torch.EfficientNet, architecture: str) -> None:

