@@ -18,6 +18,8 @@ import numpy as np
 from effnet_spec import Preprocessing
 from effnet_spec.classes import imagenet_class_names
 
+from .images import eight_bit
+
 __all__ = ["class_names", "classify", "imagenet_class_names", "predict", "preprocess"]
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
@@ -94,7 +96,10 @@ def classify(
     for path in image_paths:
         try:
             with Image.open(path) as im:
-                batch.append(preprocess(im, pre, spec.in_channels))
+                image = eight_bit(im)
+                image.load()  # read now: the file closes here
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)}: {e}") from None
         except UnidentifiedImageError as e:
             raise ValueError(f"{os.fspath(path)}: not an image Pillow can read") from e
         except Image.DecompressionBombError as e:  # Pillow's guard against huge images (a DoS), not an OSError
@@ -103,6 +108,7 @@ def classify(
             if not os.path.exists(path):
                 raise
             raise ValueError(f"{os.fspath(path)}: cannot read the image ({e})") from None
+        batch.append(preprocess(image, pre, spec.in_channels))
     graphdef, state = nnx.split(net)
     logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))
     return class_names(pre, spec.num_classes), softmax(np.asarray(logits))

@@ -103,3 +103,32 @@ def test_truncated_and_oversized_images_name_the_file(weights, images, tmp_path,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the guard, made to trip on a small image
     assert cli_main(["predict", str(images[0]), "--weights", str(weights)]) == 1
     assert f"{images[0]}: refused by Pillow's decompression-bomb guard" in capsys.readouterr().err
+
+
+def _deep_images(tmp_path):
+    """The same grey ramp as an 8-bit PNG, a 16-bit PNG and a float TIFF in [0, 1]."""
+    ramp = np.linspace(0.0, 1.0, 40 * 48).reshape(40, 48)
+    paths = {"8": tmp_path / "ramp8.png", "16": tmp_path / "ramp16.png", "f": tmp_path / "rampf.tif"}
+    Image.fromarray(np.round(ramp * 255).astype(np.uint8)).save(paths["8"])
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(paths["16"])
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(paths["f"])
+    return paths
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped(weights, tmp_path):
+    """Regression: Pillow's convert("RGB") made 16-bit PNGs all white and float TIFFs all black."""
+    paths = _deep_images(tmp_path)
+    with Image.open(paths["16"]) as im16, Image.open(paths["f"]) as imf:
+        assert im16.mode.startswith("I") and imf.mode == "F"  # the modes that used to clip
+    _, probs = classify([paths["8"], paths["16"], paths["f"]], weights)
+    # The 16-bit and float ramps round to the 8-bit one at most 1 level apart: the model sees the same image.
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-3)
+    np.testing.assert_allclose(probs[2], probs[0], atol=1e-3)
+
+
+def test_float_images_outside_the_unit_range_are_refused_with_the_file_name(weights, tmp_path, capsys):
+    bad = tmp_path / "hdr.tif"
+    Image.fromarray(np.full((8, 8), 3.5, np.float32), mode="F").save(bad)
+    assert cli_main(["predict", str(bad), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"effnet predict: {bad}: a float image with values in [3.5, 3.5]; expected [0, 1]"
