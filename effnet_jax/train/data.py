@@ -4,9 +4,10 @@ The train stream is a pure function of (seed, position): global position p of th
 `perm_e[p % n]` of epoch `e = p // n`, where `perm_e` is a permutation seeded by (seed, e), and its
 augmentation draws from a numpy Generator seeded by (seed, e, example index). A step's global batch is
 positions [step * B, (step + 1) * B); host h of H takes the h-th contiguous slice of B / H. The Grain
-dataset is indexed by step, so its iterator state is a step counter: a resumed run (iterator state
-restored from the checkpoint) sees exactly the batches an uninterrupted one would, with any number of
-worker processes. The stream runs across epoch boundaries, so every batch is full (no recompilation).
+dataset is indexed by step, so a resumed run starts the stream at its checkpoint's step (`start`) and sees
+exactly the batches an uninterrupted one would, with any number of worker processes (no iterator state is
+saved, so `num_workers` may change between runs). The stream runs across epoch boundaries, so every batch is
+full (no recompilation).
 
 Eval batches are the split in order, padded to a multiple of the eval batch with `mask == 0` rows.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
+from ..images import eight_bit
 from .augment import EvalTransform, TrainTransform
 
 __all__ = [
@@ -152,7 +154,7 @@ class ImageFolderSource:
         path = self.files[i][0]
         try:
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
+                return np.asarray(eight_bit(im).convert("RGB"))
         except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
             self.skipped += 1
             warnings.warn(
@@ -242,8 +244,8 @@ class _EvalExample:
         return {"image": self.transform(image), "label": np.int32(label), "mask": np.float32(valid)}
 
 
-def _finish(ds: grain.MapDataset, local_batch: int, num_workers: int) -> grain.IterDataset:
-    it = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+def _finish(ds: grain.MapDataset, local_batch: int, num_workers: int, start: int = 0) -> grain.IterDataset:
+    it = ds.batch(local_batch, drop_remainder=True)[start:].to_iter_dataset()
     if num_workers > 0:
         from absl import flags
 
@@ -263,13 +265,21 @@ def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
 
 
 def train_dataset(
-    source, transform: TrainTransform, *, seed: int, steps: int, batches: Batches, num_workers: int = 0
+    source,
+    transform: TrainTransform,
+    *,
+    seed: int,
+    steps: int,
+    batches: Batches,
+    num_workers: int = 0,
+    start: int = 0,
 ) -> grain.IterDataset:
-    """`steps` local batches {"image": (b, s, s, 3) float32, "label": (b,) int32}, b = batches.local."""
+    """The local batches of steps [start, steps): {"image": (b, s, s, 3) float32, "label": (b,) int32},
+    b = batches.local."""
     if len(source) == 0:
         raise ValueError("the training split holds no examples")
     ds = grain.MapDataset.range(steps * batches.local).map(_TrainExample(source, transform, seed, batches))
-    return _finish(ds, batches.local, num_workers)
+    return _finish(ds, batches.local, num_workers, start=start)
 
 
 def eval_steps(n: int, global_batch: int) -> int:
