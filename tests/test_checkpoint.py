@@ -1,21 +1,21 @@
-"""Checkpointer: round trip of model/optimizer/EMA/meta/data-iterator, keep-last-K, crash safety, errors."""
+"""Checkpointer: round trip of model/optimizer/EMA/meta, keep-last-K, crash safety, failed writes, errors."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _mounts import filled, remount, tmpfs
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from effnet_jax.train.augment import TrainTransform
-from effnet_jax.train.checkpoint import Checkpointer, abstract_like
-from effnet_jax.train.data import Batches, SyntheticSource, train_dataset
+from effnet_jax.train.checkpoint import Checkpointer, CheckpointWriteError, abstract_like
 
 
 class Tiny(nnx.Module):
@@ -38,14 +38,9 @@ def _state(seed: int):
     return build, {"weights": weights, "rest": rest}, nnx.state(opt)
 
 
-def _data():
-    tf = TrainTransform(8, (0.5,) * 3, (0.25,) * 3, augment="none")
-    return train_dataset(SyntheticSource(8, 3, length=8), tf, seed=0, steps=10, batches=Batches(2))
-
-
-def _save(ckpt, step, seed, data_iter=None):
+def _save(ckpt, step, seed):
     _, model, opt = _state(seed)
-    ckpt.save(step, model=model, opt=opt, ema=model["weights"], meta={"step": step}, data_iter=data_iter, force=True)
+    ckpt.save(step, model=model, opt=opt, ema=model["weights"], meta={"step": step}, force=True)
     return model, opt
 
 
@@ -58,14 +53,10 @@ def _abstract(seed=0):
 
 def test_round_trip_restores_every_item(tmp_path):
     ckpt = Checkpointer(str(tmp_path), keep=2)
-    it = iter(_data())
-    next(it), next(it), next(it)
-    model, opt = _save(ckpt, 3, seed=5, data_iter=it)
+    model, opt = _save(ckpt, 3, seed=5)
     ckpt.wait_until_finished()
-    expected_next = next(it)
 
-    fresh = iter(_data())
-    got = Checkpointer(str(tmp_path)).restore(data_iter=fresh, **_abstract(seed=0))
+    got = Checkpointer(str(tmp_path), read_only=True).restore(**_abstract(seed=0))
     assert got["meta"] == {"step": 3}
     for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(got["model"]), strict=True):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
@@ -73,7 +64,6 @@ def test_round_trip_restores_every_item(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(got["opt"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(next(fresh)["image"], expected_next["image"])  # iterator resumes at batch 4
 
 
 def test_keeps_the_last_k_and_saves_on_schedule(tmp_path):
@@ -119,3 +109,60 @@ def test_restore_against_wrong_shapes_fails_loudly(tmp_path):
         ckpt.restore(ema=abstract["ema"])
     assert "shape ema.fc.kernel.value: expected (4, 2), saved (3, 2)" in str(e.value)
     assert "+ ema.bn.mean.value (saved, not expected)" in str(e.value)
+
+
+def _complete_steps(directory) -> list[str]:
+    return sorted(d for d in os.listdir(directory) if d.isdigit() or "tmp" in d)
+
+
+def test_a_read_only_folder_fails_at_once_in_one_line_and_keeps_what_was_saved(tmp_path):
+    """Regression: a read-only checkpoints folder made the run wait ~5 minutes, then die with Orbax's TimeoutError."""
+    d = str(tmp_path / "ckpt")
+    with tmpfs(d):
+        ckpt = Checkpointer(d, keep=3)
+        _save(ckpt, 1, seed=0)
+        ckpt.wait_until_finished()
+        remount(d, read_only=True)
+        t0 = time.monotonic()
+        with pytest.raises(CheckpointWriteError) as e:
+            _save(ckpt, 2, seed=1)
+            ckpt.wait_until_finished()
+        assert time.monotonic() - t0 < 20, "reported at once, not after a timeout"
+        msg = str(e.value)
+        assert "\n" not in msg and f"step 2 could not be written to {d}: Read-only file system" in msg
+        assert "step 1, is intact" in msg and "--resume" in msg
+        ckpt.close()  # the failure was reported once; closing raises nothing more
+        remount(d, read_only=False)
+        assert _complete_steps(d) == ["1"]
+
+
+def test_a_full_disk_is_reported_and_the_last_checkpoint_restores(tmp_path):
+    d = str(tmp_path / "ckpt")
+    with tmpfs(d, size="4m"):
+        ckpt = Checkpointer(d, keep=1)  # keep=1: a successful save 2 would delete step 1
+        model, opt = _save(ckpt, 1, seed=5)
+        ckpt.wait_until_finished()
+        filler = filled(d)
+        with pytest.raises(CheckpointWriteError) as e:
+            _save(ckpt, 2, seed=1)  # asynchronous: the failure surfaces at the next check or wait
+            ckpt.wait_until_finished()
+        assert "step 2 could not be written" in str(e.value) and "No space left on device" in str(e.value)
+        ckpt.close()
+        assert _complete_steps(d) == ["1"], "the half-written step 2 is removed, step 1 kept"
+        os.remove(filler)
+        got = Checkpointer(d, read_only=True).restore(**_abstract())
+        for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(got["opt"]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_reader_creates_nothing_and_leaves_a_writers_temporary_step_alone(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=3)
+    _save(ckpt, 1, seed=0)
+    ckpt.wait_until_finished()
+    os.makedirs(tmp_path / "2.orbax-checkpoint-tmp" / "model")  # as a live run's save in progress looks
+    assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 1
+    assert (tmp_path / "2.orbax-checkpoint-tmp").is_dir(), "a reader must not delete a live run's save"
+    Checkpointer(str(tmp_path / "typo"), read_only=True)
+    assert not (tmp_path / "typo").exists()
+    Checkpointer(str(tmp_path), keep=3)  # the run owning the folder (after a kill) removes the dead save
+    assert not (tmp_path / "2.orbax-checkpoint-tmp").exists()

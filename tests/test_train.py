@@ -35,7 +35,7 @@ def _cfg(workdir, *extra):
 
 def _weights(workdir, step):
     """The saved model weights (params + BN stats) of `step`, as numpy, read without building a model."""
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     got = ckpt.manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore()))
     import jax
 
@@ -213,6 +213,17 @@ def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path, m
         train_mod.train(cfg)
     assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
     assert all(np.isfinite(v).all() for v in _weights(tmp_path, 2).values() if v.dtype.kind == "f")
+
+
+def test_weights_stepped_to_inf_are_never_saved(tmp_path):
+    """Regression: the loss and gradient norm checked before a save are from before the update, so a huge step
+    (finite loss, finite gradient) saved inf weights as the "last good" checkpoint. The updated state is checked."""
+    cfg = from_preset("digits", [*TINY, f"workdir={tmp_path}", "optimizer=sgd", "lr=3e38", "weight_decay=10",
+                                 "ckpt_every=1"])  # fmt: skip
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"the weights after step 2 \(loss [0-9.]+, gradient norm"):
+        train_mod.train(cfg)
+    assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps() == [1]
+    assert all(np.isfinite(v).all() for v in _weights(tmp_path, 1).values() if v.dtype.kind == "f")
 
 
 def test_existing_checkpoints_without_resume_is_an_error(finished_run):

@@ -39,8 +39,11 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_json(cfg))
         return 0
+    from ..train.checkpoint import quiet_failed_writes
     from ..train.guard import PREEMPTED_EXIT
     from ..train.loop import NonFiniteLoss, Preempted, train
+
+    quiet_failed_writes()
 
     try:
         train(cfg)

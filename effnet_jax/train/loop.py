@@ -8,6 +8,7 @@ axis (`P('data')`), so BN statistics are computed over the global batch; state b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -30,7 +31,7 @@ from effnet_spec.atomic import unwritable_dir, write_atomic
 from ..weights.pretrained import Pretrained, build_adapted
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
-from .checkpoint import Checkpointer, abstract_like
+from .checkpoint import Checkpointer, CheckpointWriteError, abstract_like
 from .config import TrainConfig, check_runnable, to_json
 from .evaluate import evaluate_split, make_eval_step
 from .freeze import apply_freeze, frozen_mask, trainable
@@ -66,7 +67,7 @@ class Preempted(RuntimeError):
 class Data:
     train_source: object
     val_source: object | None
-    train: object  # grain IterDataset of process-local train batches, one per step
+    train: object  # start step -> grain IterDataset of process-local train batches, one per step from there
     val: object | None  # grain IterDataset of padded process-local eval batches
     num_classes: int
     class_names: tuple[str, ...]
@@ -103,7 +104,8 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
         randaugment_n=cfg.randaugment_n,
         randaugment_m=cfg.randaugment_m,
     )
-    train = data_lib.train_dataset(
+    train = functools.partial(
+        data_lib.train_dataset,
         train_src,
         train_tf,
         seed=cfg.seed,
@@ -135,7 +137,7 @@ class Run:
     root_key: jax.Array
     data_iter: object
     ckpt: Checkpointer | None = None
-    history: list = field(default_factory=list)
+    window: list = field(default_factory=list)  # per-step metrics since the last logged row (saved with checkpoints)
     spec: ModelSpec | None = None  # the model being trained
     preprocessing: Preprocessing | None = None  # how its inputs are prepared, with the data's class names
 
@@ -180,10 +182,10 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, i
     # 1. Shapes only: nnx.eval_shape builds the model and optimizer abstractly (no memory, no compute).
     # 2. Find the latest complete checkpoint (Orbax renames a step dir only once it is fully written).
     # 3. Read its `meta` alone and refuse a config that would change the run, before any tensor is read.
-    # 4. Restore model, optimizer and EMA against the abstract state, placed replicated on the mesh;
-    #    then, in place, the Grain iterator state (next batch index).
-    # 5. The loop continues at step + 1 with key fold_in(root, step): the same keys and batches as
-    #    an uninterrupted run.
+    # 4. Restore model, optimizer and EMA against the abstract state, placed replicated on the mesh.
+    # 5. The data stream starts at the step's batch, the loop continues at step + 1 with key
+    #    fold_in(root, step) and the logging window saved with the step: the same keys, batches and
+    #    metrics rows as an uninterrupted run.
     (graphdef, opt_graphdef), abstract = _split(*nnx.eval_shape(build))
     abstract["ema"] = abstract["weights"]
     abstract = abstract_like(abstract, replicated)
@@ -192,7 +194,6 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, i
     eval_graphdef = nnx.split(eval_model)[0]
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep, every=cfg.ckpt_every)
-    data_iter = iter(data.train)
     latest = ckpt.latest_step()
     if latest is not None and not cfg.resume:
         raise ValueError(f"{ckpt_dir} already holds checkpoints (latest step {latest}); pass --resume or a new workdir")
@@ -200,13 +201,15 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, i
     if cfg.resume and latest is not None:
         _check_resumable(cfg, ckpt.restore(latest)["meta"]["config"])
         got = ckpt.restore(
-            latest, data_iter=data_iter, model={"weights": abstract["weights"], "rest": abstract["rest"]},
-            opt=abstract["opt"], ema=abstract["ema"],
+            latest, model={"weights": abstract["weights"], "rest": abstract["rest"]}, opt=abstract["opt"],
+            ema=abstract["ema"],
         )  # fmt: skip
         meta = got["meta"]
         state = {**got["model"], "opt": got["opt"], "ema": got["ema"]}
         root_key = jax.random.wrap_key_data(jnp.asarray(meta["root_key"], jnp.uint32))
         step = int(meta["step"])
+        # float32 as the step computed them, so the first row after a resume averages the same numbers.
+        window = [{k: np.float32(v) for k, v in row.items()} for row in meta.get("window", [])]
         note(f"resumed from {ckpt_dir} at step {step}")
     else:
         if cfg.resume:
@@ -222,8 +225,9 @@ def restore_or_init(cfg: TrainConfig, mesh: Mesh, data: Data, build, schedule, i
                 return s
 
             state = jax.jit(init, out_shardings=replicated)()
-        step = 0
-    return Run(graphdef, opt_graphdef, eval_graphdef, state, schedule, step, root_key, data_iter, ckpt)
+        step, window = 0, []
+    data_iter = iter(data.train(start=step))
+    return Run(graphdef, opt_graphdef, eval_graphdef, state, schedule, step, root_key, data_iter, ckpt, window)
 
 
 def _place_initial(init, replicated) -> dict:
@@ -285,6 +289,8 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
             "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "grad_norm": optax.global_norm(grads),
             "lr": schedule(step),
+            # A finite loss and gradient can still step the weights to inf (a huge lr); nothing non-finite is saved.
+            "finite": jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves((weights, ema))])),
         }
         return {"weights": weights, "rest": rest, "opt": nnx.state(optimizer), "ema": ema}, metrics
 
@@ -310,13 +316,17 @@ def run_eval(cfg, mesh, run, eval_step, logger, data) -> dict | None:
 
 
 def _check_finite(pending: list, step: int) -> None:
-    """Raise NonFiniteLoss if any fetched loss or gradient norm since the last check is NaN/inf."""
-    for i, (loss, gnorm) in enumerate(jax.device_get(pending)):
-        if not (np.isfinite(loss) and np.isfinite(gnorm)):
+    """Raise NonFiniteLoss if any loss, gradient norm or updated state since the last check is NaN/inf."""
+    for i, (loss, gnorm, finite) in enumerate(jax.device_get(pending)):
+        if not (np.isfinite(loss) and np.isfinite(gnorm) and finite):
             first = step - len(pending) + i + 1
+            if np.isfinite(loss) and np.isfinite(gnorm):
+                what = f"the weights after step {first} (loss {loss}, gradient norm {gnorm}) are"
+            else:
+                what = f"loss {loss} / gradient norm {gnorm} at step {first} is"
             raise NonFiniteLoss(
-                f"loss {loss} / gradient norm {gnorm} at step {first} is not finite; stopping without saving "
-                f"(the last good checkpoint is kept). Try a lower lr, grad_clip, or dtype=float32."
+                f"{what} not finite; stopping without saving (the last good checkpoint is kept). "
+                "Try a lower lr, grad_clip, or dtype=float32."
             )
     pending.clear()
 
@@ -329,10 +339,11 @@ def save(cfg: TrainConfig, run: Run, data: Data, *, force: bool) -> None:
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
         "header": make_header(run.spec, run.preprocessing),  # what the run's weights are: effnet convert/predict
+        # Metrics of the steps since the last logged row: a resume logs the same next row as an uninterrupted run.
+        "window": [{k: float(v) for k, v in row.items()} for row in jax.device_get(run.window)],
     }
     model = {"weights": run.state["weights"], "rest": run.state["rest"]}
-    run.ckpt.save(run.step, model=model, opt=run.state["opt"], ema=run.state["ema"], meta=meta,
-                  data_iter=run.data_iter, force=force)  # fmt: skip
+    run.ckpt.save(run.step, model=model, opt=run.state["opt"], ema=run.state["ema"], meta=meta, force=force)
 
 
 def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_step, logger: Logger,
@@ -343,7 +354,14 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
 
     bar = tqdm(total=data.steps, initial=run.step, disable=not (cfg.progress and jax.process_index() == 0),
                unit="step", dynamic_ncols=True)  # fmt: skip
-    window, pending, t0, seen0 = [], [], time.perf_counter(), run.step
+    try:
+        return _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar)
+    finally:
+        bar.close()  # an error is printed on its own line, not after the bar
+
+
+def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar) -> dict:
+    pending, t0, seen0 = [], time.perf_counter(), run.step
     stats = {"start": time.perf_counter(), "first_step_s": None, "images": 0, "val": None, "resumed_at": run.step}
     # A resumed run's best counts the evaluations before the interruption too.
     stats["best_top1"] = best_logged(logger.path, "val", "top1", up_to_step=run.step) if run.step else None
@@ -351,8 +369,10 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
         batch = to_global(next(run.data_iter), mesh)
         run.state, metrics = train_step(run.state, batch, jnp.int32(run.step), run.root_key)
         run.step += 1
-        window.append(metrics)
-        pending.append((metrics["loss"], metrics["grad_norm"]))
+        finite = metrics.pop("finite")
+        run.window.append(metrics)
+        pending.append((metrics["loss"], metrics["grad_norm"], finite))
+        run.ckpt.check()  # a failed asynchronous save stops the run here, one step after it failed
         if stats["first_step_s"] is None:
             jax.block_until_ready(metrics["loss"])
             stats["first_step_s"] = time.perf_counter() - stats["start"]  # mostly compilation
@@ -361,7 +381,8 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
         halt = not last and stop is not None and stop.stop_now(run.step, cfg.log_every)
         if run.step % cfg.log_every == 0 or last or halt:
             _check_finite(pending, run.step)
-            mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+            window = jax.device_get(run.window)
+            mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
             elapsed = time.perf_counter() - t0
             mean["img_per_s"] = (run.step - seen0) * cfg.global_batch / elapsed if run.step > seen0 else 0.0
             logger.write(run.step, "train", mean)
@@ -369,7 +390,7 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
             bar.update(run.step - bar.n)
             stats["images"] = (run.step - seen0) * cfg.global_batch
             stats["train_s"] = elapsed
-            window = []
+            run.window = []
         if ((cfg.eval_every and run.step % cfg.eval_every == 0) or last) and not halt:  # a halt saves first
             result = run_eval(cfg, mesh, run, eval_step, logger, data)
             if result is not None:
@@ -381,7 +402,6 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
         if halt:
             stats["preempted"] = stop.requested or "a signal on another host"
             break
-    bar.close()
     return stats
 
 
@@ -434,6 +454,10 @@ def check_workdir(workdir: str) -> None:
     reason = unwritable_dir(workdir)
     if reason:
         raise ValueError(f"workdir {workdir!r} is not writable: {reason}")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    reason = unwritable_dir(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    if reason:  # found now, not at the first save
+        raise ValueError(f"checkpoint folder {ckpt_dir!r} is not writable: {reason}")
 
 
 def set_aside_records(workdir: str) -> None:
@@ -476,7 +500,7 @@ def saved_meta(cfg: TrainConfig) -> dict | None:
     ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
     if not cfg.resume or not os.path.isdir(ckpt_dir):
         return None
-    ckpt = Checkpointer(ckpt_dir)
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
     try:
         latest = ckpt.latest_step()
         return None if latest is None else ckpt.restore(latest)["meta"]
@@ -505,6 +529,7 @@ def train(cfg: TrainConfig) -> dict:
 
     Raises:
       NonFiniteLoss: the loss went NaN/inf (nothing was saved after the last good checkpoint).
+      CheckpointWriteError: a checkpoint could not be written (full disk, read-only folder); earlier ones are intact.
       Preempted: SIGTERM or SIGINT stopped it after a step, with a checkpoint written.
       ValueError: bad config or data; `guard.WorkdirInUse` when another run holds the workdir.
     """
@@ -542,12 +567,18 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
             set_aside_records(cfg.workdir)
         write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     train_step, eval_step = make_steps(cfg, mesh, run)
-    logger = Logger(cfg.workdir)
+    logger = Logger(cfg.workdir, resumed_at=run.step)
     note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop)
-    except NonFiniteLoss:
-        run.ckpt.close()  # finish saves of earlier, good steps; nothing new is written
+        return finish(cfg, run, data, stats, logger)
+    except (NonFiniteLoss, CheckpointWriteError):
         logger.close()
+        run.ckpt.close()  # finish saves of earlier, good steps (raises if one failed); nothing new is written
         raise
-    return finish(cfg, run, data, stats, logger)
+    except BaseException:  # anything else: it is the error to report; a failing save is cleaned up, not raised
+        with contextlib.suppress(Exception):
+            logger.close()
+        with contextlib.suppress(CheckpointWriteError):
+            run.ckpt.close()
+        raise

@@ -9,6 +9,8 @@ import time
 
 import jax
 
+from effnet_spec.atomic import write_atomic
+
 __all__ = ["Logger", "best_logged", "note", "plot_curves"]
 
 
@@ -21,23 +23,32 @@ def note(msg: str) -> None:
 
 
 class Logger:
-    """metrics.jsonl + TensorBoard on process 0; everything else is a no-op elsewhere."""
+    """metrics.jsonl + TensorBoard on process 0; everything else is a no-op elsewhere.
 
-    def __init__(self, workdir: str):
+    A run resumed at step `resumed_at` drops the rows a killed run wrote after that checkpoint (metrics.jsonl is
+    rewritten atomically; TensorBoard is told to purge them), so each step is logged once.
+    """
+
+    def __init__(self, workdir: str, *, resumed_at: int = 0):
         self.main = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
         if self.main:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+            if resumed_at:
+                _drop_rows_after(self.path, resumed_at)
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resumed_at + 1 if resumed_at else None)
 
     def write(self, step: int, kind: str, values: dict) -> None:
         if not self.main:
             return
         row = {"step": step, "kind": kind, "time": time.time(), **{k: float(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full disk or a vanished workdir: name the file, not just the errno
+            raise OSError(f"cannot append to {self.path}: {e.strerror or e}; the run stopped") from e
         for k, v in values.items():
             self.tb.add_scalar(f"{kind}/{k}", float(v), step)
 
@@ -46,19 +57,38 @@ class Logger:
             self.tb.close()
 
 
+def _rows(path: str) -> list[dict]:
+    """The rows of metrics.jsonl; a line a killed run left half-written is skipped."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        n = sum(1 for _ in f)
+    keep = [r for r in _rows(path) if r.get("step", 0) <= step]
+    if len(keep) != n:
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
 def plot_curves(metrics_path: str, png_path: str) -> None:
-    """Train loss, train top-1 and val top-1 against step, from metrics.jsonl (last row per step wins)."""
+    """Train loss, train top-1 and val top-1 against step, from metrics.jsonl."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows: dict[tuple[str, int], dict] = {}
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            for line in f:
-                r = json.loads(line)
-                rows[(r["kind"], r["step"])] = r
+    rows = {(r["kind"], r["step"]): r for r in _rows(metrics_path)}
     train = sorted((r for (k, _), r in rows.items() if k == "train"), key=lambda r: r["step"])
     val = sorted((r for (k, _), r in rows.items() if k == "val"), key=lambda r: r["step"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -81,12 +111,6 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
 
 def best_logged(metrics_path: str, kind: str, key: str, *, up_to_step: int) -> float | None:
     """The largest `key` among `kind` rows of metrics.jsonl at steps <= `up_to_step` (None if there are none)."""
-    if not os.path.exists(metrics_path):
-        return None
-    best = None
-    with open(metrics_path) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("kind") == kind and r.get("step", 0) <= up_to_step and key in r:
-                best = r[key] if best is None else max(best, r[key])
-    return best
+    rows = _rows(metrics_path)
+    found = [r[key] for r in rows if r.get("kind") == kind and r.get("step", 0) <= up_to_step and key in r]
+    return max(found) if found else None

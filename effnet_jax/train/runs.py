@@ -54,7 +54,7 @@ def open_run(run_dir: str | os.PathLike) -> Checkpointer:
     )
     if not is_run_dir(run_dir):
         raise missing
-    ckpt = Checkpointer(sub if os.path.isdir(sub) else run_dir)
+    ckpt = Checkpointer(sub if os.path.isdir(sub) else run_dir, read_only=True)
     if ckpt.latest_step() is None:
         ckpt.close()
         raise missing
