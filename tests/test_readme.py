@@ -30,9 +30,10 @@ def test_readme_commands_match_ci():
     """The test command in the README is the one .ci/run runs."""
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    for line in ("pip install -q torch==2.13.0 -e '.[dev]'", 'pytest -m "not slow" -q'):
+    groups = ('pytest -m "not slow and not faults"', "pytest -m slow", "pytest -m faults")
+    for line in ("pip install -q torch==2.13.0 -e '.[dev]'", *(f"{g} -q" for g in groups)):
         assert line in ci
-    assert "torch==2.13.0" in text and 'pytest -m "not slow"' in text
+    assert "torch==2.13.0" in text and " && ".join(groups) in text
 
 
 @pytest.mark.slow
