@@ -167,3 +167,15 @@ def test_training_reads_16_bit_images_scaled_like_their_8_bit_twin(tmp_path):
     (eight, _), (sixteen, _) = src[0], src[1]
     assert eight.dtype == sixteen.dtype == np.uint8 and sixteen.shape == (12, 14, 3)
     assert np.abs(eight.astype(int) - sixteen.astype(int)).max() <= 1 and sixteen.max() == 255 and sixteen.min() == 0
+
+
+def test_a_folder_of_which_no_image_reads_is_refused_up_front(tmp_path):
+    """Regression: training started, warned once per file, then died with a RuntimeError traceback from Grain."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(20):
+            (tmp_path / c / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"none of the 16 images tried could be read \(first: '.*a/0\.png': "):
+        ImageFolderSource(str(tmp_path))
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "b" / "19.png")  # the last one probed reads
+    assert len(ImageFolderSource(str(tmp_path))) == 40

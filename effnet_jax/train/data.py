@@ -46,6 +46,7 @@ DIGITS_SIDE = 32  # digits are stored upscaled from 8x8 to this side (bicubic), 
 DIGITS_VAL_SHARE = 0.2  # fixed stratified split: 1,437 train / 360 val of scikit-learn's 1,797 digits
 DIGITS_SPLIT_SEED = 0  # the split never depends on the run's seed, so every run validates on the same 360
 MAX_SUBSTITUTES = 100  # consecutive unreadable images tolerated before giving up on a folder
+PROBE = 16  # images decoded when a folder is opened, to refuse one of which none is readable
 
 
 class DigitsSource:
@@ -144,17 +145,39 @@ class ImageFolderSource:
         self.files = files
         self.class_names = tuple(classes)
         self.skipped = 0
+        self._probe()
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _read(self, i: int) -> np.ndarray | None:
+    def _probe(self) -> None:
+        """Decode up to PROBE images spread over the folder before training starts: a folder of which none can be
+        read (the wrong folder, a failed copy) is one line now, not thousands of skip warnings mid-run."""
+        m = min(PROBE, len(self.files))
+        picks = sorted({round(k * (len(self.files) - 1) / max(1, m - 1)) for k in range(m)})
+        errors = []
+        for i in picks:
+            try:
+                self._decode(i)
+                return
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; each means "unreadable"
+                errors.append((self.files[i][0], e))
+        path, e = errors[0]
+        raise ValueError(
+            f"image folder {self.root!r}: none of the {len(picks)} images tried could be read (first: {path!r}: "
+            f"{type(e).__name__}: {e})"
+        )
+
+    def _decode(self, i: int) -> np.ndarray:
         from PIL import Image
 
+        with Image.open(self.files[i][0]) as im:
+            return np.asarray(eight_bit(im).convert("RGB"))
+
+    def _read(self, i: int) -> np.ndarray | None:
         path = self.files[i][0]
         try:
-            with Image.open(path) as im:
-                return np.asarray(eight_bit(im).convert("RGB"))
+            return self._decode(i)
         except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
             self.skipped += 1
             warnings.warn(
@@ -170,7 +193,10 @@ class ImageFolderSource:
             image = self._read(j)
             if image is not None:
                 return image, self.files[j][1]
-        raise RuntimeError(f"image folder {self.root!r}: {MAX_SUBSTITUTES} consecutive unreadable images from {i}")
+        raise ValueError(
+            f"image folder {self.root!r}: {MAX_SUBSTITUTES} consecutive images from {self.files[i][0]!r} on are "
+            "unreadable; fix or remove them"
+        )
 
 
 def make_source(data: str, split: str, *, size: int = 32, num_classes: int = 0):
