@@ -4,18 +4,20 @@ EFFNET_DEPTHWISE=grouped|shift|shift_vjp   the depthwise formulation "auto" stan
 EFFNET_NATIVE=0                            never build or use the native C++ kernels
 EFFNET_CACHE_DIR=DIR                       where native kernels are cached (default ~/.cache/effnet)
 EFFNET_RETAIN_HOST_MEMORY=1                the `effnet` command keeps freed host memory mapped
+EFFNET_ALLOCATOR=auto|tcmalloc|jemalloc|mimalloc|glibc|PATH   the malloc the `effnet` command re-executes with
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["CACHE_DIR", "DEPTHWISE", "NATIVE", "RETAIN_HOST_MEMORY", "flag", "text"]
+__all__ = ["ALLOCATOR", "CACHE_DIR", "DEPTHWISE", "NATIVE", "RETAIN_HOST_MEMORY", "flag", "text"]
 
 DEPTHWISE = "EFFNET_DEPTHWISE"
 NATIVE = "EFFNET_NATIVE"
 CACHE_DIR = "EFFNET_CACHE_DIR"
 RETAIN_HOST_MEMORY = "EFFNET_RETAIN_HOST_MEMORY"
+ALLOCATOR = "EFFNET_ALLOCATOR"
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

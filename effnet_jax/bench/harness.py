@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import env as switches
-from ..ops import host_memory
+from ..ops import allocator, host_memory
 
 __all__ = [
     "NUM_CLASSES",
@@ -103,6 +103,7 @@ def environment(torch_device: str) -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "effnet_depthwise": os.environ.get(switches.DEPTHWISE, ""),
         "host_memory_retained": host_memory.retained,
+        "allocator": allocator.active() or "glibc/platform malloc",
         "precision": "float32 (jax default matmul precision; torch default)",
     }
     if torch_device == "cuda":

@@ -36,13 +36,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from effnet_jax.ops import host_memory  # imports no jax; must run before jax starts its worker threads
+# The subcommands that compute with JAX on the host: they run on a fast malloc (ops.allocator).
+COMPUTE = ("train", "eval", "predict", "bench")
 
-    if host_memory.wanted() and not host_memory.retain_host_memory():
-        print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)
+
+def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> int:
+    """Run one subcommand. `fast_malloc` (default: when `argv` comes from the command line) re-executes the process
+    with a fast allocator first, for the compute subcommands."""
+    from effnet_jax.ops import allocator, host_memory  # import no jax; must run before jax starts its threads
+
+    fast_malloc = argv is None if fast_malloc is None else fast_malloc
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMPUTE and fast_malloc:
+        try:  # re-executes this process with the allocator preloaded, unless asked not to or none is installed
+            print(f"[effnet] {allocator.preload(sys.orig_argv)}", file=sys.stderr)
+        except ValueError as e:
+            print(f"effnet: error: {e}", file=sys.stderr)
+            return 2
+    if host_memory.wanted() and not host_memory.retain_host_memory():
+        print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     return int(importlib.import_module(args._module).main(args) or 0)
 

@@ -22,6 +22,7 @@ from flax import nnx
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
 from effnet_spec.forward import block_masks, check_input, run_blocks
 
+from ..ops import allocator
 from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
 from .options import ModelOptions
 
@@ -112,6 +113,7 @@ class EfficientNet(nnx.Module):
                 "use EfficientNet.from_name(name, rngs=...) for a named variant"
             )
         options = _options(options, dtype, depthwise_impl)
+        allocator.hint_once()
         self.spec = spec
         self.options = options
         self.dtype = options.compute_dtype

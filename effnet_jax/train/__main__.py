@@ -4,4 +4,4 @@ import sys
 
 from effnet_jax.cli import main
 
-sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(main(["train", *sys.argv[1:]], fast_malloc=True))
