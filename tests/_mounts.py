@@ -40,8 +40,9 @@ def remount(path: str | os.PathLike, *, read_only: bool) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def filled(path: str | os.PathLike) -> str:
-    """Fill the filesystem holding `path` with one file (`<path>/filler`) until no byte is left; returns its path."""
+def filled(path: str | os.PathLike, *, leave: int = 0) -> str:
+    """Fill the filesystem holding `path` with one file (`<path>/filler`) until only `leave` bytes (rounded to
+    pages) are free; returns its path."""
     filler = os.path.join(os.fspath(path), "filler")
     block = b"\0" * (1 << 16)
     with open(filler, "wb", buffering=0) as f:
@@ -56,4 +57,6 @@ def filled(path: str | os.PathLike) -> str:
                 pass
         except OSError:
             pass
+    if leave:
+        os.truncate(filler, max(0, os.path.getsize(filler) - leave))
     return filler

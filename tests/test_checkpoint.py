@@ -136,7 +136,27 @@ def test_a_read_only_folder_fails_at_once_in_one_line_and_keeps_what_was_saved(t
         assert _complete_steps(d) == ["1"]
 
 
-def test_a_full_disk_is_reported_and_the_last_checkpoint_restores(tmp_path):
+def test_a_write_that_runs_out_of_space_part_way_is_caught_by_the_per_step_check(tmp_path):
+    """The free-space check passes (the state is small) but Orbax's files do not fit: the background write fails,
+    and the loop's per-step `check()` raises it once the save is over, not at the next save."""
+    d = str(tmp_path / "ckpt")
+    with tmpfs(d, size="4m"):
+        ckpt = Checkpointer(d, keep=1)
+        _save(ckpt, 1, seed=5)
+        ckpt.wait_until_finished()
+        filled(d, leave=64 * 1024)  # a step directory of the tiny state takes ~230 kB on tmpfs
+        _save(ckpt, 2, seed=1)
+        deadline = time.monotonic() + 30
+        with pytest.raises(CheckpointWriteError, match="step 2 could not be written.*No space left on device"):
+            while time.monotonic() < deadline:
+                ckpt.check()
+                time.sleep(0.01)
+        assert time.monotonic() < deadline, "raised by check(), not by running out of polls"
+        ckpt.close()
+        assert _complete_steps(d) == ["1"], "the half-written step 2 is removed, step 1 kept"
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path):
     d = str(tmp_path / "ckpt")
     with tmpfs(d, size="4m"):
         ckpt = Checkpointer(d, keep=1)  # keep=1: a successful save 2 would delete step 1
@@ -144,9 +164,8 @@ def test_a_full_disk_is_reported_and_the_last_checkpoint_restores(tmp_path):
         ckpt.wait_until_finished()
         filler = filled(d)
         with pytest.raises(CheckpointWriteError) as e:
-            _save(ckpt, 2, seed=1)  # asynchronous: the failure surfaces at the next check or wait
-            ckpt.wait_until_finished()
-        assert "step 2 could not be written" in str(e.value) and "No space left on device" in str(e.value)
+            _save(ckpt, 2, seed=1)  # the free-space check refuses it: nothing is written
+        assert "step 2 could not be written" in str(e.value) and "No space left on device (0.0 MiB free" in str(e.value)
         ckpt.close()
         assert _complete_steps(d) == ["1"], "the half-written step 2 is removed, step 1 kept"
         os.remove(filler)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -112,8 +113,9 @@ def _wait_for(predicate, proc: subprocess.Popen, poll_s: float = 0.001) -> bool:
     return False
 
 
-def _kill_and_resume(tmp_path, reference, trigger) -> str:
-    """Start a run, kill -9 it when `trigger(proc, workdir)` returns, resume it; returns what the kill hit."""
+def _kill_and_resume(tmp_path, reference, trigger) -> tuple[str, int | None]:
+    """Start a run, kill -9 it when `trigger(proc, workdir)` returns, resume it. Returns how the kill landed and
+    the step the resume continued from (None: before the first checkpoint, so the resume started afresh)."""
     workdir = tmp_path / "run"
     proc = _start(workdir, log=tmp_path / "killed.log")
     try:
@@ -127,20 +129,25 @@ def _kill_and_resume(tmp_path, reference, trigger) -> str:
     resumed = _run(workdir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
+    found = re.search(r"resumed from .* at step (\d+)", resumed.stderr)
     _assert_same_as_reference(workdir, reference)
-    return hit
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name], "half-written steps removed"
+    return hit, int(found.group(1)) if found else None
 
 
 @pytest.mark.parametrize("trial", range(RANDOM_KILLS))
 def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(tmp_path, reference, trial):
-    delay = random.Random(SEED * 1000 + trial).uniform(0.0, reference["seconds"])
+    delay = random.Random(SEED * 1000 + trial).uniform(0.0, 0.85 * reference["seconds"])  # rarely after the end
 
     def trigger(proc, workdir):  # from the "compiling" line: compile, steps, evaluations and saves
         _wait_for(lambda: _compiling(tmp_path / "killed.log"), proc, poll_s=0.01)
         time.sleep(delay)
 
-    hit = _kill_and_resume(tmp_path, reference, trigger)
-    _count(f"kill -9 at a random moment ({hit})")
+    hit, step = _kill_and_resume(tmp_path, reference, trigger)
+    if hit == "finished first":
+        _count("kill -9 at a random moment: the run had finished")
+    else:
+        _count(f"kill -9 at a random moment, {f'resumed at step {step}' if step else 'before the first checkpoint'}")
 
 
 @pytest.mark.parametrize("trial", range(MID_SAVE_KILLS))
@@ -155,10 +162,21 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_then_resume_is_bit_identical
             seen.update(names)
             return len(seen) >= nth and bool(names)
 
-        _wait_for(writing, proc)
+        assert _wait_for(writing, proc), f"the run ended before its save number {nth} was seen in progress"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(TIMEOUT_S)
+        landed["mid-write"] = (workdir / "checkpoints" / f"{2 * nth}.orbax-checkpoint-tmp").exists()
 
-    hit = _kill_and_resume(tmp_path, reference, trigger)
-    _count(f"kill -9 while a checkpoint was being written ({hit})")
+    landed = {}
+    hit, step = _kill_and_resume(tmp_path, reference, trigger)
+    assert hit == "killed"
+    if landed["mid-write"]:  # the resume continues from the step before the one cut (or afresh, for the first)
+        assert step == (2 * (nth - 1) or None), step
+        resumed = f"resumed at step {step}" if step else "restarted (no checkpoint before)"
+        _count(f"kill -9 while step {2 * nth}'s checkpoint was being written, {resumed}")
+    else:  # the write completed in the microseconds between seeing it and the kill
+        assert step == 2 * nth, step
+        _count(f"kill -9 just after step {2 * nth}'s checkpoint was written")
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_there_is_room(tmp_path, reference):
@@ -190,7 +208,9 @@ def test_a_checkpoint_folder_gone_read_only_stops_at_the_next_save_and_loses_not
         proc = _start(workdir, log=tmp_path / "ro.log")
         try:
             assert _wait_for(lambda: (ckpt / "2").is_dir(), proc), "the run ended before its first checkpoint"
+            proc.send_signal(signal.SIGSTOP)  # held while the folder turns read-only, so the run cannot finish first
             remount(ckpt, read_only=True)
+            proc.send_signal(signal.SIGCONT)
             t0 = time.monotonic()
             proc.wait(TIMEOUT_S)
         finally:
@@ -226,7 +246,10 @@ def test_two_runs_started_on_one_workdir_one_is_refused_the_other_unharmed(tmp_p
     logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
     assert sorted(codes) == [0, 2], logs
     loser = logs[codes.index(2)].strip().splitlines()[-1]
-    assert loser.startswith(f"effnet train: error: workdir '{workdir}' is in use by another run (pid "), loser
+    # Refused by the lock (it came while the other ran) or, had it come after the other finished, by its checkpoints.
+    refusals = (f"effnet train: error: workdir '{workdir}' is in use by another run (pid ",
+                f"effnet train: error: {workdir / 'checkpoints'} already holds checkpoints")  # fmt: skip
+    assert loser.startswith(refusals), loser
     _assert_same_as_reference(workdir, reference)
     _count("two runs on one workdir")
 

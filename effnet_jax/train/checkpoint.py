@@ -5,8 +5,8 @@ Layout of `<workdir>/checkpoints/<step>/`: `model` (params, BN stats and RNG str
 data, the config, the metrics of the open logging window). Orbax writes each step into a temporary directory
 and renames it when complete, so a crash (even `kill -9`) mid-save leaves the previous checkpoint as the
 latest. Saves are asynchronous (the step goes on while the host copy is written); a write that fails (full
-disk, read-only or vanished folder) surfaces at the next `check()` as one `CheckpointWriteError`, with the
-half-written step removed and the complete ones untouched. Restoring needs the abstract state
+disk, read-only or vanished folder) surfaces at the first `check()` after it ends as one `CheckpointWriteError`,
+with the half-written step removed and the complete ones untouched. Restoring needs the abstract state
 (`nnx.eval_shape`), whose shardings the restored arrays take. Runs before 0.3 also saved `data` (the Grain
 iterator state); the stream is a function of the step, so it is no longer read.
 
@@ -23,6 +23,7 @@ import shutil
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["ITEMS", "CheckpointWriteError", "Checkpointer", "abstract_like", "quiet_failed_writes"]
@@ -92,12 +93,19 @@ def _compare(name: str, abstract, saved) -> list[str]:
 
 def _check_free_space(directory: str, state) -> None:
     """Refuse a save the disk cannot hold before it starts: a write that runs out of space mid-way is reported too,
-    but only after Orbax's threads have each printed their own failure."""
+    but only after Orbax's threads have each printed their own failure. Every host refuses if one would (hosts
+    may write to different disks; one host alone refusing would leave the others waiting in Orbax's barrier)."""
     need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
     free = shutil.disk_usage(directory).free
-    if free < need:
-        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the checkpoint "
-                                    f"needs about {need / 2**20:.1f} MiB)")  # fmt: skip
+    short = free < need
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        short = bool(multihost_utils.process_allgather(np.int32(short)).max())
+    if short:
+        where = f"{free / 2**20:.1f} MiB free" if free < need else "too little free space on another host"
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({where}, the checkpoint needs about "
+                                    f"{need / 2**20:.1f} MiB)")  # fmt: skip
 
 
 def quiet_failed_writes() -> None:
@@ -130,15 +138,15 @@ class Checkpointer:
         self.every = every
         self._saving: int | None = None  # the step whose asynchronous write may still be running
         self._reported = False  # a failed write was raised as CheckpointWriteError
+        if not read_only:
+            self._remove_half_written()
         # Step directories are created synchronously: created asynchronously, a read-only folder left the run
-        # waiting minutes for a directory that never came (Orbax's signal timeout). Half-written `*-tmp`
-        # directories of a killed run are removed when a manager opens the folder.
+        # waiting minutes for a directory that never came (Orbax's signal timeout).
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=not read_only,
             enable_async_checkpointing=True,
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
-            cleanup_tmp_directories=not read_only,
         )
         handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "opt", "ema")}
         handlers["meta"] = ocp.JsonCheckpointHandler()
@@ -180,11 +188,14 @@ class Checkpointer:
         return started
 
     def check(self) -> None:
-        """Raise `CheckpointWriteError` if an asynchronous save has failed since the last check (cheap: reads the
-        background writer's state; the loop calls it every step)."""
-        if self._saving is not None:
+        """Raise `CheckpointWriteError` if the asynchronous save has failed (cheap while it runs: the loop calls it
+        every step). Orbax's own finishing thread takes a writer's error, so it is read back once the save is
+        over, through `wait_until_finished`."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
             with self._reporting(self._saving):
+                self.manager.wait_until_finished()
                 self.manager.check_for_errors()
+            self._saving = None
 
     @contextlib.contextmanager
     def _reporting(self, step: int):
@@ -197,11 +208,16 @@ class Checkpointer:
             self._saving, self._reported = None, True
             raise self._failed(step, e) from e
 
-    def _failed(self, step: int, e: BaseException) -> CheckpointWriteError:
-        """Remove what the failed save left (process 0; it may free the space that ran out) and say what is kept."""
+    def _remove_half_written(self, step: int | str = "*") -> None:
+        """Remove `<step>.orbax-checkpoint-tmp*` (process 0), now rather than in Orbax's background cleanup: a killed
+        run's leftovers hold disk space and must be gone before this run saves."""
         if jax.process_index() == 0:
             for tmp in glob.glob(os.path.join(glob.escape(self.directory), f"{step}.orbax-checkpoint-tmp*")):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _failed(self, step: int, e: BaseException) -> CheckpointWriteError:
+        """Remove what the failed save left (it may free the space that ran out) and say what is kept."""
+        self._remove_half_written(step)
         complete = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit()) if os.path.isdir(
             self.directory) else []  # fmt: skip
         kept = f"the latest complete checkpoint, step {complete[-1]}, is intact" if complete else "no checkpoint before"
@@ -242,6 +258,11 @@ class Checkpointer:
             with self._reporting(self._saving):
                 self.manager.wait_until_finished()
                 self.manager.check_for_errors()
+
+    def abandon(self) -> None:
+        """For an interrupted process: neither wait for the save in flight nor raise its failure (its temporary
+        folder is never read and is removed by the next run)."""
+        self._saving, self._reported = None, True
 
     def close(self) -> None:
         """Finish the pending save and release the manager; a failed save is still raised, after the release."""

@@ -289,8 +289,7 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
             "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "grad_norm": optax.global_norm(grads),
             "lr": schedule(step),
-            # A finite loss and gradient can still step the weights to inf (a huge lr); nothing non-finite is saved.
-            "finite": jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves((weights, ema))])),
+            "finite": _all_finite((weights, rest, ema, nnx.state(optimizer))),
         }
         return {"weights": weights, "rest": rest, "opt": nnx.state(optimizer), "ema": ema}, metrics
 
@@ -302,6 +301,13 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
     )
     jit_eval = make_eval_step(run.eval_graphdef, mesh)
     return jit_train, jit_eval
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every float in `tree` is finite: a finite loss and gradient can still step the weights, the BN
+    statistics or an optimizer moment to inf (a huge lr, a huge gradient squared); nothing non-finite is saved."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 def run_eval(cfg, mesh, run, eval_step, logger, data) -> dict | None:
@@ -572,11 +578,14 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop)
         return finish(cfg, run, data, stats, logger)
-    except (NonFiniteLoss, CheckpointWriteError):
+    except CheckpointWriteError:
         logger.close()
-        run.ckpt.close()  # finish saves of earlier, good steps (raises if one failed); nothing new is written
+        run.ckpt.close()
         raise
-    except BaseException:  # anything else: it is the error to report; a failing save is cleaned up, not raised
+    except KeyboardInterrupt:  # a second Ctrl-C: out now, without waiting for a save in flight
+        run.ckpt.abandon()
+        raise
+    except BaseException:  # NonFiniteLoss or any other error is the one to report; earlier good saves still finish
         with contextlib.suppress(Exception):
             logger.close()
         with contextlib.suppress(CheckpointWriteError):

@@ -75,9 +75,9 @@ def _drop_rows_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        n = sum(1 for _ in f)
+        text = f.read()
     keep = [r for r in _rows(path) if r.get("step", 0) <= step]
-    if len(keep) != n:
+    if len(keep) != len(text.splitlines()) or (text and not text.endswith("\n")):  # a torn last row too
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
