@@ -129,7 +129,7 @@ def preload(argv: list[str]) -> str:
         wanted = "tcmalloc, jemalloc or mimalloc" if choice == "auto" else choice
         return (
             f"allocator: glibc malloc; no {wanted} found, and the CPU train step runs several times slower under "
-            "glibc's: apt install libtcmalloc-minimal4 (or pip install cmeel-mimalloc)"
+            "glibc's: install tcmalloc (Debian/Ubuntu: apt install libtcmalloc-minimal4)"
         )
     preloads = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p]
     environ = {**os.environ, "LD_PRELOAD": ":".join([found[1], *preloads]), _REEXEC: "1"}
@@ -144,7 +144,7 @@ def allocator_hint() -> str | None:
     if not _glibc_linux() or active() is not None:
         return None
     found = find()
-    how = f"LD_PRELOAD={found[1]} python ..." if found else "apt install libtcmalloc-minimal4, then LD_PRELOAD=..."
+    how = f"LD_PRELOAD={found[1]} python ..." if found else "apt install libtcmalloc-minimal4, then LD_PRELOAD=it"
     return (
         "effnet: this process uses glibc's malloc, under which XLA CPU's train step runs several times slower; "
         f"start Python with a fast allocator preloaded ({how}), or call effnet_jax.retain_host_memory() first"
