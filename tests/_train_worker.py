@@ -1,8 +1,8 @@
 """Subprocess helper for the training tests (not collected by pytest): modes that need a fresh process.
 
     python tests/_train_worker.py kill AT_STEP -- KEY=VALUE ...   train, SIGKILL itself before step AT_STEP
-    python tests/_train_worker.py signal SIGTERM AT_STEP [group] -- ...   `effnet train`, SIGTERM to itself (or
-                                                                          its process group) in step AT_STEP
+    python tests/_train_worker.py signal SIGTERM AT_STEP [group] [twice] -- ...   `effnet train`, SIGTERM to
+                                        itself (or its process group; twice: two in a row) in step AT_STEP
     python tests/_train_worker.py dist OUT.npz -- KEY=VALUE ...   train under jax.distributed, dump final weights
     python tests/_train_worker.py sharded -- KEY=VALUE ...        one step on a 4-device mesh and on 1 device
 
@@ -50,9 +50,10 @@ def kill(at_step: int, overrides) -> None:
     train_mod.train(_cfg(overrides))
 
 
-def signal_at(name: str, at_step: int, overrides, group: bool = False) -> int:
+def signal_at(name: str, at_step: int, overrides, group: bool = False, twice: bool = False) -> int:
     """`effnet train` that sends itself (`group`: its whole process group, Grain workers included, as a terminal's
-    Ctrl-C or SLURM does) signal `name` while step `at_step` runs; returns the CLI's exit status."""
+    Ctrl-C or SLURM does) signal `name` (`twice`: two in a row) while step `at_step` runs; returns the CLI's exit
+    status."""
     from effnet_jax.cli import main
     from effnet_jax.train import loop as train_mod
 
@@ -64,7 +65,8 @@ def signal_at(name: str, at_step: int, overrides, group: bool = False) -> int:
             if group:
                 os.killpg(os.getpgid(0), getattr(signal, name))
             else:
-                os.kill(os.getpid(), getattr(signal, name))
+                for _ in range(2 if twice else 1):
+                    os.kill(os.getpid(), getattr(signal, name))
         return real(batch, mesh)
 
     train_mod.to_global = to_global
@@ -115,7 +117,7 @@ if __name__ == "__main__":
     if mode == "kill":
         kill(int(args[0]), overrides)
     elif mode == "signal":
-        sys.exit(signal_at(args[0], int(args[1]), overrides, group=args[2:] == ["group"]))
+        sys.exit(signal_at(args[0], int(args[1]), overrides, group="group" in args[2:], twice="twice" in args[2:]))
     elif mode == "dist":
         dist(args[0], overrides)
     elif mode == "sharded":

@@ -170,6 +170,20 @@ def test_a_stop_signal_checkpoints_that_step_and_resume_matches_uninterrupted(fi
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path):
+    """Two SIGINTs in step 5: out without the checkpoint of step 5, exit 130, one line (it was a traceback)."""
+    overrides = [*TINY, f"workdir={tmp_path}"]
+    cmd = [sys.executable, WORKER, "signal", "SIGINT", "5", "twice", "--", *overrides]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    stopped = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"effnet train: interrupted; the latest complete checkpoint in {tmp_path} is kept (--resume continues from it)"
+    )
+    assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps() == [2, 4]
+
+
 def test_a_second_run_on_a_live_workdir_is_refused(tmp_path, capsys):
     """Two runs on one workdir: the second is one line, exit 2, and writes nothing; the holder's death frees it."""
     holder = subprocess.Popen(

@@ -50,6 +50,10 @@ def main(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"effnet train: {e}", file=sys.stderr)
         return PREEMPTED_EXIT
+    except KeyboardInterrupt:  # a second Ctrl-C: out at once, without the checkpoint of the step in progress
+        print(f"effnet train: interrupted; the latest complete checkpoint in {cfg.workdir} is kept (--resume "
+              "continues from it)", file=sys.stderr)  # fmt: skip
+        return 130
     except NonFiniteLoss as e:
         print(f"effnet train: stopped: {e}", file=sys.stderr)
         return 1

@@ -259,11 +259,6 @@ class Checkpointer:
                 self.manager.wait_until_finished()
                 self.manager.check_for_errors()
 
-    def abandon(self) -> None:
-        """For an interrupted process: neither wait for the save in flight nor raise its failure (its temporary
-        folder is never read and is removed by the next run)."""
-        self._saving, self._reported = None, True
-
     def close(self) -> None:
         """Finish the pending save and release the manager; a failed save is still raised, after the release."""
         try:

@@ -582,8 +582,10 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
         logger.close()
         run.ckpt.close()
         raise
-    except KeyboardInterrupt:  # a second Ctrl-C: out now, without waiting for a save in flight
-        run.ckpt.abandon()
+    except KeyboardInterrupt:  # a second Ctrl-C: out now, without a checkpoint of this step
+        with contextlib.suppress(BaseException):  # a save already in flight is finished (a third Ctrl-C drops it)
+            logger.close()
+            run.ckpt.close()
         raise
     except BaseException:  # NonFiniteLoss or any other error is the one to report; earlier good saves still finish
         with contextlib.suppress(Exception):
