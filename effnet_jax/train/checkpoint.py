@@ -1,4 +1,4 @@
-"""Training checkpoints with Orbax: model, optimizer, EMA, step, RNG and the data iterator, in one step dir.
+"""Training checkpoints with Orbax: model, optimizer, EMA, step, RNG and the open metrics window, in one step dir.
 
 Layout of `<workdir>/checkpoints/<step>/`: `model` (params, BN stats and RNG streams of the live model),
 `opt` (optax state and step count), `ema` (EMA params and BN stats), `meta` (JSON: step, root RNG key
