@@ -177,10 +177,7 @@ class Checkpointer:
             ema=ocp.args.StandardSave(ema),
             meta=ocp.args.JsonSave(meta),
         )
-        if self._saving is not None:  # Orbax waits for the previous save before starting one; its failure is its own
-            with self._reporting(self._saving):
-                self.manager.wait_until_finished()
-                self.manager.check_for_errors()
+        self.wait_until_finished()  # Orbax waits for the previous save before starting one; its failure is its own
         with self._reporting(step):
             _check_free_space(self.directory, (model, opt, ema))
             started = bool(self.manager.save(step, args=ocp.args.Composite(**items), force=True))
@@ -192,10 +189,7 @@ class Checkpointer:
         every step). Orbax's own finishing thread takes a writer's error, so it is read back once the save is
         over, through `wait_until_finished`."""
         if self._saving is not None and not self.manager.is_saving_in_progress():
-            with self._reporting(self._saving):
-                self.manager.wait_until_finished()
-                self.manager.check_for_errors()
-            self._saving = None
+            self.wait_until_finished()
 
     @contextlib.contextmanager
     def _reporting(self, step: int):
@@ -258,6 +252,7 @@ class Checkpointer:
             with self._reporting(self._saving):
                 self.manager.wait_until_finished()
                 self.manager.check_for_errors()
+            self._saving = None
 
     def close(self) -> None:
         """Finish the pending save and release the manager; a failed save is still raised, after the release."""

@@ -378,7 +378,7 @@ def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar) -> di
         finite = metrics.pop("finite")
         run.window.append(metrics)
         pending.append((metrics["loss"], metrics["grad_norm"], finite))
-        run.ckpt.check()  # a failed asynchronous save stops the run here, one step after it failed
+        run.ckpt.check()  # a failed asynchronous save stops the run here, at the first step after it ended
         if stats["first_step_s"] is None:
             jax.block_until_ready(metrics["loss"])
             stats["first_step_s"] = time.perf_counter() - stats["start"]  # mostly compilation

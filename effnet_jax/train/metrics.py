@@ -57,18 +57,22 @@ class Logger:
             self.tb.close()
 
 
+def _parse(lines) -> list[dict]:
+    """Rows from metrics.jsonl lines; a line a killed run left half-written is skipped."""
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def _rows(path: str) -> list[dict]:
-    """The rows of metrics.jsonl; a line a killed run left half-written is skipped."""
     if not os.path.exists(path):
         return []
-    rows = []
     with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+        return _parse(f)
 
 
 def _drop_rows_after(path: str, step: int) -> None:
@@ -76,8 +80,9 @@ def _drop_rows_after(path: str, step: int) -> None:
         return
     with open(path) as f:
         text = f.read()
-    keep = [r for r in _rows(path) if r.get("step", 0) <= step]
-    if len(keep) != len(text.splitlines()) or (text and not text.endswith("\n")):  # a torn last row too
+    lines = text.splitlines()
+    keep = [r for r in _parse(lines) if r.get("step", 0) <= step]
+    if len(keep) != len(lines) or (text and not text.endswith("\n")):  # a torn last row too
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
