@@ -119,6 +119,7 @@ def main() -> int:
         _child(args.child, args.reps, args.child_out)
         return 0
     sys.path.insert(0, os.getcwd())
+    from effnet_jax.bench.report import write_results
     from effnet_jax.ops.allocator import find
 
     rows = []
@@ -140,13 +141,8 @@ def main() -> int:
         row["effnet_train"] = _effnet_train(env, args.train_steps)
         print(json.dumps({k: v for k, v in row.items() if k != "env"}), file=sys.stderr)
         rows.append(row)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "allocators-cpu.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    md = markdown(rows, args)
-    with open(os.path.join(args.out, "allocators-cpu.md"), "w") as f:
-        f.write(md)
-    print(md)
+    # Each row keeps its own process's env (its allocator, load, time); the first is the run's.
+    write_results(args.out, "allocators-cpu", {"env": rows[0]["env"], "rows": rows}, markdown(rows, args))
     return 0
 
 
