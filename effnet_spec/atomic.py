@@ -8,7 +8,7 @@ import secrets
 import stat
 import tempfile
 
-__all__ = ["unwritable_dir", "write_atomic"]
+__all__ = ["unwritable_dir", "unwritable_file", "write_atomic"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -75,3 +75,15 @@ def unwritable_dir(directory: str | os.PathLike) -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+def unwritable_file(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be written as a file (a sentence), or None; checked before any work, creating nothing."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "it is a directory; give a file name inside it"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"its directory {parent} does not exist"
+    reason = unwritable_dir(parent)
+    return f"its directory {parent} is not writable ({reason})" if reason else None

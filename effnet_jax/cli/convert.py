@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import replace
 
-from effnet_spec.atomic import unwritable_dir
+from effnet_spec.atomic import unwritable_file
 
 
 def _sources():
@@ -109,11 +109,7 @@ def _unwritable(out: str) -> str | None:
     """Why `out` cannot be written as a file, or None; checked before any work (nothing is created)."""
     if os.path.isdir(out):
         return "it is a directory; give a file name such as " + os.path.join(out, "model.safetensors")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        return f"its directory {parent} does not exist"
-    reason = unwritable_dir(parent)
-    return f"its directory {parent} is not writable ({reason})" if reason else None
+    return unwritable_file(out)
 
 
 def convert_run(run_dir: str, out: str, *, raw: bool = False, target: str | None = None, overrides: dict | None = None):
