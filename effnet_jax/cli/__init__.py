@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "effnet_jax.cli.convert",
         "import torchvision/timm/efficientnet_pytorch weights or a training run into effnet format, or export them",
     ),
+    "export": ("effnet_jax.cli.export", "export weights as StableHLO, ONNX or a torch.export program, verified"),
     "bench": ("effnet_jax.cli.bench", "benchmark effnet_jax against effnet_torch side by side"),
 }
 
@@ -37,7 +38,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 # The subcommands that compute with JAX on the host: they run on a fast malloc (ops.allocator).
-COMPUTE = ("train", "eval", "predict", "bench")
+COMPUTE = ("train", "eval", "predict", "export", "bench")
 
 
 def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> int:

@@ -1,0 +1,51 @@
+"""The PyTorch twin of a JAX model, traced by the torch-based formats (ONNX, torch.export)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import warnings
+
+from .common import sample_input
+
+_PIP = {"torch": "effnet[torch]", "onnx": "effnet[export]", "onnxscript": "effnet[export]",
+        "onnxruntime": "effnet[export]"}  # fmt: skip
+
+
+def needs(*modules: str):
+    """Import `modules` (returns the first), or one ModuleNotFoundError saying what to install."""
+    loaded = []
+    for name in modules:
+        try:
+            loaded.append(importlib.import_module(name))
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"this export needs {name}: pip install '{_PIP[name]}'", name=name) from None
+    return loaded[0]
+
+
+def twin(model, size: tuple[int, int]):
+    """(the eval-mode torch twin, an NCHW example input of batch 2: a batch of 1 would pin the batch to 1)."""
+    torch = needs("torch")
+    from ..weights import to_torch
+
+    net = to_torch(model).eval()
+    x = sample_input(model.spec.in_channels, size).transpose(0, 3, 1, 2).copy()
+    return net, torch.from_numpy(x)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep the exporters' own chatter (progress on stdout, notes about torchvision ops, torch's deprecation
+    warnings about its own internals) off the user's terminal; errors still raise."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        log.setLevel(level)

@@ -1,0 +1,147 @@
+"""What every export format shares: the model in eval mode, the input size, the verification and the files written.
+
+Each format module (`stablehlo`, `onnx`, `torch_export`) only turns a model into bytes (`serialize`) and runs those
+bytes in its own runtime (`run`); this module checks the run against the JAX model and writes the artifact and its
+sidecar JSON, both atomically, only once the check has passed (docs/design.md, "Export").
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from effnet_spec.atomic import unwritable_file, write_atomic
+
+__all__ = ["Exported", "ExportMismatchError", "parse_size", "sample_input", "sidecar_path"]
+
+
+class ExportMismatchError(ValueError):
+    """The exported artifact, run in its own runtime, does not reproduce the JAX model's outputs."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: the artifact, its sidecar JSON, and how far its outputs were from the JAX model's."""
+
+    path: str
+    meta_path: str
+    format: str
+    size: tuple[int, int]
+    max_abs_diff: float | None  # None when verification was skipped
+
+
+def sidecar_path(out: str | os.PathLike) -> str:
+    """The JSON written beside an artifact: `b0.onnx` -> `b0.onnx.json` (a `.onnx` and a `.pt2` never share one)."""
+    return os.fspath(out) + ".json"
+
+
+def parse_size(size, default: int) -> tuple[int, int]:
+    """(H, W) from None (the weights' resolution), an int, "224", "200x256" or an (H, W) pair.
+
+    Raises:
+        ValueError: anything else, or a side below 1 pixel.
+    """
+    if size is None:
+        size = default
+    given = size
+    if isinstance(size, str):
+        parts = size.lower().split("x")
+        try:
+            size = tuple(int(p) for p in parts)
+        except ValueError:
+            size = None
+        if size is not None and len(size) == 1:
+            size = size[0]
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size)
+    )
+    if not ok:
+        raise ValueError(f"export size must be a positive int or HxW such as 224 or 240x320, got {given!r}")
+    return int(size[0]), int(size[1])
+
+
+def sample_input(in_channels: int, size: tuple[int, int], batch: int = 2, seed: int = 0) -> np.ndarray:
+    """The fixed verification input: NHWC float32 standard normal (what a normalised image looks like)."""
+    return np.random.default_rng(seed).standard_normal((batch, *size, in_channels), dtype=np.float32)
+
+
+def tolerance(reference: np.ndarray) -> float:
+    """How far an artifact's outputs may be from the JAX model's.
+
+    Two float32 runtimes sum in different orders; on real ImageNet weights the twins and other libraries agree to
+    about 1e-6 of the logit scale (parity_tests). 1e-5 of the scale, and at least 1e-4, leaves a 10x margin and
+    still catches any wrong padding, layout or weight (those move logits by a large fraction of their scale).
+    """
+    return 1e-5 * max(10.0, float(np.abs(reference).max()))
+
+
+def compare(fmt: str, got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want|; raises ExportMismatchError when it is over `tolerance(want)` (or the shapes differ)."""
+    got = np.asarray(got)
+    if got.shape != want.shape:
+        raise ExportMismatchError(f"{fmt} artifact returned shape {got.shape}; the JAX model returns {want.shape}")
+    diff = float(np.abs(got.astype(np.float64) - want).max())
+    tol = tolerance(want)
+    if not diff <= tol:  # NaN fails too
+        raise ExportMismatchError(
+            f"{fmt} artifact does not reproduce the JAX model: max |diff| {diff:.3g} > tolerance {tol:.3g}"
+        )
+    return diff
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """Refuse an output path that cannot be written, before any work."""
+    for path in (os.fspath(out), sidecar_path(out)):
+        problem = unwritable_file(path)
+        if problem:
+            raise OSError(f"cannot write {path}: {problem}")
+
+
+def metadata(model, fmt: str, size: tuple[int, int], io_names: tuple[str, str], layout: str, diff: float | None,
+             tol: float | None) -> dict:  # fmt: skip
+    """The sidecar: what a consumer needs to feed the artifact and read its output, without effnet."""
+    from ..predict import class_names
+
+    spec, pre = model.spec, model.preprocessing
+    h, w = size
+    shape = ["batch", h, w, spec.in_channels] if layout == "NHWC" else ["batch", spec.in_channels, h, w]
+    head = spec.num_classes > 0
+    transform = {k: v for k, v in asdict(pre).items() if k != "class_names"} if pre is not None else None
+    return {
+        "format": fmt,
+        "effnet_version": importlib.metadata.version("effnet"),
+        "model": spec.name,
+        "padding": spec.conv.padding,
+        "input": {
+            "name": io_names[0],
+            "shape": shape,
+            "layout": layout,
+            "dtype": "float32",
+            "values": "RGB scaled to [0, 1], then (x - mean) / std per channel",
+        },  # fmt: skip
+        "output": {
+            "name": io_names[1],
+            "shape": ["batch", spec.num_classes if head else spec.head_ch],
+            "dtype": "float32",
+            "values": "logits (no softmax)" if head else "pooled features (no classifier)",
+        },
+        "preprocessing": transform,
+        "class_names": class_names(pre, spec.num_classes) if head and pre is not None else None,
+        "verification": None if diff is None else {"against": "effnet_jax", "max_abs_diff": diff, "tolerance": tol},
+    }
+
+
+def write(out: str | os.PathLike, data: bytes, meta: dict) -> str:
+    """The artifact, then its sidecar, each atomically; returns the sidecar's path."""
+    meta_path = sidecar_path(out)
+    write_atomic(out, data)
+    write_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    return meta_path
