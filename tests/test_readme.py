@@ -80,3 +80,29 @@ def test_finetune_api_runs_as_written(tmp_path, monkeypatch):
     assert ns["summary"]["steps"] == 30
     assert ns["tuned"].preprocessing.class_names == tuple("0123456789")
     assert ns["tuned"].spec.conv == ns["model"].spec.conv, "a fine-tuned run keeps the weights' conventions"
+
+
+@pytest.mark.slow
+def test_export_commands_run_as_written(tmp_path, monkeypatch):
+    """The README's Export commands, verbatim, on a b0 checkpoint: each writes a verified artifact and its JSON."""
+    import json
+    import shlex
+
+    import torch
+
+    import effnet_torch
+    from effnet_jax.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    effnet_torch.save_checkpoint(effnet_torch.EfficientNet.from_name("b0").eval(), "b0.safetensors")
+    block = _between(README.read_text(), "export").removeprefix("```bash").removesuffix("```").strip()
+    outs = []
+    for line in block.splitlines():
+        argv = shlex.split(line.split("#")[0])
+        assert argv[:2] == ["effnet", "export"], line
+        assert cli_main(argv[1:], fast_malloc=False) == 0, line
+        outs.append(argv[3])
+    assert outs == ["b0.onnx", "b0.stablehlo", "b0.pt2"]
+    shapes = [json.loads((tmp_path / f"{o}.json").read_text())["input"]["shape"] for o in outs]
+    assert shapes == [["batch", 3, 224, 224], ["batch", 224, 224, 3], ["batch", 3, 240, 320]]
