@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-FORMATS = ("stablehlo", "onnx", "torch-export")  # effnet_jax.export.FORMATS, spelled here so --help imports no jax
+from ..export import FORMATS  # imports no jax: --help stays quick
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "training run directory, or hf-hub:<org>/<name>")  # fmt: skip
     p.add_argument("out", metavar="OUT", help="the artifact to write (its metadata goes to OUT.json)")
     p.add_argument("--format", required=True, choices=FORMATS, help="stablehlo (jax.export), onnx (through the "
-                   "PyTorch twin), torch-export (a .pt2 ExportedProgram of the twin)")  # fmt: skip
+                   "PyTorch twin), torch-export (a .pt2 ExportedProgram of the twin))")  # fmt: skip
     p.add_argument("--size", help="input size, 224 or HxW such as 240x320 (default: the weights' resolution)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip running the artifact in its runtime and comparing it with the JAX model")  # fmt: skip
@@ -58,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except (OSError, ValueError, ModuleNotFoundError) as e:
         print(f"effnet export: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"effnet export: out of memory exporting at --size {args.size}; try a smaller size", file=sys.stderr)
         return 1
     check = "not verified" if r.max_abs_diff is None else f"verified: max |diff| {r.max_abs_diff:.2g} vs effnet_jax"
     print(f"wrote {r.path} ({r.format}, {r.size[0]}x{r.size[1]}, dynamic batch; {check}) and {r.meta_path}")

@@ -21,7 +21,17 @@ import numpy as np
 from . import common
 from .common import Exported, ExportMismatchError, sidecar_path
 
-__all__ = ["FORMATS", "Exported", "ExportMismatchError", "export", "load_stablehlo", "sidecar_path"]
+__all__ = [
+    "FORMATS",
+    "ExportMismatchError",
+    "Exported",
+    "export",
+    "export_onnx",
+    "export_stablehlo",
+    "export_torch",
+    "load_stablehlo",
+    "sidecar_path",
+]
 
 FORMATS = ("stablehlo", "onnx", "torch-export")
 
@@ -39,19 +49,19 @@ def _module(fmt: str) -> ModuleType:
 
 
 def _eval_model(source, weight_source: str | None, model: str | None, ema: bool):
-    """An eval-mode model of `source`, never the caller's own object (its mode stays as it was)."""
-    from flax import nnx
-
+    """A float32, eval-mode model of `source`, never the caller's own object (its mode and dtype stay as they were):
+    the artifacts compute in float32, so the reference they are checked against does too."""
     from effnet_spec import default_preprocessing
 
     from ..model import EfficientNet
-    from ..weights import from_pretrained
+    from ..weights import from_pretrained, model_from_state_dict, state_dict_from_model
 
     if isinstance(source, EfficientNet):
-        net = nnx.clone(source)
-        net.eval()
+        net = model_from_state_dict(source.spec, state_dict_from_model(source))
+        net.preprocessing = source.preprocessing
     else:
         net = from_pretrained(source, weight_source=weight_source, model=model, ema=ema)
+    net.eval()
     if net.preprocessing is None:  # a model built in code: the variant's own eval transform
         net.preprocessing = default_preprocessing(net.spec)
     return net
@@ -59,6 +69,24 @@ def _eval_model(source, weight_source: str | None, model: str | None, ema: bool)
 
 def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_the_source(source, out: str) -> None:
+    """Refuse to write over the weights being exported (or into the run directory they come from)."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.exists(os.fspath(source)):
+        return
+    src = os.path.abspath(os.fspath(source))
+    for path in (out, common.sidecar_path(out)):
+        inside = os.path.isdir(src) and os.path.commonpath([src, os.path.abspath(path)]) == src
+        if _same_file(path, src) or inside:
+            raise ValueError(f"cannot write {path}: it would overwrite or sit inside the source {src}")
 
 
 def export(
@@ -81,7 +109,7 @@ def export(
             there.
         size: input H, W (an int, "HxW" or a pair); default the weights' resolution. Fixed in the artifact: TF-SAME
             padding depends on it. The batch stays dynamic.
-        verify: run the artifact on a fixed input in its own runtime and compare with the JAX model first.
+        verify: run the artifact on a fixed input in its own runtime (on the CPU) and compare with the JAX model.
         options: per format: `platforms=("cpu", "cuda", "tpu")` for stablehlo, `opset=` for onnx.
 
     Raises:
@@ -90,15 +118,17 @@ def export(
         OSError: `out` cannot be written (checked before any work). ModuleNotFoundError: the format's runtime.
     """
     fmt = _module(format)
-    if format == "stablehlo":
-        options["platforms"] = fmt.check_platforms(options.get("platforms", ("cpu",)))
-    allowed = {"stablehlo": {"platforms"}, "onnx": {"opset"}, "torch-export": set()}[format]
+    allowed = {"stablehlo": {"platforms"}, "onnx": {"opset"}}.get(format, set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"{format} export takes no option {', '.join(unknown)}; its options: {sorted(allowed)}")
-    if verify and format == "stablehlo":
-        _check_runnable_here(options["platforms"])
+    if hasattr(fmt, "check_options"):
+        options = fmt.check_options(verify=verify, **options)
+    if size is not None:
+        size = common.parse_size(size, 0)
+    out = os.fspath(out)
     common.check_writable(out)
+    _check_not_the_source(source, out)
     net = _eval_model(source, weight_source, model, ema)
     size = common.parse_size(size, net.preprocessing.resolution)
     data = fmt.serialize(net, size, **options)
@@ -108,28 +138,38 @@ def export(
         want = _reference(net, x)
         diff, tol = common.compare(format, fmt.run(data, _to_layout(x, fmt.LAYOUT)), want), common.tolerance(want)
     names = (fmt.NAMES[0], fmt.NAMES[1] if net.spec.num_classes else "features")
-    meta_path = common.write(out, data, common.metadata(net, format, size, names, fmt.LAYOUT, diff, tol))
-    return Exported(os.fspath(out), meta_path, format, size, diff)
+    meta = common.metadata(net, format, size, names, fmt.LAYOUT, diff, tol)
+    meta.update(fmt.describe(data) if hasattr(fmt, "describe") else {})
+    meta_path = common.write(out, data, meta)
+    return Exported(out, meta_path, format, size, diff)
 
 
 def _reference(net, x: np.ndarray) -> np.ndarray:
-    """The JAX model's outputs (float64 for the comparison), computed as `effnet predict` computes them."""
+    """The JAX model's outputs (float64 for the comparison), on the CPU: full float32 precision on any machine (a
+    GPU's default matmul precision, TF32, would be off by more than the tolerance)."""
     import jax
     from flax import nnx
 
+    cpu = jax.devices("cpu")[0]
     graphdef, state = nnx.split(net)
-    return np.asarray(jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))(state, x), dtype=np.float64)
+    with jax.default_device(cpu):
+        out = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))(jax.device_put(state, cpu), x)
+    return np.asarray(out, dtype=np.float64)
 
 
-def _check_runnable_here(platforms: tuple[str, ...]) -> None:
-    import jax
+def export_stablehlo(source, out: str | os.PathLike, *, platforms=("cpu",), **kwargs) -> Exported:
+    """`export(source, out, format="stablehlo")`; `platforms` among cpu, cuda, rocm, tpu."""
+    return export(source, out, format="stablehlo", platforms=platforms, **kwargs)
 
-    here = jax.default_backend()
-    if here not in platforms:
-        raise ValueError(
-            f"cannot verify a stablehlo export for {','.join(platforms)} on this {here} machine: add {here} to the "
-            "platforms or skip verification (--no-verify)"
-        )
+
+def export_onnx(source, out: str | os.PathLike, *, opset: int | None = None, **kwargs) -> Exported:
+    """`export(source, out, format="onnx")`: the twin through `torch.onnx.export`, checked in ONNX Runtime."""
+    return export(source, out, format="onnx", opset=opset, **kwargs)
+
+
+def export_torch(source, out: str | os.PathLike, **kwargs) -> Exported:
+    """`export(source, out, format="torch-export")`: a `.pt2` ExportedProgram of the twin."""
+    return export(source, out, format="torch-export", **kwargs)
 
 
 def load_stablehlo(path: str | os.PathLike):

@@ -10,8 +10,8 @@ import warnings
 
 from .common import sample_input
 
-_PIP = {"torch": "effnet[torch]", "onnx": "effnet[export]", "onnxscript": "effnet[export]",
-        "onnxruntime": "effnet[export]"}  # fmt: skip
+# module -> the extra that installs it
+_PIP = {"torch": "torch", "onnx": "export", "onnxscript": "export", "onnxruntime": "export"}
 
 
 def needs(*modules: str):
@@ -21,7 +21,8 @@ def needs(*modules: str):
         try:
             loaded.append(importlib.import_module(name))
         except ModuleNotFoundError:
-            raise ModuleNotFoundError(f"this export needs {name}: pip install '{_PIP[name]}'", name=name) from None
+            hint = f"pip install 'effnet[{_PIP[name]}]'"
+            raise ModuleNotFoundError(f"this export needs {name}: {hint}", name=name) from None
     return loaded[0]
 
 
@@ -39,13 +40,15 @@ def twin(model, size: tuple[int, int]):
 def quiet():
     """Keep the exporters' own chatter (progress on stdout, notes about torchvision ops, torch's deprecation
     warnings about its own internals) off the user's terminal; errors still raise."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)  # a failed opset conversion is logged as an error, then checked by us
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)

@@ -86,6 +86,10 @@ def read_pretrained(
         return _from_run(text, ema)
     if not os.path.exists(text):
         raise FileNotFoundError(f"{text}: no such file or directory; expected {SOURCES_HELP}")
+    try:  # a file we may not read says so, rather than looking like a truncated one to the readers below
+        open(text, "rb").close()
+    except OSError as e:
+        raise OSError(e.errno, f"{text}: cannot read it ({e.strerror})") from None
     if weight_source in (None, "effnet") and _has_effnet_header(text):
         spec, state, pre = read_checkpoint(text)
         if model and _variant(model) != spec.name:
