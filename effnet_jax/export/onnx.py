@@ -1,7 +1,7 @@
 """ONNX through the PyTorch twin (`torch.onnx.export`, dynamo), checked with ONNX Runtime.
 
 Chosen over jax2onnx by measurement (benchmarks/results/export-ort-cpu.md): the same fidelity, a graph a fifth the
-size (BN folded into the convs, no layout transposes) that ONNX Runtime ran 1.6-1.8x as fast, and no pin on
+size (BN folded into the convs, no layout transposes) that ONNX Runtime ran 1.8x as fast, and no pin on
 orbax-checkpoint. The graph takes NCHW, ONNX's layout, with a dynamic batch; TF-SAME padding becomes the static
 `pads` of each Conv for the exported size, the depthwise conv one grouped `Conv`, SiLU `x * Sigmoid(x)`.
 """
