@@ -1,4 +1,5 @@
-"""Input pipeline on Grain: sources (embedded digits, image folder, synthetic), per-host slicing, batching.
+"""Input pipeline on Grain: sources (embedded digits, image folder, its ArrayRecord shards, synthetic), per-host
+slicing, batching.
 
 The train stream is a pure function of (seed, position): global position p of the run is example
 `perm_e[p % n]` of epoch `e = p // n`, where `perm_e` is a permutation seeded by (seed, e), and its
@@ -15,6 +16,7 @@ Eval batches are the split in order, padded to a multiple of the eval batch with
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import os
@@ -25,6 +27,7 @@ import grain
 import numpy as np
 
 from ..images import eight_bit
+from . import records
 from .augment import EvalTransform, TrainTransform
 
 __all__ = [
@@ -32,8 +35,11 @@ __all__ = [
     "DIGITS_VAL_SHARE",
     "Batches",
     "DigitsSource",
+    "EncodedImages",
     "ImageFolderSource",
+    "RecordsSource",
     "SyntheticSource",
+    "decode_image",
     "eval_dataset",
     "make_source",
     "train_dataset",
@@ -97,15 +103,84 @@ class SyntheticSource:
         return self.images[i], int(self.labels[i])
 
 
-class ImageFolderSource:
-    """`root/<class>/<image>.{jpg,jpeg,png}`; classes are the sorted sub-folder names.
+def decode_image(file) -> np.ndarray:
+    """An encoded image (a path or a binary file object) as uint8 RGB (H, W, 3): the one decode path of every
+    source of encoded images, so a folder and its ArrayRecord shards give identical arrays."""
+    from PIL import Image
 
-    An unreadable image is skipped with a warning and replaced by the next readable one (so batch shapes
-    never change); `skipped` counts them in this process.
+    with Image.open(file) as im:
+        return np.asarray(eight_bit(im).convert("RGB"))
+
+
+class EncodedImages:
+    """Base of the sources that hold encoded image files (a folder, ArrayRecord shards): one decode path, an
+    unreadable image skipped with a warning and replaced by the next readable one (so batch shapes never change;
+    `skipped` counts them in this process), and a probe when opened. Subclasses set `kind`, `root` and `_item`."""
+
+    kind = "image source"
+    root = ""
+    skipped = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _item(self, i: int) -> tuple[object, int, str]:
+        """(path or binary file object, label, name for messages) of image `i`."""
+        raise NotImplementedError
+
+    def _decode(self, i: int) -> tuple[np.ndarray, int]:
+        file, label, _ = self._item(i)
+        return decode_image(file), label
+
+    def _probe(self) -> None:
+        """Decode up to PROBE images spread over the source before training starts: a source of which none can be
+        read (the wrong folder, a failed copy) is one line now, not thousands of skip warnings mid-run."""
+        m = min(PROBE, len(self))
+        picks = sorted({round(k * (len(self) - 1) / max(1, m - 1)) for k in range(m)})
+        errors = []
+        for i in picks:
+            try:
+                self._decode(i)
+                return
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; each means "unreadable"
+                errors.append((self._item(i)[2], e))
+        name, e = errors[0]
+        raise ValueError(
+            f"{self.kind} {self.root!r}: none of the {len(picks)} images tried could be read (first: {name!r}: "
+            f"{type(e).__name__}: {e})"
+        )
+
+    def _read(self, i: int) -> tuple[np.ndarray, int] | None:
+        try:
+            return self._decode(i)
+        except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
+            self.skipped += 1
+            warnings.warn(
+                f"skipping unreadable image {self._item(i)[2]!r} ({type(e).__name__}: {e}); "
+                f"{self.skipped} skipped so far in this process",
+                stacklevel=2,
+            )
+            return None
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        for k in range(MAX_SUBSTITUTES):
+            got = self._read((i + k) % len(self))
+            if got is not None:
+                return got
+        raise ValueError(
+            f"{self.kind} {self.root!r}: {MAX_SUBSTITUTES} consecutive images from {self._item(i)[2]!r} on are "
+            "unreadable; fix or remove them"
+        )
+
+
+class ImageFolderSource(EncodedImages):
+    """`root/<class>/<image>.{jpg,jpeg,png}`; classes are the sorted sub-folder names, images sorted by path.
 
     Raises:
-      ValueError: root missing, no images, or fewer than two classes.
+      ValueError: root missing, no images, fewer than two classes, or none of the probed images readable.
     """
+
+    kind = "image folder"
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
@@ -150,63 +225,60 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.files)
 
-    def _probe(self) -> None:
-        """Decode up to PROBE images spread over the folder before training starts: a folder of which none can be
-        read (the wrong folder, a failed copy) is one line now, not thousands of skip warnings mid-run."""
-        m = min(PROBE, len(self.files))
-        picks = sorted({round(k * (len(self.files) - 1) / max(1, m - 1)) for k in range(m)})
-        errors = []
-        for i in picks:
-            try:
-                self._decode(i)
-                return
-            except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; each means "unreadable"
-                errors.append((self.files[i][0], e))
-        path, e = errors[0]
-        raise ValueError(
-            f"image folder {self.root!r}: none of the {len(picks)} images tried could be read (first: {path!r}: "
-            f"{type(e).__name__}: {e})"
-        )
+    def _item(self, i: int) -> tuple[object, int, str]:
+        path, label = self.files[i]
+        return path, label, path
 
-    def _decode(self, i: int) -> np.ndarray:
-        from PIL import Image
 
-        with Image.open(self.files[i][0]) as im:
-            return np.asarray(eight_bit(im).convert("RGB"))
+class RecordsSource(EncodedImages):
+    """The ArrayRecord shards `effnet prepare` wrote from an image folder (format: `records`), read through
+    `grain.sources.ArrayRecordDataSource`: image i is the folder's image i, decoded the same way.
 
-    def _read(self, i: int) -> np.ndarray | None:
-        path = self.files[i][0]
+    Raises:
+      ValueError: an unfinished prepare, a shard missing or unreadable, a record count other than the metadata's.
+    """
+
+    kind = "records"
+
+    def __init__(self, root: str):
+        meta = records.read_metadata(root)
+        paths = [os.path.join(root, s["file"]) for s in meta["shards"]]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f"records {root!r}: {len(missing)} of the {len(paths)} shards in {records.METADATA} are "
+                             f"missing (first: {missing[0]!r})")  # fmt: skip
         try:
-            return self._decode(i)
-        except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
-            self.skipped += 1
-            warnings.warn(
-                f"skipping unreadable image {path!r} ({type(e).__name__}: {e}); "
-                f"{self.skipped} skipped so far in this process",
-                stacklevel=2,
-            )
-            return None
+            self._records = grain.sources.ArrayRecordDataSource(paths)
+        except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError/ValueError/OSError for a bad file
+            raise ValueError(f"records {root!r}: a shard cannot be read ({type(e).__name__}: {e})") from None
+        if len(self._records) != meta["num_records"]:
+            raise ValueError(f"records {root!r}: the shards hold {len(self._records)} records; "
+                             f"{records.METADATA} says {meta['num_records']}")  # fmt: skip
+        self.root = root
+        self.source = meta["source"]
+        self.class_names = tuple(meta["class_names"])
+        self.skipped = 0
+        self._probe()
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        for k in range(MAX_SUBSTITUTES):
-            j = (i + k) % len(self.files)
-            image = self._read(j)
-            if image is not None:
-                return image, self.files[j][1]
-        raise ValueError(
-            f"image folder {self.root!r}: {MAX_SUBSTITUTES} consecutive images from {self.files[i][0]!r} on are "
-            "unreadable; fix or remove them"
-        )
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _item(self, i: int) -> tuple[object, int, str]:
+        label, path, payload = records.decode_record(self._records[i])
+        return io.BytesIO(payload), label, f"{path} (record {i})"
 
 
 def make_source(data: str, split: str, *, size: int = 32, num_classes: int = 0):
-    """The source for `data` ("digits", "synthetic" or a folder path) and `split` ("train"/"val")."""
+    """The source for `data` ("digits", "synthetic", a folder `effnet prepare` wrote, or an image folder) and
+    `split` ("train"/"val")."""
     if data == "digits":
         return DigitsSource(split)
     if data == "synthetic":
         return SyntheticSource(size, num_classes or 4, seed=0 if split == "train" else 1)
     if not data:
         raise ValueError("no dataset given: set data=<image folder with one sub-folder per class>")
+    if records.is_records_dir(data):
+        return RecordsSource(data)
     return ImageFolderSource(data)
 
 
