@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "effnet_jax.cli.convert",
         "import torchvision/timm/efficientnet_pytorch weights or a training run into effnet format, or export them",
     ),
+    "prepare": (
+        "effnet_jax.cli.prepare",
+        "pack an image folder into ArrayRecord shards (lossless) for faster training input; resumable",
+    ),
     "export": ("effnet_jax.cli.export", "export weights as StableHLO, ONNX or a torch.export program, verified"),
     "bench": ("effnet_jax.cli.bench", "benchmark effnet_jax against effnet_torch side by side"),
 }
