@@ -264,7 +264,11 @@ class RecordsSource(EncodedImages):
         return len(self._records)
 
     def _item(self, i: int) -> tuple[object, int, str]:
-        label, path, payload = records.decode_record(self._records[i])
+        try:
+            record = self._records[i]
+        except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError for an I/O error: not a bad image
+            raise OSError(f"records {self.root!r}: record {i} cannot be read ({type(e).__name__}: {e})") from None
+        label, path, payload = records.decode_record(record)
         return io.BytesIO(payload), label, f"{path} (record {i})"
 
 
