@@ -30,6 +30,7 @@ _EXPORTS = {
     "EfficientNet": "model",
     "MBConv": "model",
     "ModelOptions": "model",
+    "remat_compiler_options": "model",
 }
 __all__ = [
     "CheckpointMismatchError",
@@ -41,13 +42,14 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict",
     "model_from_state_dict",
+    "remat_compiler_options",
     "save_checkpoint",
     "state_dict_from_model",
     "to_torch",
 ]
 
 if TYPE_CHECKING:
-    from .model import EfficientNet, MBConv, ModelOptions
+    from .model import EfficientNet, MBConv, ModelOptions, remat_compiler_options
     from .weights import (
         CheckpointMismatchError,
         from_torch,

@@ -14,6 +14,7 @@ import os
 __all__ = ["ALLOCATOR", "CACHE_DIR", "DEPTHWISE", "NATIVE", "RETAIN_HOST_MEMORY", "flag", "text"]
 
 DEPTHWISE = "EFFNET_DEPTHWISE"
+DTYPE = "EFFNET_DTYPE"  # what ModelOptions(dtype="auto") resolves to, instead of the per-backend choice
 NATIVE = "EFFNET_NATIVE"
 CACHE_DIR = "EFFNET_CACHE_DIR"
 RETAIN_HOST_MEMORY = "EFFNET_RETAIN_HOST_MEMORY"

@@ -1,8 +1,8 @@
 """Parity-suite setup: full float32 precision in both frameworks, and the device to run on.
 
 `EFFNET_TEST_DEVICE=cpu` (default) or `cuda` runs JAX and torch on that device without editing a test. Matmul and
-conv precision are pinned to full float32 ("highest" in JAX, no TF32 in torch), so the tolerances stated in the
-tests hold on GPU/TPU too.
+conv precision are pinned to full float32 ("highest" in JAX, no TF32 in torch, dtype="auto" resolves to float32),
+so the tolerances stated in the tests hold on GPU/TPU too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Models built with the default dtype="auto" would compute in bfloat16 on a GPU; parity is a float32 statement.
+os.environ["EFFNET_DTYPE"] = "float32"
 
 DEVICE = os.environ.get("EFFNET_TEST_DEVICE", "cpu")
 if DEVICE not in ("cpu", "cuda"):

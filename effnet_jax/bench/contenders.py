@@ -19,8 +19,9 @@ __all__ = ["jax_inference", "jax_train", "matmul_peak", "torch_inference", "torc
 
 
 def _jax_model(variant: str, options, rngs):
-    from effnet_jax import EfficientNet
+    from effnet_jax import EfficientNet, ModelOptions
 
+    options = options or ModelOptions(dtype="float32")  # the torch contenders run float32
     return EfficientNet.from_name(variant, num_classes=NUM_CLASSES, options=options, rngs=rngs)
 
 

@@ -128,7 +128,7 @@ def run_suites(args) -> dict:
                 continue  # torch.compile of b3/b7 takes minutes on CPU; opt in with --compile-big
             if name == "jax":
                 make = jax_inference if suite == "inference" else jax_train
-                options = ModelOptions(depthwise_impl=args.depthwise)
+                options = ModelOptions(dtype="float32", depthwise_impl=args.depthwise)  # torch runs float32 too
                 table[name] = ((lambda m=make, o=options: m(variant, res, batch, o)), 2)
             else:
                 layout = "nchw" if name == "torch_nchw" else "cl"

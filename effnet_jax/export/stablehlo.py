@@ -48,7 +48,9 @@ def serialize(model, size: tuple[int, int], *, platforms=("cpu",)) -> bytes:
     from ..weights import model_from_state_dict, state_dict_from_model
 
     impl = "shift" if platforms == ("cpu",) else "grouped"
-    net = model_from_state_dict(model.spec, state_dict_from_model(model), options=ModelOptions(depthwise_impl=impl))
+    net = model_from_state_dict(
+        model.spec, state_dict_from_model(model), options=ModelOptions(dtype="float32", depthwise_impl=impl)
+    )
     net.preprocessing = model.preprocessing
     net.eval()
     graphdef, state = nnx.split(net)

@@ -9,12 +9,17 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {"EfficientNet": "efficientnet", "MBConv": "efficientnet", "ModelOptions": "options"}
-__all__ = ["EfficientNet", "MBConv", "ModelOptions"]
+_EXPORTS = {
+    "EfficientNet": "efficientnet",
+    "MBConv": "efficientnet",
+    "ModelOptions": "options",
+    "remat_compiler_options": "options",
+}
+__all__ = ["EfficientNet", "MBConv", "ModelOptions", "remat_compiler_options"]
 
 if TYPE_CHECKING:
     from .efficientnet import EfficientNet, MBConv
-    from .options import ModelOptions
+    from .options import ModelOptions, remat_compiler_options
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

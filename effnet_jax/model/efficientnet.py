@@ -31,11 +31,20 @@ __all__ = ["EfficientNet", "MBConv", "ModelOptions"]
 DropPathMasks = Sequence[jax.Array | None] | Mapping[int, jax.Array]
 
 
+# What a rematerialised block keeps for its backward pass (ModelOptions.remat); built lazily, as jax may not be
+# imported yet when this module is.
+_REMAT_POLICIES = {
+    "block": lambda: jax.checkpoint_policies.nothing_saveable,
+    "dots": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class MBConv(nnx.Module):
     """Inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (no act) [+ drop-path residual]."""
 
     def __init__(self, b: BlockSpec, conv: Conventions, *, options: ModelOptions, rngs: nnx.Rngs):
         self.spec = b
+        self.remat = options.remat
         kw = dict(options=options, rngs=rngs)
         if b.has_expand:
             self.expand = ConvBN(b.in_ch, b.mid_ch, 1, 1, conv, **kw)
@@ -47,6 +56,11 @@ class MBConv(nnx.Module):
             self.drop_path = DropPath(b.drop_path, rngs=rngs)
 
     def __call__(self, x: jax.Array, drop_path_mask: jax.Array | None = None) -> jax.Array:
+        if self.remat == "none":
+            return self._forward(x, drop_path_mask)
+        return nnx.remat(MBConv._forward, policy=_REMAT_POLICIES[self.remat]())(self, x, drop_path_mask)
+
+    def _forward(self, x: jax.Array, drop_path_mask: jax.Array | None) -> jax.Array:
         y = self.expand(x) if self.spec.has_expand else x
         y = self.depthwise(y)
         if self.spec.se_ch:

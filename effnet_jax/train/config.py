@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from effnet_spec import SOURCES, STAGES, VARIANTS
 
 from ..env import FALSE, TRUE
-from ..model.options import DTYPES
+from ..model.options import DTYPE_CHOICES, REMATS
 
 __all__ = [
     "BASE",
@@ -69,17 +69,18 @@ class TrainConfig:
     weight_source: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use; "" = init's
     drop_path: float = -1.0  # stochastic-depth rate of the last block; < 0 = the variant's (0.2)
     dropout: float = -1.0  # dropout before the classifier; < 0 = the variant's (0.2..0.5)
-    dtype: str = "float32"  # compute dtype ("bfloat16": bf16 activations, float32 parameters and optimizer)
+    dtype: str = "auto"  # compute dtype: "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"
     depthwise_impl: str = "auto"  # effnet_jax.ops.depthwise formulation ("auto" picks per backend)
+    remat: str = "none"  # recompute each block in the backward pass: "block", or "dots" (keeps 1x1 conv outputs)
 
     # --- data
-    data: str = "digits"  # "digits" (embedded), "synthetic" (random tensors), or an image folder (class sub-folders)
+    data: str = "digits"  # "digits", "synthetic" (random tensors), an image folder, or shards `effnet prepare` wrote
     val_data: str = ""  # image folder for validation; "" = digits' fixed split, or none for other sources
     num_classes: int = 0  # classifier outputs; 0 = the number of classes the data has
     num_workers: int = 0  # Grain worker processes decoding/augmenting per host (0 = in the main process)
-    augment: str = "autoaugment"  # "autoaugment" (ImageNet policy), "randaugment" or "none"
+    augment: str = "autoaugment"  # "autoaugment" (TF's policy_v0), "randaugment" (TF's form) or "none"
     randaugment_n: int = 2  # RandAugment: ops applied per image
-    randaugment_m: int = 9  # RandAugment: magnitude on the 0..10 scale
+    randaugment_m: int = 10  # RandAugment: magnitude on TF's 0..10 level scale (TF's default 10; B5 17, B7 28)
     crop_min_area: float = 0.08  # random resized crop: smallest share of the image area kept
     flip: bool = True  # random horizontal flip (off for digits: a mirrored 2 is not a 2)
     eval_crop: float = 0.875  # eval: center crop share of the side, then resize to `resolution`; 0 = init's
@@ -134,7 +135,8 @@ class TrainConfig:
         )
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}; got {self.augment!r}")
-        need(self.dtype in DTYPES, f"dtype must be one of {DTYPES}; got {self.dtype!r}")
+        need(self.dtype in DTYPE_CHOICES, f"dtype must be one of {DTYPE_CHOICES}; got {self.dtype!r}")
+        need(self.remat in REMATS, f"remat must be one of {REMATS}; got {self.remat!r}")
         need(
             self.weight_source in SOURCES or self.weight_source == "",
             f"weight_source must be one of {', '.join(SOURCES)} (or empty: init='s); got {self.weight_source!r}",
@@ -167,7 +169,7 @@ class TrainConfig:
         need(0 <= self.eval_crop <= 1, f"eval_crop must lie in (0, 1] (0: the init weights'); got {self.eval_crop}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1); got {self.label_smoothing}")
         need(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1); got {self.ema_decay}")
-        need(0 <= self.randaugment_m <= 10, f"randaugment_m must lie in 0..10; got {self.randaugment_m}")
+        need(0 <= self.randaugment_m <= 30, f"randaugment_m must lie in 0..30; got {self.randaugment_m}")
         need(self.keep >= 1, f"keep must be >= 1; got {self.keep}")
         need(min(self.ckpt_every, self.eval_every, self.num_workers) >= 0, "ckpt_every, eval_every, num_workers >= 0")
         need(self.log_every >= 1, f"log_every must be >= 1; got {self.log_every}")

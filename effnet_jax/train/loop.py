@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from effnet_spec import ModelSpec, Preprocessing, make_header
 from effnet_spec.atomic import unwritable_dir, write_atomic
 
+from ..model.options import remat_compiler_options
 from ..weights.pretrained import Pretrained, build_adapted
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
@@ -298,6 +299,7 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
         in_shardings=(replicated, batch_sharding, None, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=remat_compiler_options(cfg.remat),  # remat is a no-op on XLA CPU without them
     )
     jit_eval = make_eval_step(run.eval_graphdef, mesh)
     return jit_train, jit_eval
