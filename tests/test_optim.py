@@ -88,6 +88,27 @@ def test_weight_decay_skips_bn_and_biases():
     assert flat == {"bn/bias": False, "bn/scale": False, "conv/kernel": True, "fc/bias": False, "fc/kernel": True}
 
 
+def test_the_rmsprop_recipe_decays_biases_but_not_bn_as_tf():
+    """TF: 1e-5 x l2_loss of every trainable variable without `batch_normalization` in its name."""
+    from effnet_jax import EfficientNet
+
+    params = nnx.state(EfficientNet.from_name("b0", rngs=nnx.Rngs(0)), nnx.Param)
+    flat = {
+        "/".join(str(getattr(k, "key", k)) for k in p[:-1]): v
+        for p, v in jax.tree_util.tree_leaves_with_path(weight_decay_mask(params, biases=True))
+    }
+    assert flat["classifier/bias"] and flat["blocks/1/se/reduce/bias"] and flat["blocks/1/se/excite/bias"]
+    assert not any(v for k, v in flat.items() if "/bn/" in k)
+    assert all(v for k, v in flat.items() if "/bn/" not in k)
+    # and make_optimizer uses it for rmsprop only: one step from zero gradients moves a bias by -lr * wd * b
+    cfg = dataclasses.replace(BASE, optimizer="rmsprop", weight_decay=0.1, warmup_epochs=0)
+    tx = make_optimizer(cfg, steps_per_epoch=1, total_steps=10)
+    tree = {"fc": {"bias": jnp.ones(2)}, "bn": {"bias": jnp.ones(2)}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, tree), tx.init(tree), tree)
+    assert float(jnp.abs(updates["bn"]["bias"]).max()) == 0.0
+    assert float(jnp.abs(updates["fc"]["bias"]).max()) > 0.0
+
+
 @pytest.mark.parametrize("n, expected", [(0, 0.1), (1, 2 / 11), (90, 91 / 100), (10**6, 0.9999)])
 def test_ema_warmup_formula(n, expected):
     assert float(ema_decay_at(0.9999, n)) == pytest.approx(expected, rel=1e-6)

@@ -14,6 +14,8 @@ The EMA is TF's `ExponentialMovingAverage(decay, num_updates=step)`: decay_t = m
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,13 +50,17 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: float, total_steps: int) ->
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1), end_value=0.0)
 
 
-def weight_decay_mask(params):
-    """True for the leaves weight decay applies to: conv and linear kernels (not BN params, not biases)."""
+def weight_decay_mask(params, *, biases: bool = False):
+    """True for the leaves weight decay applies to: conv and linear kernels, and with `biases` every other parameter
+    but BatchNorm's too (the TF reference's rule: every trainable variable without `batch_normalization` in its name,
+    so the classifier's and squeeze-excite's biases are decayed)."""
 
     def keep(path, _):
         names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
         names = [n for n in names if n != "value"]  # nnx.Variable leaves add a trailing `.value`
-        return bool(names) and names[-1] == "kernel"
+        if not names:
+            return False
+        return names[-1] == "kernel" or (biases and "bn" not in names[:-1])
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
@@ -67,7 +73,9 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: float, total_steps: int) -
         return optax.chain(
             *head, optax.adamw(lr, b1=cfg.momentum, weight_decay=cfg.weight_decay, mask=weight_decay_mask)
         )
-    l2 = optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask)  # g += wd * w: the L2 loss gradient
+    # g += wd * w: the L2 loss gradient; the paper's RMSProp recipe decays biases too, as the TF reference does.
+    mask = functools.partial(weight_decay_mask, biases=cfg.optimizer == "rmsprop")
+    l2 = optax.add_decayed_weights(cfg.weight_decay, mask=mask)
     if cfg.optimizer == "sgd":
         return optax.chain(*head, l2, optax.sgd(lr, momentum=cfg.momentum))
     # optax.rmsprop = scale_by_rms -> scale_by_learning_rate -> trace(momentum): lr applied before the
