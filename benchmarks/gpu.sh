@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One GPU, under 5 minutes: (a) the parity suite on CUDA, (b) the benchmark suite, (c) the depthwise micro-benchmark.
+# One GPU: (a) the parity suite on CUDA, (b) the benchmark suite, (c) the depthwise micro-benchmark (together under 5
+# minutes), (d) bfloat16 training and inference against torch AMP and the big variants with remat (under 9 minutes).
+# `gpu.sh [GROUP...]` runs only those groups (parity bench depthwise accel; default: all), so a device call of at most
+# 10 minutes can take (a)-(c) and another (d).
 # Run from a copy of the repo root on the GPU machine (package not installed: PYTHONPATH=.). Everything lands in $OUT.
 # Each step has its own timeout, and a failing step does not stop the next one; exit status = number of failed steps.
 set -u
@@ -10,6 +13,9 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the card: no 7
 export EFFNET_TEST_DEVICE=cuda
 PY=${PYTHON:-python3}
 failed=0
+
+GROUPS_WANTED=" ${*:-parity bench depthwise accel} "
+want() { [[ "$GROUPS_WANTED" == *" $1 "* ]]; }
 
 step() {  # step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log, report status
     local name=$1 secs=$2
@@ -32,18 +38,30 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log, 
 cat "$OUT/env.log"
 
 # (a) parity: values and gradients of both twins, on the GPU.
-if "$PY" -c "import pytest" 2>/dev/null; then
+if ! want parity; then
+    :
+elif "$PY" -c "import pytest" 2>/dev/null; then
     step parity 150 "$PY" -m pytest parity_tests -q -m "not slow" --ignore=parity_tests/external -p no:cacheprovider -rfE
 else
     echo "pytest is not installed for $PY: parity step skipped" | tee "$OUT/parity.log"
     failed=$((failed + 1))
 fi
 # (b) benchmarks: eager contenders first (always come back), then torch.compile separately (slow to compile).
-step bench 75 "$PY" -m effnet_jax bench --quick --out "$OUT" --tag gpu-eager \
-    --contenders jax,torch_nchw,torch_cl
-step bench_compile 70 "$PY" -m effnet_jax bench --quick --out "$OUT" --tag gpu-compile \
-    --only inference --contenders jax,torch_compile
+if want bench; then
+    step bench 75 "$PY" -m effnet_jax bench --quick --out "$OUT" --tag gpu-eager \
+        --contenders jax,torch_nchw,torch_cl
+    step bench_compile 70 "$PY" -m effnet_jax bench --quick --out "$OUT" --tag gpu-compile \
+        --only inference --contenders jax,torch_compile
+fi
 # (c) which depthwise formulation wins on this GPU (auto picks "grouped" there).
-step depthwise 20 "$PY" benchmarks/depthwise.py --batch 32 --reps 5 --out "$OUT"
+want depthwise && step depthwise 20 "$PY" benchmarks/depthwise.py --batch 32 --reps 5 --out "$OUT"
+# (d) bfloat16 (issue 14): b0@224 batch-256 train step and inference against torch AMP channels_last (eager and
+# torch.compile), then b3@300 / b7@600 train steps with remat="block" at the largest batch that fits.
+if want accel; then
+    step accel_b0 180 "$PY" benchmarks/accelerator.py --only b0 --reps 10 --out "$OUT"
+    step accel_remat_memory 60 "$PY" benchmarks/accelerator.py --only remat-memory --out "$OUT"
+    step accel_b3 120 "$PY" benchmarks/accelerator.py --only b3 --reps 5 --out "$OUT"
+    step accel_b7 170 "$PY" benchmarks/accelerator.py --only b7 --reps 5 --out "$OUT"
+fi
 echo "gpu.sh: $failed step(s) failed"
 exit "$failed"

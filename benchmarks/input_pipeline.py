@@ -2,7 +2,7 @@
 shards, and so how many Grain workers does a given training step rate need?
 
 A generated set of realistic JPEGs (the two scikit-learn sample photos, cropped, colour-jittered and resized to
-400-500 x 300-400 px, quality 95: ~80 KB each; ImageNet's train JPEGs are mostly 500x375, ~110 KB), in 10 class
+400-500 x 300-400 px, quality 95: ~63 KB each; ImageNet's train JPEGs are mostly 500x375, ~110 KB), in 10 class
 folders, is packed by
 `effnet prepare` (timed on one worker). Then, in this one process (one core), over the same shuffled order, with
 rounds interleaved and medians taken:

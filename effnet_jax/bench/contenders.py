@@ -68,7 +68,10 @@ def jax_train(variant: str, res: int, batch: int, options=None):
     import optax
     from flax import nnx
 
+    from effnet_jax import remat_compiler_options
+
     model = _jax_model(variant, options, nnx.Rngs(0, dropout=1))
+    model_remat = options.remat if options is not None else "none"
     model.train()
     optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
@@ -84,7 +87,7 @@ def jax_train(variant: str, res: int, batch: int, options=None):
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
-    step = jax.jit(train_step, donate_argnums=0)
+    step = jax.jit(train_step, donate_argnums=0, compiler_options=remat_compiler_options(model_remat))
     x = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
     y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
     t0 = time.perf_counter()
@@ -128,8 +131,18 @@ def _torch_input(batch: int, res: int, device: str, layout: str):
     return x.contiguous(memory_format=torch.channels_last) if layout != "nchw" else x
 
 
-def torch_inference(variant: str, res: int, batch: int, device: str, layout: str, compiled: bool):
-    """effnet_torch eval forward under `inference_mode`; layout "nchw" or "cl" (channels_last)."""
+def _autocast(device: str, amp: bool):
+    """bfloat16 autocast (torch AMP) when `amp`, else nothing."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def torch_inference(variant: str, res: int, batch: int, device: str, layout: str, compiled: bool, amp: bool = False):
+    """effnet_torch eval forward under `inference_mode`; layout "nchw" or "cl" (channels_last); `amp`: bfloat16
+    autocast."""
     import torch
 
     model = _torch_model(variant, device, layout).eval()
@@ -137,15 +150,16 @@ def torch_inference(variant: str, res: int, batch: int, device: str, layout: str
     x = _torch_input(batch, res, device, layout)
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(device, amp):
             fn(x)
         _torch_sync(device)
 
     return run
 
 
-def torch_train(variant: str, res: int, batch: int, device: str, layout: str, compiled: bool):
-    """effnet_torch train step: forward + backward + SGD-momentum update (the whole step compiled if asked)."""
+def torch_train(variant: str, res: int, batch: int, device: str, layout: str, compiled: bool, amp: bool = False):
+    """effnet_torch train step: forward + backward + SGD-momentum update (the whole step compiled if asked); `amp`:
+    the forward under bfloat16 autocast (parameters, gradients and the update stay float32, as torch AMP does)."""
     import torch
 
     model = _torch_model(variant, device, layout).train()
@@ -155,7 +169,8 @@ def torch_train(variant: str, res: int, batch: int, device: str, layout: str, co
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with _autocast(device, amp):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         return loss

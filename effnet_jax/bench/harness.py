@@ -79,10 +79,14 @@ def _cpu_model() -> str:
 
 
 def environment(torch_device: str) -> dict:
-    """Machine, versions and switches of this run (imports jax, flax and torch)."""
+    """Machine, versions and switches of this run (imports jax, flax and, where installed, torch)."""
     import flax
     import jax
-    import torch
+
+    try:
+        import torch
+    except ImportError:  # a TPU VM with jax only: the JAX rows still run
+        torch = None
 
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -96,17 +100,17 @@ def environment(torch_device: str) -> dict:
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "flax": flax.__version__,
-        "torch": torch.__version__,
-        "torch_device": torch_device,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__ if torch else None,
+        "torch_device": torch_device if torch else None,
+        "torch_threads": torch.get_num_threads() if torch else None,
+        "torch_interop_threads": torch.get_num_interop_threads() if torch else None,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "effnet_depthwise": os.environ.get(switches.DEPTHWISE, ""),
         "host_memory_retained": host_memory.retained,
         "allocator": allocator.active() or "glibc/platform malloc",
         "precision": "float32 (jax default matmul precision; torch default)",
     }
-    if torch_device == "cuda":
+    if torch and torch_device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
 
