@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +204,11 @@ def test_bad_inputs_are_one_line_and_touch_nothing(folder, clean, tmp_path, caps
         (other / c).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(other / c / "0.png")
     assert "already holds a prepare of" in _refused(capsys, [other, clean], clean)
+    orphans = tmp_path / "orphans"  # shards whose plan and metadata were deleted: never matched to a new folder
+    orphans.mkdir()
+    for shard in sorted(clean.glob("data-*")):
+        shutil.copy(shard, orphans / shard.name)
+    assert "holds shards but no effnet-records.plan.json" in _refused(capsys, [folder, orphans], orphans)
 
 
 def test_an_unwritable_out_is_refused(folder, tmp_path, capsys):

@@ -13,7 +13,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/ folder)")
-    parser.add_argument("--data", help="'digits', 'synthetic' or an image folder (default: the run's val data)")
+    parser.add_argument("--data", help="'digits', 'synthetic', an image folder or shards (default: the run's val data)")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     parser.add_argument("--batch", type=int, help="global eval batch (default: the run's eval_batch)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from concurrent.futures.process import BrokenProcessPool
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,12 @@ def main(args: argparse.Namespace) -> int:
                     log=lambda line: print(f"[prepare] {line}", file=sys.stderr, flush=True))  # fmt: skip
     except (OSError, ValueError) as e:
         print(f"effnet prepare: {e}", file=sys.stderr)
+        return 1
+    except BrokenProcessPool as e:  # a worker killed from outside (the OOM killer): complete shards are kept
+        print(f"effnet prepare: a worker process died ({e}); rerun the same command to finish", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        print(f"effnet prepare: {e.name} is not installed (pip install array-record)", file=sys.stderr)
         return 1
     if r.unreadable:
         print(f"effnet prepare: warning: {len(r.unreadable)} files have no image header a decoder recognises "

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the workdir")
     parser.add_argument("--workdir", help="where checkpoints, metrics and plots go (config key `workdir`)")
-    parser.add_argument("--data", help="'digits', 'synthetic' or an image folder (config key `data`)")
+    parser.add_argument(
+        "--data", help="'digits', 'synthetic', an image folder or `effnet prepare` shards (config key `data`)"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
 

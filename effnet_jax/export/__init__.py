@@ -56,12 +56,12 @@ def _eval_model(source, weight_source: str | None, model: str | None, ema: bool)
     from ..model import EfficientNet, ModelOptions
     from ..weights import from_pretrained, model_from_state_dict, state_dict_from_model
 
-    FLOAT32 = ModelOptions(dtype="float32")  # not "auto": bfloat16 on a GPU host
+    float32 = ModelOptions(dtype="float32")  # not "auto": bfloat16 on a GPU host
     if isinstance(source, EfficientNet):
-        net = model_from_state_dict(source.spec, state_dict_from_model(source), options=FLOAT32)
+        net = model_from_state_dict(source.spec, state_dict_from_model(source), options=float32)
         net.preprocessing = source.preprocessing
     else:
-        net = from_pretrained(source, weight_source=weight_source, model=model, ema=ema, options=FLOAT32)
+        net = from_pretrained(source, weight_source=weight_source, model=model, ema=ema, options=float32)
     net.eval()
     if net.preprocessing is None:  # a model built in code: the variant's own eval transform
         net.preprocessing = default_preprocessing(net.spec)

@@ -83,7 +83,7 @@ def _options(options: ModelOptions | None, dtype, depthwise_impl: str | None) ->
         stacklevel=3,
     )
     return ModelOptions(
-        dtype=jnp.float32 if dtype is None else dtype,
+        dtype="auto" if dtype is None else dtype,
         depthwise_impl="auto" if depthwise_impl is None else depthwise_impl,
     )
 

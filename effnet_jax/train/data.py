@@ -268,7 +268,10 @@ class RecordsSource(EncodedImages):
             record = self._records[i]
         except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError for an I/O error: not a bad image
             raise OSError(f"records {self.root!r}: record {i} cannot be read ({type(e).__name__}: {e})") from None
-        label, path, payload = records.decode_record(record)
+        try:
+            label, path, payload = records.decode_record(record)
+        except Exception as e:  # noqa: BLE001 - a malformed header (struct/UTF-8 errors): the shard is damaged
+            raise OSError(f"records {self.root!r}: record {i} is malformed ({type(e).__name__}: {e})") from None
         return io.BytesIO(payload), label, f"{path} (record {i})"
 
 

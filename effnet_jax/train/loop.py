@@ -576,7 +576,10 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
         write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
     train_step, eval_step = make_steps(cfg, mesh, run)
     logger = Logger(cfg.workdir, resumed_at=run.step)
-    note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {cfg.dtype} compute; compiling")
+    options = model_options(cfg)  # "auto" resolved for this backend
+    remat = f", remat={cfg.remat}" if cfg.remat != "none" else ""
+    note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {options.dtype} compute{remat}; "
+         "compiling")  # fmt: skip
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop)
         return finish(cfg, run, data, stats, logger)

@@ -53,7 +53,8 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: float, total_steps: int) ->
 def weight_decay_mask(params, *, biases: bool = False):
     """True for the leaves weight decay applies to: conv and linear kernels, and with `biases` every other parameter
     but BatchNorm's too (the TF reference's rule: every trainable variable without `batch_normalization` in its name,
-    so the classifier's and squeeze-excite's biases are decayed)."""
+    so the classifier's and squeeze-excite's biases are decayed). BatchNorm is recognised by its attribute name `bn`
+    (`model.layers.ConvBN`): a BatchNorm under another name would be decayed."""
 
     def keep(path, _):
         names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]

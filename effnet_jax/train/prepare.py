@@ -131,7 +131,10 @@ def _check_out(folder: str, out: str, plan: dict) -> str:
         raise ValueError(f"OUT {out!r} is not writable ({reason})")
     done = os.path.isfile(os.path.join(out, records.METADATA))
     if done or os.path.isfile(os.path.join(out, records.PLAN)):
-        old = records.read_json(os.path.join(out, records.METADATA if done else records.PLAN), "prepare plan")
+        old = records.read_json(
+            os.path.join(out, records.METADATA if done else records.PLAN),
+            "prepare metadata" if done else "prepare plan",
+        )
         if _identity(old) != _identity(plan):
             held = (f"OUT {out!r} already holds {'a' if done else 'an unfinished'} prepare of {old.get('source')!r} "
                     f"({old.get('num_records')} images of {len(old.get('class_names', ()))} classes in "
@@ -147,6 +150,11 @@ def _check_out(folder: str, out: str, plan: dict) -> str:
     if others:
         raise ValueError(f"OUT {out!r} is not empty and holds no effnet prepare ({len(others)} entries, e.g. "
                          f"{others[0]!r}); give a new or empty directory")  # fmt: skip
+    orphans = sorted(e for e in os.listdir(out) if not e.startswith(_TMP))  # shards without the plan they came from
+    if orphans:
+        raise ValueError(f"OUT {out!r} holds shards but no {records.PLAN} to tell which folder they came from "
+                         f"(e.g. {orphans[0]!r}); they are not reused: give a new or empty directory, or delete "
+                         "them")  # fmt: skip
     return "new"
 
 
