@@ -107,6 +107,20 @@ def test_a_run_is_a_pretrained_source(finished_run):
         assert adapted.preprocessing.class_names is None
 
 
+def test_remat_trains_the_same_run(finished_run, tmp_path):
+    """`--set remat=block` through the loop (its jit takes `remat_compiler_options`): the same losses and weights as
+    the plain run, up to float32 rounding (the recomputed forward fuses differently; 8 steps of a 1-stage b0)."""
+    workdir, _ = finished_run
+    train_mod.train(_cfg(tmp_path, "remat=block"))
+    rows = [[json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()] for w in (workdir, tmp_path)]
+    plain, remat = ([r["loss"] for r in rs if r["kind"] == "train"] for rs in rows)
+    np.testing.assert_allclose(remat, plain, rtol=1e-5)
+    a, b = _weights(workdir, 8), _weights(tmp_path, 8)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
 def test_eval_without_checkpoint_is_an_error(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
