@@ -82,13 +82,14 @@ def _largest_batch_case(variant: str, res: int, max_batch: int, reps: int) -> di
     import jax
 
     from effnet_jax.bench.contenders import jax_train
+    from effnet_jax.bench.harness import time_call
 
     batch, tried = max_batch, []
     while batch >= 1:
         try:
             run, compile_s, mem_mb = jax_train(variant, res, batch, _options(remat="block"))
             run()
-            ts = [_timed(run) for _ in range(reps)]
+            ts = [time_call(run) for _ in range(reps)]
             return {
                 "suite": "train, remat=block",
                 "variant": variant,
@@ -106,12 +107,6 @@ def _largest_batch_case(variant: str, res: int, max_batch: int, reps: int) -> di
             batch //= 2
             jax.clear_caches()
     raise RuntimeError(f"{variant}@{res}: not even batch 1 fits")
-
-
-def _timed(run) -> float:
-    from effnet_jax.bench.harness import time_call
-
-    return time_call(run)
 
 
 def _markdown(result: dict) -> str:

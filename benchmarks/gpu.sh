@@ -6,28 +6,12 @@
 # Run from a copy of the repo root on the GPU machine (package not installed: PYTHONPATH=.). Everything lands in $OUT.
 # Each step has its own timeout, and a failing step does not stop the next one; exit status = number of failed steps.
 set -u
-OUT=${OUT:?"set OUT to the folder whose files come back"}
-mkdir -p "$OUT"
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+source "$(dirname "$0")/_steps.sh"  # OUT, PY, failed, step
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the card: no 75% up-front grab by jax
 export EFFNET_TEST_DEVICE=cuda
-PY=${PYTHON:-python3}
-failed=0
 
 GROUPS_WANTED=" ${*:-parity bench depthwise accel} "
 want() { [[ "$GROUPS_WANTED" == *" $1 "* ]]; }
-
-step() {  # step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log, report status
-    local name=$1 secs=$2
-    shift 2
-    local t0=$SECONDS
-    echo "== $name (timeout ${secs}s): $*"
-    timeout --kill-after=10 "$secs" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    echo "   $name: exit $rc after $((SECONDS - t0))s (log: $OUT/$name.log)"
-    tail -n 5 "$OUT/$name.log"
-    [ "$rc" -eq 0 ] || failed=$((failed + 1))
-}
 
 {
     date -u
