@@ -128,10 +128,6 @@ class EncodedImages:
         """(path or binary file object, label, name for messages) of image `i`."""
         raise NotImplementedError
 
-    def _decode(self, i: int) -> tuple[np.ndarray, int]:
-        file, label, _ = self._item(i)
-        return decode_image(file), label
-
     def _probe(self) -> None:
         """Decode up to PROBE images spread over the source before training starts: a source of which none can be
         read (the wrong folder, a failed copy) is one line now, not thousands of skip warnings mid-run."""
@@ -139,11 +135,12 @@ class EncodedImages:
         picks = sorted({round(k * (len(self) - 1) / max(1, m - 1)) for k in range(m)})
         errors = []
         for i in picks:
+            file, _, name = self._item(i)
             try:
-                self._decode(i)
+                decode_image(file)
                 return
             except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; each means "unreadable"
-                errors.append((self._item(i)[2], e))
+                errors.append((name, e))
         name, e = errors[0]
         raise ValueError(
             f"{self.kind} {self.root!r}: none of the {len(picks)} images tried could be read (first: {name!r}: "
@@ -151,12 +148,13 @@ class EncodedImages:
         )
 
     def _read(self, i: int) -> tuple[np.ndarray, int] | None:
+        file, label, name = self._item(i)  # outside the try: a source that cannot deliver the bytes is an error
         try:
-            return self._decode(i)
+            return decode_image(file), label
         except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
             self.skipped += 1
             warnings.warn(
-                f"skipping unreadable image {self._item(i)[2]!r} ({type(e).__name__}: {e}); "
+                f"skipping unreadable image {name!r} ({type(e).__name__}: {e}); "
                 f"{self.skipped} skipped so far in this process",
                 stacklevel=2,
             )
