@@ -25,6 +25,7 @@ from effnet_spec.forward import block_masks, check_input, run_blocks
 from ..ops import allocator
 from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
 from .options import ModelOptions
+from .scan import scan_blocks
 
 __all__ = ["EfficientNet", "MBConv", "ModelOptions"]
 
@@ -55,19 +56,22 @@ class MBConv(nnx.Module):
         if b.residual:
             self.drop_path = DropPath(b.drop_path, rngs=rngs)
 
-    def __call__(self, x: jax.Array, drop_path_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, drop_path_mask: jax.Array | None = None, *, keep: jax.Array | None = None
+    ) -> jax.Array:
+        """`keep`: the drop-path keep probability as data, replacing the spec's rate (a scanned block)."""
         if self.remat == "none":
-            return self._forward(x, drop_path_mask)
-        return nnx.remat(MBConv._forward, policy=_REMAT_POLICIES[self.remat]())(self, x, drop_path_mask)
+            return self._forward(x, drop_path_mask, keep)
+        return nnx.remat(MBConv._forward, policy=_REMAT_POLICIES[self.remat]())(self, x, drop_path_mask, keep)
 
-    def _forward(self, x: jax.Array, drop_path_mask: jax.Array | None) -> jax.Array:
+    def _forward(self, x: jax.Array, drop_path_mask: jax.Array | None, keep: jax.Array | None) -> jax.Array:
         y = self.expand(x) if self.spec.has_expand else x
         y = self.depthwise(y)
         if self.spec.se_ch:
             y = self.se(y)
         y = self.project(y)
         if self.spec.residual:
-            y = x + self.drop_path(y, drop_path_mask)
+            y = x + self.drop_path(y, drop_path_mask, keep=keep)
         return y
 
 
@@ -255,6 +259,8 @@ class EfficientNet(nnx.Module):
         """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""
         masks = block_masks(self.spec, masks)  # checked before anything runs (train-mode BN would update)
         x = self.stem(jnp.asarray(x).astype(self.dtype))
+        if self.options.scan:
+            return scan_blocks(self.blocks, x, masks, keep)
         return run_blocks(self.blocks, x, masks, keep)
 
     def forward_features(self, x: jax.Array, *, drop_path_masks: DropPathMasks | None = None) -> jax.Array:

@@ -249,13 +249,17 @@ class SqueezeExcite(nnx.Module):
         return x * jax.nn.sigmoid(s)[:, None, None, :]
 
 
-def apply_keep_mask(x: jax.Array, mask, rate: float, what: str, shape: tuple[int, ...]) -> jax.Array:
-    """x * mask / (1 - rate), with `mask` checked to be `shape` and broadcast over x's trailing dims."""
+def apply_keep_mask(x: jax.Array, mask, rate: float, what: str, shape: tuple[int, ...], keep=None) -> jax.Array:
+    """x * mask / (1 - rate), with `mask` checked to be `shape` and broadcast over x's trailing dims.
+
+    `keep`, when given, is 1 - rate as a (traced) array and replaces `rate` (a scanned block's rate is data).
+    """
     got = tuple(getattr(mask, "shape", ()))
     if not hasattr(mask, "shape") or got != shape:
         raise ValueError(f"{what}: expected a keep-mask of shape {shape}, got {got or type(mask).__name__}")
     mask = jnp.asarray(mask).astype(x.dtype).reshape(shape + (1,) * (x.ndim - len(shape)))
-    return x * mask / jnp.asarray(1.0 - rate, x.dtype)
+    keep = jnp.asarray(1.0 - rate, x.dtype) if keep is None else jnp.asarray(keep).astype(x.dtype)
+    return x * mask / keep
 
 
 class _RandomMask(nnx.Module):
@@ -277,20 +281,21 @@ class _RandomMask(nnx.Module):
         if deterministic is not None:
             self.deterministic = deterministic
 
-    def _draw(self, shape: tuple[int, ...], dtype) -> jax.Array:
+    def _draw(self, shape: tuple[int, ...], dtype, keep) -> jax.Array:
         if self.rngs is None:
             raise ValueError(f"{type(self).__name__}: train mode with rate {self.rate} needs rngs or a keep-mask")
-        return jax.random.bernoulli(self.rngs(), 1.0 - self.rate, shape).astype(dtype)
+        return jax.random.bernoulli(self.rngs(), 1.0 - self.rate if keep is None else keep, shape).astype(dtype)
 
-    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask=None, *, keep: jax.Array | None = None) -> jax.Array:
+        """`keep` (1 - rate as a float32 array) replaces the static rate: a scanned block's rate is data."""
         if self.deterministic:
             return x
         shape = self._mask_shape(x)
         if mask is None:
-            if self.rate == 0.0:
+            if keep is None and self.rate == 0.0:
                 return x
-            mask = self._draw(shape, x.dtype)
-        return apply_keep_mask(x, mask, self.rate, self.name, shape)
+            mask = self._draw(shape, x.dtype, keep)
+        return apply_keep_mask(x, mask, self.rate, self.name, shape, keep)
 
 
 class DropPath(_RandomMask):

@@ -38,11 +38,14 @@ class ModelOptions:
         depthwise_impl: formulation of the depthwise conv ("auto" picks per backend; see `effnet_jax.ops.depthwise`).
         remat: rematerialisation of each MBConv block in the backward pass (`REMATS`): less activation memory for
             more compute; the gradients are the same.
+        scan: run each stage's repeated blocks as one `jax.lax.scan` (`effnet_jax.model.scan`): one compiled block
+            per stage instead of one per block, for the compile time of the big variants; the same function.
     """
 
     dtype: str = "auto"
     depthwise_impl: str = "auto"
     remat: str = "none"
+    scan: bool = False
 
     def __post_init__(self) -> None:
         import jax.numpy as jnp
@@ -58,6 +61,8 @@ class ModelOptions:
         object.__setattr__(self, "dtype", name)
         if self.remat not in REMATS:
             raise ValueError(f"ModelOptions: remat must be one of {REMATS}, got {self.remat!r}")
+        if not isinstance(self.scan, bool):
+            raise ValueError(f"ModelOptions: scan must be True or False, got {self.scan!r}")
         if self.depthwise_impl != "auto" and self.depthwise_impl not in IMPLS:
             raise ValueError(
                 f"ModelOptions: depthwise_impl must be 'auto' or one of {IMPLS}, got {self.depthwise_impl!r}"
