@@ -72,6 +72,7 @@ class TrainConfig:
     dtype: str = "auto"  # compute dtype: "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32" or "bfloat16"
     depthwise_impl: str = "auto"  # effnet_jax.ops.depthwise formulation ("auto" picks per backend)
     remat: str = "none"  # recompute each block in the backward pass: "block", or "dots" (keeps 1x1 conv outputs)
+    scan: bool = False  # run each stage's repeated blocks as one scan: one compiled block per stage (big variants)
 
     # --- data
     data: str = "digits"  # "digits", "synthetic" (random tensors), an image folder, or shards `effnet prepare` wrote

@@ -577,8 +577,8 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
     train_step, eval_step = make_steps(cfg, mesh, run)
     logger = Logger(cfg.workdir, resumed_at=run.step)
     options = model_options(cfg)  # "auto" resolved for this backend
-    remat = f", remat={cfg.remat}" if cfg.remat != "none" else ""
-    note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {options.dtype} compute{remat}; "
+    how = (f", remat={cfg.remat}" if cfg.remat != "none" else "") + (", scanned stages" if cfg.scan else "")
+    note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {options.dtype} compute{how}; "
          "compiling")  # fmt: skip
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop)

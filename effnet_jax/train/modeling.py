@@ -29,7 +29,7 @@ WEIGHTS = (nnx.Param, nnx.BatchStat)  # what the EMA tracks: parameters and BN r
 
 
 def model_options(cfg: TrainConfig) -> ModelOptions:
-    return ModelOptions(dtype=cfg.dtype, depthwise_impl=cfg.depthwise_impl, remat=cfg.remat)
+    return ModelOptions(dtype=cfg.dtype, depthwise_impl=cfg.depthwise_impl, remat=cfg.remat, scan=cfg.scan)
 
 
 def build_model(
