@@ -16,10 +16,11 @@ import effnet_torch
 DEVICE = os.environ.get("EFFNET_TEST_DEVICE", "cpu")
 
 
-def make_pair(name: str, *, seed: int = 0, num_classes: int = 10, **resolve_kwargs):
+def make_pair(name: str, *, seed: int = 0, num_classes: int = 10, options=None, **resolve_kwargs):
     """(torch model, NNX model) holding the same weights, BN statistics randomised so eval outputs are O(1).
 
-    Fresh BN stats (mean 0, var 1) would leave every running-statistic path untested.
+    Fresh BN stats (mean 0, var 1) would leave every running-statistic path untested. `options` builds the NNX
+    model (`effnet_jax.ModelOptions`, e.g. `scan=True`).
     """
     torch.manual_seed(seed)
     tm = effnet_torch.EfficientNet.from_name(name, num_classes=num_classes, **resolve_kwargs)
@@ -33,7 +34,7 @@ def make_pair(name: str, *, seed: int = 0, num_classes: int = 10, **resolve_kwar
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
     tm.to(DEVICE)
-    return tm, effnet_jax.from_torch(tm)
+    return tm, effnet_jax.from_torch(tm, options=options)
 
 
 def images(shape_nchw: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:

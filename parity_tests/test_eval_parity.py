@@ -56,8 +56,8 @@ def _eval(model, x):
     return feats, model.forward_classifier(feats)
 
 
-def _check(variant: str, padding: str, shape_nchw: tuple[int, ...]) -> None:
-    tm, jm = make_pair(variant, weight_source=PADDINGS[padding])
+def _check(variant: str, padding: str, shape_nchw: tuple[int, ...], options=None) -> None:
+    tm, jm = make_pair(variant, weight_source=PADDINGS[padding], options=options)
     assert tm.spec.conv.padding == padding
     tm.eval()
     jm.eval()
@@ -83,6 +83,14 @@ def test_cases_cover_every_b_and_lite_variant():
 @pytest.mark.parametrize("variant, padding, res", CASES)
 def test_eval_logits_and_features(variant, padding, res):
     _check(variant, padding, (2, 3, res, res))
+
+
+@pytest.mark.parametrize(
+    "padding", [pytest.param("symmetric"), pytest.param("tf_same", marks=pytest.mark.slow)], ids=str
+)
+def test_scanned_twin_eval_logits_and_features(padding):
+    """`ModelOptions(scan=True)` computes the same function: b7, whose stages repeat up to 13 blocks, scanned."""
+    _check("b7", padding, (2, 3, 32, 32), options=effnet_jax.ModelOptions(scan=True))
 
 
 @pytest.mark.slow

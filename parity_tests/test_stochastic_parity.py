@@ -49,9 +49,12 @@ def _bn_stats(sd):
     return {k: v for k, v in sd.items() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
-def test_same_keep_masks_same_train_outputs():
-    """Rates 0.5 so a kept branch is scaled by up to 2x: a wrong scale or mask broadcast cannot hide."""
-    tm, jm = make_pair("b0", stages=TRAIN_STAGES, drop_path=0.5, dropout=0.5)
+@pytest.mark.parametrize("scan", [False, True], ids=["blocks", "scanned"])
+def test_same_keep_masks_same_train_outputs(scan):
+    """Rates 0.5 so a kept branch is scaled by up to 2x: a wrong scale or mask broadcast cannot hide. Scanned: the
+    JAX twin runs each stage's repeated blocks as one scan, its drop-path rates and masks as scanned data."""
+    options = effnet_jax.ModelOptions(scan=scan)
+    tm, jm = make_pair("b0", stages=TRAIN_STAGES, drop_path=0.5, dropout=0.5, options=options)
     tm.train()
     jm.train()
     residual = [b.index for b in tm.spec.blocks if b.residual]

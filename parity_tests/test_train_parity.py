@@ -57,12 +57,14 @@ GRAD_FLOOR = 1e-2
 # and biased passes with logits 3.5e-5, gradients 2.7e-5, SGD 4e-6); ReLU6 does. jax.nn.relu6 and torch's hardtanh
 # both have zero gradient at exactly 0 and 6.
 CASES = {
-    # id: (variant, conventions, smooth activation?)
-    "b0-symmetric-unbiased": ("b0", conventions_for("effnet"), True),
-    "b0-tf_same-biased": ("b0", replace(conventions_for("timm_tf"), running_var="biased"), True),
-    "lite0-tf_same-biased": ("lite0", replace(conventions_for("timm_tf"), running_var="biased"), False),
+    # id: (variant, conventions, smooth activation?, JAX ModelOptions)
+    "b0-symmetric-unbiased": ("b0", conventions_for("effnet"), True, None),
+    "b0-tf_same-biased": ("b0", replace(conventions_for("timm_tf"), running_var="biased"), True, None),
+    "lite0-tf_same-biased": ("lite0", replace(conventions_for("timm_tf"), running_var="biased"), False, None),
+    # The JAX twin with each stage's repeated blocks scanned (stacked inside the traced step) against the same torch.
+    "b0-symmetric-unbiased-scan": ("b0", conventions_for("effnet"), True, effnet_jax.ModelOptions(scan=True)),
 }
-FAST = ("b0-symmetric-unbiased",)  # the default group: one case runs every check
+FAST = ("b0-symmetric-unbiased", "b0-symmetric-unbiased-scan")  # the default group: each runs every check
 # Train-mode logits of the lite case: the logit scale is ~9 and each float32 twin is ~7e-5 from float64 (measured
 # JAX vs torch 1.4e-4), as in eval; the bound scales the same way (see test_eval_parity.LOGITS_RTOL).
 TRAIN_RTOL = 2e-5
@@ -72,8 +74,8 @@ BATCH, RES = 8, 64
 @pytest.fixture(scope="module", params=[pytest.param(c, marks=[] if c in FAST else [pytest.mark.slow]) for c in CASES])
 def case(request):
     """(id, smooth, torch model, NNX model) in train mode, built once per case; tests take fresh copies."""
-    name, conv, smooth = CASES[request.param]
-    tm, jm = make_pair(name, conventions=conv, drop_path=0.0, dropout=0.0)
+    name, conv, smooth, options = CASES[request.param]
+    tm, jm = make_pair(name, conventions=conv, drop_path=0.0, dropout=0.0, options=options)
     tm.train()
     jm.train()
     return request.param, smooth, tm, jm

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,27 @@ def test_remat_trains_the_same_run(finished_run, tmp_path):
     plain, remat = ([r["loss"] for r in rs if r["kind"] == "train"] for rs in rows)
     np.testing.assert_allclose(remat, plain, rtol=1e-5)
     a, b = _weights(workdir, 8), _weights(tmp_path, 8)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_scan_resumes_a_plain_run_and_trains_the_same(tmp_path):
+    """`--set scan=true` keeps the model's tree, so it resumes a checkpoint written without it, and the scanned steps
+    give the plain run's losses and weights up to float32 rounding. Four stages: stage 3's blocks 1-2 are scanned."""
+    plain, scanned = tmp_path / "plain", tmp_path / "scanned"
+    tiny4 = ("stages=4", "steps=4", "ckpt_every=2")
+    train_mod.train(_cfg(plain, *tiny4))
+    assert Checkpointer(str(plain / "checkpoints")).all_steps() == [2, 4]
+    shutil.copytree(plain, scanned)
+    shutil.rmtree(scanned / "checkpoints" / "4")  # as if the plain run had stopped after step 2's checkpoint
+    train_mod.train(_cfg(scanned, *tiny4, "scan=true", "resume=true"))
+    assert json.loads((scanned / "config.json").read_text())["scan"] is True
+    rows = [[json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()] for w in (plain, scanned)]
+    losses = [{r["step"]: r["loss"] for r in rs if r["kind"] == "train"} for rs in rows]
+    assert sorted(losses[1]) == [1, 2, 3, 4]
+    np.testing.assert_allclose([losses[1][s] for s in (3, 4)], [losses[0][s] for s in (3, 4)], rtol=1e-5)
+    a, b = _weights(plain, 4), _weights(scanned, 4)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)

@@ -1,0 +1,170 @@
+"""`ModelOptions(scan=True)`: each stage's repeated blocks run as one `jax.lax.scan`, the same function with the
+same state updates; the model's tree (and so its checkpoints) is the one of the unscanned model."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from effnet_jax import EfficientNet, ModelOptions, model_from_state_dict, state_dict_from_model
+from effnet_jax.model.options import remat_compiler_options
+from effnet_jax.model.scan import scan_runs
+from effnet_jax.train import TrainConfig
+from effnet_spec.forward import block_masks
+
+# As tests/test_remat.py: 96 px and 8 images keep the last stage's train-mode BN well conditioned.
+RES, BATCH = 96, 8
+
+
+def _abstract(name: str) -> EfficientNet:
+    options = ModelOptions(dtype="float32", scan=True)
+    return nnx.eval_shape(lambda: EfficientNet.from_name(name, rngs=nnx.Rngs(0), options=options))
+
+
+def _stage_runs(spec) -> list[tuple[int, ...]]:
+    """What the scan should run: each stage's first block alone (its shapes differ), then the rest as one run."""
+    out = []
+    for s in sorted({b.stage for b in spec.blocks}):
+        idx = [b.index for b in spec.blocks if b.stage == s]
+        out += [(idx[0],)] + ([tuple(idx[1:])] if len(idx) > 1 else [])
+    return out
+
+
+@pytest.mark.parametrize("name", ["b0", "b3", "b7", "lite4"])
+def test_runs_are_each_stage_after_its_first_block(name):
+    model = _abstract(name)
+    spec = model.spec
+    last = len(spec.blocks) - 1
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        runs = scan_runs(model.blocks, block_masks(spec, None), {last})
+        assert [tuple(r) for r in runs] == _stage_runs(spec), mode
+    assert max(len(r) for r in runs) > 2
+
+
+def test_runs_end_at_taps_at_mode_changes_and_at_mask_kinds():
+    model = _abstract("b7")
+    spec = model.spec
+    model.train()
+    longest = max(_stage_runs(spec), key=len)  # 12 blocks of stage 5
+    tap, frozen, masked = longest[3], longest[6], longest[9:]
+    model.blocks[frozen].eval()  # a partly frozen model (freeze=...) has blocks in another mode
+    masks = block_masks(spec, {i: jnp.ones(2) for i in masked})  # masks for some blocks only
+    runs = [tuple(r) for r in scan_runs(model.blocks, masks, {tap, len(spec.blocks) - 1})]
+    assert (*longest[:4],) in runs  # ends at the tapped block
+    assert (*longest[4:6],) in runs and (frozen,) in runs and (*longest[7:9],) in runs
+    assert (*masked,) in runs
+    assert [i for r in runs for i in r] == list(range(len(spec.blocks)))
+
+
+def _model(scan: bool, remat: str = "none") -> EfficientNet:
+    """b0 with 10 classes and the same weights whatever the options, in train mode."""
+    base = EfficientNet.from_name("b0", num_classes=10, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))
+    options = ModelOptions(dtype="float32", scan=scan, remat=remat)
+    m = model_from_state_dict(base.spec, state_dict_from_model(base), options=options, rngs=nnx.Rngs(5))
+    m.train()
+    return m
+
+
+def _inputs(spec, *, masks: bool):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((BATCH, RES, RES, 3), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, BATCH))
+    if not masks:
+        return x, y, None, None
+    keep = {b.index: jnp.asarray(rng.random(BATCH) > 0.2, jnp.float32) for b in spec.blocks if b.residual}
+    return x, y, keep, jnp.asarray(rng.random((BATCH, spec.head_ch)) > 0.2, jnp.float32)
+
+
+def _step(model: EfficientNet, masks: bool):
+    """Loss, gradients and the state after one train-mode step (BN statistics, RNG counters), jitted as the train
+    loop jits it. Without `masks` drop-path and dropout draw from the model's streams."""
+    x, y, keep, dmask = _inputs(model.spec, masks=masks)
+
+    def loss_fn(m):
+        logits = m(x, drop_path_masks=keep, dropout_mask=dmask)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    graphdef, state = nnx.split(model)
+
+    def run(state):
+        m = nnx.merge(graphdef, state)
+        loss, grads = nnx.value_and_grad(loss_fn)(m)
+        return loss, grads, nnx.state(m, nnx.Not(nnx.Param))
+
+    return jax.jit(run, compiler_options=remat_compiler_options(model.blocks[0].remat))(state)
+
+
+@functools.cache
+def _reference(masks: bool):
+    return _step(_model(False), masks)
+
+
+def _as_numbers(tree) -> list[np.ndarray]:
+    return [np.asarray(jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
+            for a in jax.tree.leaves(tree)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "masks, remat", [(True, "none"), (False, "none"), (False, "dots")], ids=["given-masks", "drawn", "drawn-remat"]
+)
+def test_scan_gives_the_same_loss_gradients_and_state(masks, remat):
+    """Drawn: the scanned blocks draw drop-path from their own streams with their own rates (as data), so the draws,
+    the RNG counters and everything downstream are the unscanned model's. Remat composes with the scan."""
+    loss0, grads0, state0 = _reference(masks)
+    loss1, grads1, state1 = _step(_model(True, remat), masks)
+    assert jax.tree.structure(grads0) == jax.tree.structure(grads1)
+    assert jax.tree.structure(state0) == jax.tree.structure(state1)
+    # The scanned body is the same ops on the same inputs, fused apart from its neighbours, so float32 rounding
+    # differs and 16 blocks of train-mode BN amplify it, as for remat (tests/test_remat.py: ~8e-6 of the gradient
+    # norm measured). A resampled mask, a wrong rate or a stale BN statistic moves the gradient by O(1).
+    assert float(loss0) == pytest.approx(float(loss1), rel=1e-6)
+    g0, g1 = jax.tree.leaves(grads0), jax.tree.leaves(grads1)
+    norm = sum(float(jnp.sum(a**2)) for a in g0) ** 0.5
+    diff = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(g0, g1)) ** 0.5
+    worst = max(float(jnp.abs(a - b).max()) for a, b in zip(g0, g1)) / max(float(jnp.abs(a).max()) for a in g0)
+    assert diff / norm <= 3e-5 and worst <= 3e-5, (diff / norm, worst)
+    for a, b in zip(_as_numbers(state0), _as_numbers(state1)):  # BN statistics, counters, RNG keys and counts
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(b, a)
+
+
+def test_scanned_eval_features_and_intermediates_are_the_blocks():
+    plain, scanned = _model(False), _model(True)
+    x = _inputs(plain.spec, masks=False)[0]
+
+    @nnx.jit
+    def run(m):
+        return m.forward_intermediates(x), m(x)
+
+    for m in (plain, scanned):
+        m.eval()
+    (f0, y0), (f1, y1) = run(plain), run(scanned)
+    assert len(f0) == len(f1) == 5
+    for a, b in zip([*f0, y0], [*f1, y1]):  # eval mode: one block body rounds as the unrolled one does
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+def test_scan_leaves_the_weights_layout_alone():
+    """Stacking happens inside the traced forward: the model's tree, its state_dict and so its checkpoints and
+    optimizer state are the unscanned model's."""
+    plain, scanned = _model(False), _model(True)
+    assert nnx.graphdef(plain) != nnx.graphdef(scanned)  # the options differ...
+    s0, s1 = state_dict_from_model(plain), state_dict_from_model(scanned)
+    assert list(s0) == list(s1)  # ...the tensors do not
+    assert all(np.array_equal(s0[k], s1[k]) for k in s0)
+    assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(nnx.state(scanned))
+
+
+def test_scan_is_a_training_setting_and_a_checked_option():
+    assert TrainConfig(scan=True).scan is True
+    with pytest.raises(ValueError, match="scan must be True or False"):
+        ModelOptions(scan="yes")
