@@ -9,10 +9,12 @@ Three cases, each contender built and warmed up first, then interleaved rounds (
      tried from `--max-batch` down by halves until one compiles and runs (effnet_jax only: the twin has no remat).
 The torch rows run where torch sees the device (CUDA); on a TPU only the JAX rows run.
 
-Also (`remat-memory`) XLA's temporary bytes of the b3@300 batch-32 train step without and with remat, compile only:
+Also (`scan`) the b7@600 bfloat16 train step with `remat="dots"` at batch 16, scan off and on: compile seconds and
+interleaved img/s (on CPU scan halves the compile for some step time; this is the device's figure). And
+(`remat-memory`) XLA's temporary bytes of the b3@300 batch-32 train step without and with remat, compile only:
 the device's own figure for what the CPU table in benchmarks/README.md estimates.
 
-Run from the repo root on the device machine: `python benchmarks/accelerator.py [--only b0 remat-memory b3 b7]
+Run from the repo root on the device machine: `python benchmarks/accelerator.py [--only b0 remat-memory b3 b7 scan]
 [--reps 10] [--out DIR]`; writes `<out>/accelerator-<platform>[-<cases>].{json,md}` after every case, so a timeout
 keeps what ran. `--smoke` runs every case tiny (b0@64, batch 4) to check the script on CPU.
 """
@@ -131,6 +133,8 @@ def _markdown(result: dict) -> str:
         eager = c["img_s"].get("torch AMP bf16 channels_last")
         comp = c["img_s"].get("torch.compile AMP bf16 channels_last")
         for name, v in c["img_s"].items():
+            if isinstance(c.get("compile_s"), dict):  # the scan case: compile seconds per contender
+                name = f"{name} (compile {c['compile_s'][name]:.0f} s)"
             x_eager = f"{v / eager:.2f}x" if eager else "-"
             x_comp = f"{v / comp:.2f}x" if comp else "-"
             lines.append(
@@ -168,7 +172,22 @@ def _remat_memory_case(variant: str, res: int, batch: int) -> dict:
             "img_s": {}}  # fmt: skip
 
 
-CASES = ("b0", "remat-memory", "b3", "b7")
+def _scan_case(variant: str, res: int, batch: int, reps: int) -> dict:
+    """`ModelOptions(scan=)` off and on for one train step: compile seconds, then interleaved img/s."""
+    from effnet_jax.bench.contenders import jax_train
+    from effnet_jax.bench.harness import interleaved
+
+    runs, compile_s = {}, {}
+    for scan in (False, True):
+        name = f"effnet_jax bf16 remat=dots scan={'on' if scan else 'off'}"
+        runs[name], compile_s[name], _ = jax_train(variant, res, batch, _options(remat="dots", scan=scan))
+        runs[name]()
+    times = interleaved(runs, reps)
+    return {"suite": "train, scan", "variant": variant, "res": res, "batch": batch, "compile_s": compile_s,
+            "img_s": {name: batch / statistics.median(ts) for name, ts in times.items()}}  # fmt: skip
+
+
+CASES = ("b0", "remat-memory", "b3", "b7", "scan")
 
 
 def main() -> None:
@@ -204,6 +223,8 @@ def main() -> None:
             found = [
                 _interleaved_case(s, "b0", res, batch, device, args.reps, args.smoke) for s in ("train", "inference")
             ]
+        elif case == "scan":
+            found = [_scan_case(*(("b0", 64, 2) if args.smoke else ("b7", 600, 16)), args.reps)]
         elif case == "remat-memory":
             found = [_remat_memory_case("b3", 64 if args.smoke else 300, 2 if args.smoke else 32)]
         else:
