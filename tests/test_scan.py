@@ -63,6 +63,17 @@ def test_runs_end_at_taps_at_mode_changes_and_at_mask_kinds():
     assert [i for r in runs for i in r] == list(range(len(spec.blocks)))
 
 
+def test_a_bad_mask_gets_the_blocks_own_error():
+    """Masks of the wrong shape or type are refused with DropPath's message, never a stacking error."""
+    model = EfficientNet.from_name("b0", num_classes=10, options=ModelOptions(dtype="float32", scan=True))
+    model.train()
+    x = jnp.zeros((2, 32, 32, 3))
+    repeated = max(_stage_runs(model.spec), key=len)
+    for bad in ({repeated[0]: jnp.ones(3), repeated[1]: jnp.ones(2)}, {i: [1.0, 1.0] for i in repeated}):
+        with pytest.raises(ValueError, match=r"DropPath: expected a keep-mask of shape \(2,\)"):
+            model(x, drop_path_masks=bad)
+
+
 def _model(scan: bool, remat: str = "none") -> EfficientNet:
     """b0 with 10 classes and the same weights whatever the options, in train mode."""
     base = EfficientNet.from_name("b0", num_classes=10, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))

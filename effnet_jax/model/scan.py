@@ -35,10 +35,18 @@ def _mode(block: nnx.Module) -> tuple[bool, ...]:
     return tuple(flags)
 
 
+def _mask_kind(mask: Any) -> object:
+    """None, the mask's shape, or (not an array) a key equal to nothing: such a block runs alone, so its own
+    DropPath rejects the mask with the usual message instead of a stacking error."""
+    if mask is None:
+        return None
+    return tuple(mask.shape) if hasattr(mask, "shape") else object()
+
+
 def _run_key(block: nnx.Module, mask: Any) -> tuple:
     """Blocks with equal keys may share one scan body: same shapes, modes, mask kind and whether they drop."""
     b = block.spec
-    return (replace(b, index=0, drop_path=0.0), _mode(block), mask is None, b.drop_path > 0.0)
+    return (replace(b, index=0, drop_path=0.0), _mode(block), _mask_kind(mask), b.drop_path > 0.0)
 
 
 def scan_runs(blocks: Sequence[nnx.Module], masks: Sequence[Any], keep: set[int]) -> list[range]:
