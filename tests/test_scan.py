@@ -22,8 +22,8 @@ from effnet_spec.forward import block_masks
 RES, BATCH = 96, 8
 
 
-def _abstract(name: str) -> EfficientNet:
-    options = ModelOptions(dtype="float32", scan=True)
+def _abstract(name: str, scan: bool = True) -> EfficientNet:
+    options = ModelOptions(dtype="float32", scan=scan)
     return nnx.eval_shape(lambda: EfficientNet.from_name(name, rngs=nnx.Rngs(0), options=options))
 
 
@@ -63,15 +63,47 @@ def test_runs_end_at_taps_at_mode_changes_and_at_mask_kinds():
     assert [i for r in runs for i in r] == list(range(len(spec.blocks)))
 
 
+def _scans(model: EfficientNet, x) -> int:
+    """How many scans the traced forward holds (top level of its jaxpr)."""
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+    return sum(e.primitive.name == "scan" for e in jaxpr.eqns)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_traced_forward_scans_each_repeated_run(mode):
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    plain, scanned = _abstract("b0", scan=False), _abstract("b0")
+    for m in (plain, scanned):
+        getattr(m, mode)()
+    assert _scans(plain, x) == 0
+    assert _scans(scanned, x) == sum(len(r) > 1 for r in _stage_runs(scanned.spec)) == 3
+
+
 def test_a_bad_mask_gets_the_blocks_own_error():
     """Masks of the wrong shape or type are refused with DropPath's message, never a stacking error."""
     model = EfficientNet.from_name("b0", num_classes=10, options=ModelOptions(dtype="float32", scan=True))
     model.train()
     x = jnp.zeros((2, 32, 32, 3))
     repeated = max(_stage_runs(model.spec), key=len)
+    forward = nnx.jit(lambda m, x, masks: m(x, drop_path_masks=masks))  # scanned: under a trace
     for bad in ({repeated[0]: jnp.ones(3), repeated[1]: jnp.ones(2)}, {i: [1.0, 1.0] for i in repeated}):
         with pytest.raises(ValueError, match=r"DropPath: expected a keep-mask of shape \(2,\)"):
-            model(x, drop_path_masks=bad)
+            forward(model, x, bad)
+
+
+def test_an_eager_call_runs_the_blocks_one_by_one(monkeypatch):
+    """Scan is for compile time; eagerly it would trace and compile every stage's scan on each call."""
+    import effnet_jax.model.efficientnet as efficientnet
+
+    model = EfficientNet.from_name("b0", num_classes=10, options=ModelOptions(dtype="float32", scan=True))
+    model.eval()
+    calls, real = [], efficientnet.scan_blocks
+    monkeypatch.setattr(efficientnet, "scan_blocks", lambda *a: calls.append(1) or real(*a))
+    model(jnp.zeros((1, 32, 32, 3)))
+    assert not calls
+    nnx.jit(lambda m, x: m(x))(model, jnp.zeros((1, 32, 32, 3)))
+    assert calls
 
 
 def _model(scan: bool, remat: str = "none") -> EfficientNet:

@@ -259,7 +259,8 @@ class EfficientNet(nnx.Module):
         """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""
         masks = block_masks(self.spec, masks)  # checked before anything runs (train-mode BN would update)
         x = self.stem(jnp.asarray(x).astype(self.dtype))
-        if self.options.scan:
+        # Scan only under a trace: it exists for compile time, and eagerly each call would trace the scan anew.
+        if self.options.scan and isinstance(x, jax.core.Tracer):
             return scan_blocks(self.blocks, x, masks, keep)
         return run_blocks(self.blocks, x, masks, keep)
 

@@ -287,7 +287,7 @@ class _RandomMask(nnx.Module):
         return jax.random.bernoulli(self.rngs(), 1.0 - self.rate if keep is None else keep, shape).astype(dtype)
 
     def __call__(self, x: jax.Array, mask=None, *, keep: jax.Array | None = None) -> jax.Array:
-        """`keep` (1 - rate as a float32 array) replaces the static rate: a scanned block's rate is data."""
+        """`keep` (1 - rate as an array) replaces the static rate: a scanned block's rate is data."""
         if self.deterministic:
             return x
         shape = self._mask_shape(x)

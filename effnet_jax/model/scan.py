@@ -1,5 +1,6 @@
 """Running a stage's repeated blocks as one `jax.lax.scan` (`ModelOptions(scan=True)`): XLA then compiles one
-block body per stage instead of one per block, which is what bounds the compile time of the big variants.
+block body per stage instead of one per block, which is what bounds the compile time of the big variants. Only
+under a trace (`jit`, `grad`): an eager call runs the blocks one by one, the same function without a scan per call.
 
 Blocks 1..n-1 of a stage share every shape; only their index and drop-path rate differ. The model keeps one module
 per block (the twin contract's tree, so checkpoints, optimizer state, EMA and freezing are the same with scan on or
@@ -16,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from .layers import BatchNorm, _RandomMask
@@ -74,8 +74,9 @@ def _scan(run: list[nnx.Module], x: jax.Array, masks: list[Any]) -> jax.Array:
     states = [nnx.split(b, nnx.Param, ...)[1:] for b in run]
     params = _stack([p for p, _ in states])
     rest = _stack([r for _, r in states])
-    # 1 - rate rounded once from the float64 rate, as the unscanned DropPath's Python arithmetic does.
-    keeps = jnp.asarray(np.array([1.0 - b.spec.drop_path for b in run], np.float64).astype(np.float32))
+    # 1 - rate in Python floats, then the default float dtype, as the unscanned DropPath's arithmetic does (float32,
+    # or float64 under jax_enable_x64), so both draw the same masks.
+    keeps = jnp.asarray([1.0 - b.spec.drop_path for b in run])
     stacked_masks = None if masks[0] is None else jnp.stack([jnp.asarray(m) for m in masks])
     drops = run[0].spec.drop_path > 0.0
 
