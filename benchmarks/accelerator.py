@@ -10,7 +10,8 @@ Three cases, each contender built and warmed up first, then interleaved rounds (
 The torch rows run where torch sees the device (CUDA); on a TPU only the JAX rows run.
 
 Also (`scan`) the b7@600 bfloat16 train step with `remat="dots"` at batch 16, scan off and on: compile seconds and
-interleaved img/s (on CPU scan halves the compile for some step time; this is the device's figure). And
+interleaved img/s (on CPU, scan took this compile from 62 to 45 s at 1.17x the step time; this is the device's
+figure). And
 (`remat-memory`) XLA's temporary bytes of the b3@300 batch-32 train step without and with remat, compile only:
 the device's own figure for what the CPU table in benchmarks/README.md estimates.
 
