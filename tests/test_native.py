@@ -78,6 +78,32 @@ def test_two_native_calls_at_once_do_not_deadlock():
     np.testing.assert_allclose(b, depthwise._kernel_grad(x2, g2, (5, 5, 1, 40), 2, ((1, 2), (1, 2))), atol=1e-3)
 
 
+@needs_native
+def test_native_dense_and_depthwise_calls_at_once_do_not_deadlock():
+    # The stem's forward, its kernel gradient and a depthwise kernel gradient, independent of each other, may
+    # run concurrently on XLA's pool (same part-claiming scheme in both sources).
+    from effnet_jax.ops import dense
+
+    x1, g1 = _operands(*CASES[0])
+    x2 = jax.random.normal(jax.random.key(7), (4, 20, 18, 3))
+    k2 = jax.random.normal(jax.random.key(8), (3, 3, 3, 32))
+    g2 = jax.random.normal(jax.random.key(9), (4, 10, 9, 32))
+    pad = ((0, 1), (0, 1))
+    f = jax.jit(
+        lambda x1, g1, x2, k2, g2: (
+            native.depthwise_kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))),
+            native.dense_small_cin_conv(x2, k2, 2, pad),
+            native.dense_small_cin_kernel_grad(x2, g2, k2.shape, 2, pad),
+        )
+    )
+    for _ in range(20):
+        a, y, dk = f(x1, g1, x2, k2, g2)
+    np.testing.assert_allclose(a, depthwise._kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))), atol=1e-3)
+    np.testing.assert_allclose(y, dense._lax_conv(x2, k2, 2, pad), atol=1e-4)
+    want_dk = jax.vjp(lambda k: dense._lax_conv(x2, k, 2, pad), k2)[1](g2)[0]
+    np.testing.assert_allclose(dk, want_dk, atol=1e-3)
+
+
 _PROBE = textwrap.dedent(
     """
     import warnings, jax, jax.numpy as jnp
@@ -115,7 +141,7 @@ def test_failed_build_warns_once_and_falls_back(tmp_path):
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 def test_build_is_cached_by_source_jax_and_cpu(tmp_path):
     assert _probe(tmp_path).startswith("True True 0 ")
-    (lib,) = (tmp_path / "cache").glob("depthwise_kgrad-*.so")
+    (lib,) = (tmp_path / "cache").glob("effnet_native-*.so")
     stamp = lib.stat().st_mtime_ns
     assert _probe(tmp_path, CXX=shutil.which("false") or "/bin/false").startswith("True True 0 ")  # no rebuild
     assert lib.stat().st_mtime_ns == stamp

@@ -4,11 +4,16 @@ XLA CPU runs the depthwise kernel gradient (a k*k-way reduction over N, H, W per
 `csrc/depthwise_kgrad.cc`, a plain loop vectorised over channels, is several times faster at B0's shapes
 (`benchmarks/depthwise_kgrad_ffi.py`). `depthwise`'s CPU path uses it when `available()`.
 
-The library is compiled once per (source, jax version, CPU) with `g++ -O3 -march=native` against jaxlib's FFI
-headers and cached in `$EFFNET_CACHE_DIR` (default `~/.cache/effnet`), written atomically so concurrent
+XLA CPU also runs a dense conv with few input channels (the stem: 3x3, stride 2, C = 3) at ~10 GFLOP/s, its
+contraction being only kh*kw*C deep; `csrc/dense_small_cin.cc` computes its forward and kernel gradient with
+a block of output pixels x output channels in registers, ~6x faster for b0's stem (`benchmarks/stem.py`).
+`dense.dense_conv` uses it on CPU when `available()`.
+
+The library (both sources) is compiled once per (sources, jax version, CPU) with `g++ -O3 -march=native` against
+jaxlib's FFI headers and cached in `$EFFNET_CACHE_DIR` (default `~/.cache/effnet`), written atomically so concurrent
 processes never load a half-written file. No compiler, a failed build or `EFFNET_NATIVE=0` leaves
 `available()` False (with one warning for a failure) and callers keep the XLA formulation, which computes the
-same function. The custom call has no sharding rule: under `jit` with a batch sharded over several CPU devices
+same function. The custom calls have no sharding rule: under `jit` with a batch sharded over several CPU devices
 XLA gathers its operands onto each device (correct, not fast).
 """
 
@@ -30,12 +35,19 @@ import numpy as np
 
 from .. import env
 
-__all__ = ["ENV", "available", "depthwise_kernel_grad"]
+__all__ = ["ENV", "available", "dense_small_cin_conv", "dense_small_cin_kernel_grad", "depthwise_kernel_grad"]
 
 ENV = env.NATIVE
-_SOURCE = "depthwise_kgrad.cc"
-_SYMBOL = "EffnetDepthwiseKgrad"
+_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc")
 _TARGET = "effnet_depthwise_kgrad"
+_DENSE_FWD = "effnet_dense_small_cin_fwd"
+_DENSE_KGRAD = "effnet_dense_small_cin_kgrad"
+# FFI target -> exported handler symbol
+_TARGETS = {
+    _TARGET: "EffnetDepthwiseKgrad",
+    _DENSE_FWD: "EffnetDenseSmallCinFwd",
+    _DENSE_KGRAD: "EffnetDenseSmallCinKgrad",
+}
 _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _loaded: bool | None = None  # None: not tried yet in this process
@@ -62,11 +74,12 @@ def cache_dir() -> str:
 
 
 def _build() -> str:
-    """Path of the compiled library, building it first if this (source, jax, CPU) has none cached."""
-    source = resources.files(__package__).joinpath("csrc", _SOURCE).read_bytes()
-    key = hashlib.sha256(b"\0".join([source, jax.__version__.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]))
+    """Path of the compiled library, building it first if this (sources, jax, CPU) has none cached."""
+    sources = [resources.files(__package__).joinpath("csrc", name).read_bytes() for name in _SOURCES]
+    parts = [*sources, jax.__version__.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]
+    key = hashlib.sha256(b"\0".join(parts))
     folder = cache_dir()
-    path = os.path.join(folder, f"depthwise_kgrad-{key.hexdigest()[:16]}.so")
+    path = os.path.join(folder, f"effnet_native-{key.hexdigest()[:16]}.so")
     if os.path.exists(path):
         return path
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -74,12 +87,14 @@ def _build() -> str:
         raise FileNotFoundError("no C++ compiler (g++ or c++ on PATH, or $CXX)")
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src = os.path.join(tmp, _SOURCE)
-        with open(src, "wb") as f:
-            f.write(source)
+        srcs = []
+        for name, source in zip(_SOURCES, sources, strict=True):
+            srcs.append(os.path.join(tmp, name))
+            with open(srcs[-1], "wb") as f:
+                f.write(source)
         out = os.path.join(tmp, "lib.so")
         proc = subprocess.run(
-            [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), src, "-o", out], capture_output=True, text=True
+            [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), *srcs, "-o", out], capture_output=True, text=True
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
@@ -95,7 +110,8 @@ def available() -> bool:
         if _wanted():
             try:
                 lib = ctypes.CDLL(_build())
-                jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
+                for target, symbol in _TARGETS.items():
+                    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
                 _loaded = True
             except (OSError, RuntimeError, AttributeError) as e:
                 warnings.warn(
@@ -125,3 +141,28 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int,
         pl=np.int64(pl),
     )
     return dk.reshape(kernel_shape)
+
+
+def _dense_attrs(stride: int, padding) -> dict:
+    (pt, _), (pl, _) = padding
+    return dict(s=np.int64(stride), pt=np.int64(pt), pl=np.int64(pl))
+
+
+def dense_small_cin_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Dense conv of NHWC `x` with an HWIO `kernel`, explicit padding; float32, CPU only, no autodiff rule.
+
+    Meant for few input channels (the stem); same function as `lax.conv_general_dilated` with these dimension
+    numbers. Call only when `available()` and on the CPU platform (`dense.dense_conv` wraps it in a VJP).
+    """
+    kh, kw, _, d = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    n, h, w, _ = x.shape
+    ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
+    call = jax.ffi.ffi_call(_DENSE_FWD, jax.ShapeDtypeStruct((n, ho, wo, d), jnp.float32))
+    return call(x.astype(jnp.float32), kernel.astype(jnp.float32), **_dense_attrs(stride, padding))
+
+
+def dense_small_cin_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding) -> jax.Array:
+    """dk (kh, kw, C, D) of `dense_small_cin_conv` whose output gradient is `g`; float32, CPU only."""
+    call = jax.ffi.ffi_call(_DENSE_KGRAD, jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32))
+    return call(x.astype(jnp.float32), g.astype(jnp.float32), **_dense_attrs(stride, padding))
