@@ -16,6 +16,7 @@ from effnet_jax import EfficientNet, ModelOptions, model_from_state_dict, state_
 from effnet_jax.model.options import remat_compiler_options
 from effnet_jax.model.scan import scan_runs
 from effnet_jax.train import TrainConfig
+from effnet_spec import STAGES, resolve
 from effnet_spec.forward import block_masks
 
 # As tests/test_remat.py: 96 px and 8 images keep the last stage's train-mode BN well conditioned.
@@ -96,7 +97,8 @@ def test_an_eager_call_runs_the_blocks_one_by_one(monkeypatch):
     """Scan is for compile time; eagerly it would trace and compile every stage's scan on each call."""
     import effnet_jax.model.efficientnet as efficientnet
 
-    model = EfficientNet.from_name("b0", num_classes=10, options=ModelOptions(dtype="float32", scan=True))
+    spec = resolve("b0", num_classes=10, stages=STAGES[:4])  # stage 3's blocks 1-2 scan; a short eager call
+    model = EfficientNet(spec, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32", scan=True))
     model.eval()
     calls, real = [], efficientnet.scan_blocks
     monkeypatch.setattr(efficientnet, "scan_blocks", lambda *a: calls.append(1) or real(*a))
