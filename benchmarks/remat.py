@@ -30,7 +30,7 @@ SETTINGS = (("none", "jax"), ("block", "jax"), ("dots", "jax"), ("none", "nnx"))
 BUDGETS_GB = (16, 32, 80)
 
 
-def _step_fn(variant: str, remat: str, batch: int, grad: str):
+def _step_fn(variant: str, remat: str, batch: int, grad: str, scan: bool = False):
     import jax
     import jax.numpy as jnp
     import optax
@@ -38,7 +38,7 @@ def _step_fn(variant: str, remat: str, batch: int, grad: str):
 
     from effnet_jax import EfficientNet, ModelOptions, remat_compiler_options
 
-    options = ModelOptions(dtype="float32", remat=remat)
+    options = ModelOptions(dtype="float32", remat=remat, scan=scan)
     model = EfficientNet.from_name(variant, rngs=nnx.Rngs(0), options=options)
     model.train()
     res = model.spec.resolution
@@ -76,12 +76,14 @@ def _step_fn(variant: str, remat: str, batch: int, grad: str):
     return compiled, args, compile_s, res
 
 
-def _measure(variant: str, remat: str, grad: str, reps: int) -> dict:
+def _measure(variant: str, remat: str, grad: str, reps: int, scan: bool = False) -> dict:
+    """Temporaries at batch 2 and 1, compile seconds, the batch-1 step time and the largest batch per budget; also
+    used by benchmarks/scan.py (`scan=`)."""
     import jax
 
-    out = {"variant": variant, "remat": remat, "grad": grad}
+    out = {"variant": variant, "remat": remat, "grad": grad, "scan": scan}
     for batch in (2, 1):  # batch 1 last: it is the one timed (b7@600 at batch 2 would need ~10 GB of temporaries)
-        compiled, args, compile_s, res = _step_fn(variant, remat, batch, grad)
+        compiled, args, compile_s, res = _step_fn(variant, remat, batch, grad, scan)
         mem = compiled.memory_analysis()
         out[f"temp_b{batch}"] = mem.temp_size_in_bytes
         out[f"args_b{batch}"] = mem.argument_size_in_bytes

@@ -16,71 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.getcwd())
 
 SETTINGS = ((False, "none"), (True, "none"), (False, "dots"), (True, "dots"))
-
-
-def _compiled_step(variant: str, scan: bool, remat: str, batch: int):
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from effnet_jax import EfficientNet, ModelOptions, remat_compiler_options
-
-    options = ModelOptions(dtype="float32", remat=remat, scan=scan)
-    model = EfficientNet.from_name(variant, rngs=nnx.Rngs(0, dropout=1), options=options)
-    model.train()
-    res = model.spec.resolution
-    tx = optax.sgd(0.01, momentum=0.9)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
-    x = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
-    y = jnp.zeros((batch,), jnp.int32)
-
-    def step(params, rest, opt_state, x, y):
-        def loss_fn(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
-        m = nnx.merge(graphdef, params, rest)
-        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param))(m)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), nnx.split(m, nnx.Param, ...)[2], opt_state, loss
-
-    args = (params, rest, opt_state, x, y)
-    t = time.perf_counter()
-    jitted = jax.jit(step, donate_argnums=(0, 1, 2), compiler_options=remat_compiler_options(remat))
-    compiled = jitted.lower(*args).compile()
-    return compiled, args, time.perf_counter() - t, res
-
-
-def _measure(variant: str, scan: bool, remat: str, reps: int) -> dict:
-    import jax
-
-    out = {"variant": variant, "scan": scan, "remat": remat}
-    for batch in (2, 1):  # batch 1 last: it is the one timed
-        compiled, args, compile_s, res = _compiled_step(variant, scan, remat, batch)
-        out[f"temp_b{batch}"] = compiled.memory_analysis().temp_size_in_bytes
-        out[f"compile_s_b{batch}"] = compile_s
-        if batch == 2:
-            del compiled, args
-    out["res"] = res
-    out["temp_per_image"] = out["temp_b2"] - out["temp_b1"]
-    params, rest, opt_state, x, y = args
-    times = []
-    for i in range(reps + 1):
-        t = time.perf_counter()
-        params, rest, opt_state, loss = compiled(params, rest, opt_state, x, y)
-        jax.block_until_ready(loss)
-        if i:  # the first call warms up
-            times.append(time.perf_counter() - t)
-    out["step_s_b1"] = statistics.median(times)
-    return out
 
 
 def main() -> None:
@@ -90,13 +30,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
+    from benchmarks.remat import _measure  # the same step, compiles and timing as the remat table
     from effnet_jax.bench.harness import environment
     from effnet_jax.bench.report import write_results
 
     rows = []
     for variant in args.variants:
         for scan, remat in SETTINGS:
-            rows.append(_measure(variant, scan, remat, args.reps))
+            rows.append(_measure(variant, remat, "nnx", args.reps, scan=scan))
             print(rows[-1], flush=True)
     env = environment("cpu")
     base = {(r["variant"], r["remat"]): r for r in rows if not r["scan"]}
