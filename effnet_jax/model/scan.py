@@ -70,10 +70,10 @@ def _stack(trees: list) -> Any:
 
 def _scan(run: list[nnx.Module], x: jax.Array, masks: list[Any]) -> jax.Array:
     """`run`'s blocks applied in order to `x` as one scan; their BN statistics and RNG counters are updated."""
-    graphdef, _, _ = nnx.split(run[0], nnx.Param, ...)
-    states = [nnx.split(b, nnx.Param, ...)[1:] for b in run]
-    params = _stack([p for p, _ in states])
-    rest = _stack([r for _, r in states])
+    splits = [nnx.split(b, nnx.Param, ...) for b in run]
+    graphdef = splits[0][0]  # every block of a run has this structure; rates and flags come as data or are equal
+    params = _stack([p for _, p, _ in splits])
+    rest = _stack([r for _, _, r in splits])
     # 1 - rate in Python floats, then the default float dtype, as the unscanned DropPath's arithmetic does (float32,
     # or float64 under jax_enable_x64), so both draw the same masks.
     keeps = jnp.asarray([1.0 - b.spec.drop_path for b in run])
