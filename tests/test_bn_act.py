@@ -1,4 +1,7 @@
-"""`batch_norm_act` (hand-written backward) computes the autodiffed reference: values, gradients, statistics."""
+"""`batch_norm_act` (hand-written backward) computes the autodiffed reference: values, gradients, statistics.
+
+Each reference test runs both formulations: the native CPU kernels (`csrc/bn_act.cc`, where built) and XLA's.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,25 @@ import numpy as np
 import pytest
 
 from effnet_jax.model.layers import activation_fn
+from effnet_jax.ops import bn_act, native
 from effnet_jax.ops.bn_act import batch_norm_act, batch_norm_act_reference
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels not built here (no C++ compiler)")
 
 EPS = 1e-3
 # Both sides are float32 reductions over <= 2*5*6 values in different orders plus the same elementwise ops;
 # values are O(1..10), so 2e-5 is ~100 ulp of headroom and far below any formula error (O(1e-1)).
 TOL = 2e-5
+
+
+@pytest.fixture(autouse=True, params=["native", "xla"])
+def path(request, monkeypatch):
+    """Runs each test on the native kernels and on XLA's formulation (the one GPU/TPU and `EFFNET_NATIVE=0` get)."""
+    if request.param == "native" and not native.available():
+        pytest.skip("native kernels not built here (no C++ compiler)")
+    if request.param == "xla":
+        monkeypatch.setattr(bn_act, "_native_act", lambda x, act: (False, None))
+    return request.param
 
 
 def _reference(x, scale, bias, activation):
@@ -99,3 +115,86 @@ def test_bad_input(scale_shape, act, match):
     x, _, bias, _ = _inputs()
     with pytest.raises(ValueError, match=match):
         batch_norm_act(x, jnp.ones(scale_shape), bias, EPS, act)
+
+
+def _lowered(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).as_text()
+
+
+def test_cpu_train_mode_runs_the_native_calls_where_built(path):
+    x, scale, bias, (gy, _, _) = _inputs()
+    loss = lambda x, s, b: jnp.sum(batch_norm_act(x, s, b, EPS, jax.nn.silu)[0] * gy)  # noqa: E731
+    hlo = _lowered(jax.grad(loss, (0, 1, 2)), x, scale, bias)
+    for target in ("effnet_bn_act_fwd", "effnet_bn_act_bwd"):
+        assert (target in hlo) == (path == "native"), target
+    # A shape jax.export leaves symbolic keeps XLA's formulation: an artifact must not name effnet's targets.
+    (batch,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((batch, 5, 6, 4), jnp.float32)
+    exported = jax.export.export(jax.jit(lambda x: batch_norm_act(x, scale, bias, EPS, jax.nn.silu)[0]))(spec)
+    assert "effnet_bn_act" not in exported.mlir_module()
+
+
+# Shapes whose rows span several of the kernel's cache-sized chunks and threads' parts, with channel counts off the
+# 16-lane vector width (the partial last vector) and one channel.
+NATIVE_SHAPES = [(4, 30, 30, 17), (2, 40, 40, 40), (3, 11, 13, 1), (2, 3, 3, 64)]
+
+
+@needs_native
+@pytest.mark.parametrize("shape", NATIVE_SHAPES, ids=str)
+@pytest.mark.parametrize("activation", [None, "silu", "relu6"])
+def test_native_equals_xla_on_large_and_ragged_shapes(path, shape, activation):
+    if path == "xla":
+        pytest.skip("compares the two paths itself")
+    rng = np.random.default_rng(sum(shape))
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, jnp.float32)
+    g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 2.0, shape[-1]), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
+    act = None if activation is None else activation_fn(activation)
+
+    def run():  # a fresh function per path: jit reuses a trace of a function object it has seen
+        def both(x, s, b):
+            out, vjp = jax.vjp(lambda x, s, b: batch_norm_act(x, s, b, EPS, act), x, s, b)
+            return out, vjp((g, jnp.zeros_like(out[1]), jnp.zeros_like(out[2])))
+
+        return jax.tree_util.tree_leaves(jax.jit(both)(x, scale, bias))
+
+    got = run()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bn_act, "_native_act", lambda x, act: (False, None))
+        want = run()
+    # y, mean, var, dx, dscale, dbias. Sums over up to 3600 rows in float32 in different orders (XLA's tree vs the
+    # kernel's chunks merged in double) and exp by different polynomials: ~1e-6 relative; 2e-5 of each output's
+    # largest magnitude is ~100 ulp and far below a wrong formula, row or lane.
+    for name, a, b in zip(("y", "mean", "var", "dx", "dscale", "dbias"), got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(jnp.abs(b).max()), err_msg=name)
+
+
+@needs_native
+def test_native_statistics_do_not_cancel(path):
+    """A large common offset: var from sums of squares in float32 would be noise; the kernel's is exact.
+
+    (XLA's float32 mean of 1000 + noise is ~1e-6 off, which alone moves a 1e-4 variance by ~1%: not tested here.)
+    """
+    if path == "xla":
+        pytest.skip("a property of the native kernel")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 20, 20, 24)) * 0.01 + 1000.0
+    forward = jax.jit(lambda x: native.bn_act_forward(x.reshape(-1, 24), jnp.ones(24), jnp.zeros(24), EPS, None))
+    _, mean, var, _ = forward(jnp.asarray(x, jnp.float32))
+    xf = np.asarray(jnp.asarray(x, jnp.float32), np.float64).reshape(-1, 24)  # the float32 input, exactly
+    np.testing.assert_allclose(mean, xf.mean(0), rtol=1e-7)  # ~1 ulp: the float32 result of a float64 merge
+    # 1e-4 relative of a variance of 1e-4 around 1000: float32 E[x^2] - E[x]^2 would be off by ~1e2 relative.
+    np.testing.assert_allclose(var, xf.var(0), rtol=1e-4)
+
+
+@needs_native
+def test_native_relu6_gradient_is_zero_at_both_kinks(path):
+    z = jnp.asarray([[0.0, 6.0, 3.0, -1.0, 7.0, 2.0, 1e-7, 5.9999995]], jnp.float32).T  # (8, 1), z == x below
+    g = jnp.ones_like(z)
+    one, zero = jnp.ones(1), jnp.zeros(1)
+    dx, _, _ = jax.jit(lambda z, g: native.bn_act_backward(z, g, one, zero, zero, one, "relu6"))(z, g)
+    # With scale = rstd = 1 and mean = bias = 0, dx = dz - mean(dz) - z * mean(dz * z): recover dz from it.
+    dz = jax.vmap(jax.grad(jax.nn.relu6))(z[:, 0])
+    want = dz - dz.mean() - z[:, 0] * (dz * z[:, 0]).mean()
+    np.testing.assert_allclose(dx[:, 0], want, rtol=0, atol=1e-6)

@@ -13,6 +13,11 @@ derivative is taken with `jax.vjp` at the recomputed pre-activation, so it is ex
 kink convention included). Statistics are computed in float32 two-pass (no E[x^2] - E[x]^2 cancellation),
 whatever the input dtype. The batch mean and (biased) variance are returned too, for the running averages;
 their cotangents are honoured when they are not symbolic zeros.
+
+On CPU in float32, with concrete shapes, an activation the native kernels know (none, SiLU, ReLU6) and the native
+library built, the forward and this backward run as one native call each (`native.bn_act_forward` /
+`bn_act_backward`, `csrc/bn_act.cc`): the same formulas, statistics two-pass per cache-sized chunk and merged in
+double. `EFFNET_NATIVE=0` keeps the XLA formulation; a symbolic shape (`jax.export`) always does.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+
+from . import native
 
 __all__ = ["batch_norm_act", "batch_norm_act_reference"]
 
@@ -76,7 +83,30 @@ def _affine(scale, bias, mean, rstd):
     return a, bias - mean * a
 
 
+def _native_act(x, act) -> tuple[bool, str | None]:
+    """(whether the native kernels run this call, the activation's name for them)."""
+    try:
+        name = {None: None, jax.nn.silu: "silu", jax.nn.relu6: "relu6"}[act]
+    except (KeyError, TypeError):
+        return False, None
+    concrete = all(isinstance(d, int) for d in x.shape)
+    return x.dtype == jnp.float32 and concrete and x.size > 0 and native.available(), name
+
+
 def _forward(x, scale, bias, eps, act):
+    use_native, name = _native_act(x, act)
+    if not use_native:
+        return _xla_forward(x, scale, bias, eps, act)
+
+    def cpu(x, scale, bias):
+        y, mean, var, rstd = native.bn_act_forward(x.reshape(-1, x.shape[-1]), scale, bias, eps, name)
+        return y.reshape(x.shape), mean, var, rstd
+
+    xla = lambda x, scale, bias: _xla_forward(x, scale, bias, eps, act)  # noqa: E731
+    return lax.platform_dependent(x, scale, bias, cpu=cpu, default=xla)
+
+
+def _xla_forward(x, scale, bias, eps, act):
     xf = x.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
     mean = xf.mean(axes)
@@ -105,25 +135,44 @@ def _bn_act_bwd(eps, act, res, cts):
     x, scale, bias, mean, rstd = res
     g, g_mean, g_var = cts
     xf = x.astype(jnp.float32)
-    axes = tuple(range(x.ndim - 1))
     count = math.prod(x.shape[:-1])
-    a, b = _affine(scale, bias, mean, rstd)
-    z = xf * a + b
+    use_native, name = _native_act(x, act)
     if isinstance(g, SymbolicZero):
-        dz = jnp.zeros_like(z)
+        dx, dscale, dbias = _xla_backward(x, jnp.zeros(x.shape, jnp.float32), scale, bias, mean, rstd, act)
+    elif use_native:
+        flat = lambda v: v.reshape(-1, x.shape[-1])  # noqa: E731
+
+        def cpu(x, g, scale, bias, mean, rstd):
+            dx, dscale, dbias = native.bn_act_backward(flat(x), flat(g), scale, bias, mean, rstd, name)
+            return dx.reshape(x.shape), dscale, dbias
+
+        xla = lambda *args: _xla_backward(*args, act)  # noqa: E731
+        dx, dscale, dbias = lax.platform_dependent(
+            x, g.astype(jnp.float32), scale, bias, mean, rstd, cpu=cpu, default=xla
+        )
     else:
-        g = g.astype(jnp.float32)
-        dz = g if act is None else jax.vjp(act, z)[1](g)[0]
-    dbias = dz.sum(axes)
-    xhat = (xf - mean) * rstd
-    dscale = (dz * xhat).sum(axes)
-    dx = (scale * rstd) * (dz - dbias / count - xhat * (dscale / count))
+        dx, dscale, dbias = _xla_backward(x, g.astype(jnp.float32), scale, bias, mean, rstd, act)
     # The returned statistics' own paths: d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
     if not isinstance(g_mean, SymbolicZero):
         dx = dx + g_mean / count
     if not isinstance(g_var, SymbolicZero):
         dx = dx + (2.0 / count) * g_var * (xf - mean)
     return dx.astype(x.dtype), dscale, dbias
+
+
+def _xla_backward(x, g, scale, bias, mean, rstd, act):
+    """(dx in float32, dscale, dbias) of y alone, XLA's formulation: two passes after fusion."""
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    count = math.prod(x.shape[:-1])
+    a, b = _affine(scale, bias, mean, rstd)
+    z = xf * a + b
+    dz = g if act is None else jax.vjp(act, z)[1](g)[0]
+    dbias = dz.sum(axes)
+    xhat = (xf - mean) * rstd
+    dscale = (dz * xhat).sum(axes)
+    dx = (scale * rstd) * (dz - dbias / count - xhat * (dscale / count))
+    return dx, dscale, dbias
 
 
 _bn_act.defvjp(_bn_act_fwd, _bn_act_bwd, symbolic_zeros=True)

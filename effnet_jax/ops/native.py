@@ -9,6 +9,10 @@ contraction being only kh*kw*C deep; `csrc/dense_small_cin.cc` computes its forw
 a block of output pixels x output channels in registers, ~6x faster for b0's stem (`benchmarks/stem.py`).
 `dense.dense_conv` uses it on CPU when `available()`.
 
+Train-mode BatchNorm + activation (`csrc/bn_act.cc`): XLA CPU runs the column reductions and the elementwise passes
+around them as several loops over the activation; one call for the forward (statistics, then `act(x * a + b)`) and
+one for the backward of `bn_act.batch_norm_act` read each operand twice, vectorised over channels.
+
 The library (both sources) is compiled once per (sources, jax version, CPU) with `g++ -O3 -march=native` against
 jaxlib's FFI headers and cached in `$EFFNET_CACHE_DIR` (default `~/.cache/effnet`), written atomically so concurrent
 processes never load a half-written file. No compiler, a failed build or `EFFNET_NATIVE=0` leaves
@@ -35,19 +39,34 @@ import numpy as np
 
 from .. import env
 
-__all__ = ["ENV", "available", "dense_small_cin_conv", "dense_small_cin_kernel_grad", "depthwise_kernel_grad"]
+__all__ = [
+    "ACTIVATIONS",
+    "ENV",
+    "available",
+    "bn_act_backward",
+    "bn_act_forward",
+    "dense_small_cin_conv",
+    "dense_small_cin_kernel_grad",
+    "depthwise_kernel_grad",
+]
 
 ENV = env.NATIVE
-_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc")
+_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "bn_act.cc")
 _TARGET = "effnet_depthwise_kgrad"
 _DENSE_FWD = "effnet_dense_small_cin_fwd"
 _DENSE_KGRAD = "effnet_dense_small_cin_kgrad"
+_BN_FWD = "effnet_bn_act_fwd"
+_BN_BWD = "effnet_bn_act_bwd"
 # FFI target -> exported handler symbol
 _TARGETS = {
     _TARGET: "EffnetDepthwiseKgrad",
     _DENSE_FWD: "EffnetDenseSmallCinFwd",
     _DENSE_KGRAD: "EffnetDenseSmallCinKgrad",
+    _BN_FWD: "EffnetBnActFwd",
+    _BN_BWD: "EffnetBnActBwd",
 }
+# activation name -> the code bn_act.cc's `Act` gives it
+ACTIVATIONS = {None: 0, "silu": 1, "relu6": 2}
 _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _loaded: bool | None = None  # None: not tried yet in this process
@@ -166,3 +185,19 @@ def dense_small_cin_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride
     """dk (kh, kw, C, D) of `dense_small_cin_conv` whose output gradient is `g`; float32, CPU only."""
     call = jax.ffi.ffi_call(_DENSE_KGRAD, jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32))
     return call(x.astype(jnp.float32), g.astype(jnp.float32), **_dense_attrs(stride, padding))
+
+
+def bn_act_forward(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, act: str | None):
+    """(y, mean, biased var, rstd) of train-mode BN of (M, C) float32 `x` then `act`; CPU only, no autodiff rule."""
+    m, c = x.shape
+    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+    call = jax.ffi.ffi_call(_BN_FWD, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec, vec))
+    return call(x, scale, bias, eps=np.float32(eps), act=np.int64(ACTIVATIONS[act]))
+
+
+def bn_act_backward(x, g, scale, bias, mean, rstd, act: str | None):
+    """(dx, dscale, dbias) of `bn_act_forward`'s y with cotangent `g` (the statistics' own cotangents excluded)."""
+    m, c = x.shape
+    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+    call = jax.ffi.ffi_call(_BN_BWD, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec))
+    return call(x, g, scale, bias, mean, rstd, act=np.int64(ACTIVATIONS[act]))
