@@ -1,8 +1,9 @@
-"""`native`: the C++ depthwise kernel gradient equals the XLA one, is used where built, and falls back cleanly."""
+"""`native`: the C++ kernels equal their XLA formulations, are used where built, and fall back cleanly."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,65 @@ def test_native_kernel_grad_equals_xla(case):
     # Each entry sums up to N*Ho*Wo float32 products of N(0, 1) numbers in a different order in each
     # implementation: 1e-5 of the largest entry is ~100x that rounding and far below any indexing slip.
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+# Forward cases beyond CASES: channel counts around the vector widths (1, 7, 17, 40, 72 = 64 + 8), inputs smaller
+# than the kernel (every tap checked), and widths where the 4-pixel interior blocks leave a remainder.
+FWD_CASES = CASES + [
+    (2, 9, 11, 7, 3, 1, ((1, 1), (1, 1))),
+    (1, 2, 2, 17, 5, 1, ((2, 2), (2, 2))),
+    (2, 1, 3, 40, 3, 2, ((1, 1), (1, 1))),
+    (2, 3, 2, 72, 5, 2, ((1, 2), (1, 2))),
+    (1, 15, 13, 80, 5, 1, ((2, 2), (2, 2))),
+    (2, 10, 10, 96, 3, 2, ((0, 1), (0, 1))),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}k{c[4]}s{c[5]}p{c[6]}")
+def test_native_forward_equals_grouped_conv(case):
+    n, h, w, c, k, s, pad = case
+    x, _ = _operands(*case)
+    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
+    want = np.asarray(depthwise._grouped(x, kernel, s, pad), np.float64)
+    got = np.asarray(jax.jit(lambda x, kernel: native.depthwise_conv(x, kernel, s, pad))(x, kernel), np.float64)
+    assert got.shape == want.shape
+    # Each output sums at most k*k = 25 float32 products of N(0, 1) numbers, in another order than XLA's conv:
+    # 1e-5 of the largest output is ~100x that rounding and far below a wrong tap or a missed border.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+@pytest.mark.parametrize("case", [CASES[3], CASES[4], FWD_CASES[-3]], ids=lambda c: f"c{c[3]}k{c[4]}s{c[5]}")
+def test_gradients_through_native_forward_match_grouped(case):
+    n, h, w, c, k, s, pad = case
+    x, g = _operands(*case)
+    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
+
+    def vjp(impl):
+        y, pull = jax.vjp(lambda x, kk: depthwise.depthwise_conv(x, kk, s, pad, impl), x, kernel)
+        return (y, *pull(g))
+
+    hlo = jax.jit(lambda x, kk: depthwise.depthwise_conv(x, kk, s, pad, "shift_vjp")).lower(x, kernel).as_text()
+    assert native._DW_FWD in hlo
+    with jax.default_matmul_precision("highest"):
+        want = jax.jit(lambda: vjp("grouped"))()
+    got = jax.jit(lambda: vjp("shift_vjp"))()
+    for name, a, b in zip(("y", "dx", "dkernel"), got, want, strict=True):
+        b = np.asarray(b, np.float64)
+        # y, dx: sums of <= 25 products; dkernel: N*Ho*Wo products, as in test_native_kernel_grad_equals_xla.
+        np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+@needs_native
+def test_symbolic_batch_keeps_xla_taps():
+    # jax.export with a symbolic batch (`effnet export --format stablehlo`) must not reach effnet's custom calls.
+    (batch,) = jax.export.symbolic_shape("batch")
+    x = jax.ShapeDtypeStruct((batch, 12, 12, 24), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((3, 3, 1, 24), jnp.float32)
+    f = jax.jit(lambda x, k: depthwise.depthwise_conv(x, k, 2, ((0, 1), (0, 1)), "shift_vjp"))
+    text = jax.export.export(f, platforms=["cpu"])(x, kernel).mlir_module()
+    assert set(re.findall(r"custom_call @(\w+)", text)) <= {"shape_assertion"}  # jax's own check of the batch
 
 
 @needs_native

@@ -8,7 +8,10 @@ vectorised loop over channels:
 - ``"grouped"``: `lax.conv_general_dilated` with `feature_group_count = C` (GPU/TPU default).
 - ``"shift"``: the shifted-slice sum; JAX differentiates it (the transpose of each strided slice is
   an interior-padded tensor the size of the input, so the input gradient does k*k full-size adds).
-- ``"shift_vjp"``: the same forward with a hand-written backward (CPU default). The input gradient is
+- ``"shift_vjp"``: the same function with a hand-written VJP (CPU default). On CPU in float32 with concrete
+  shapes its forward is the native loop of `effnet_jax.ops.native` where it could be built: XLA runs the
+  shifted slices as k*k passes (and at inference recomputes a fused BN + SiLU once per tap), the native loop
+  keeps a block of output pixels x channels in registers over all taps. The input gradient is
   again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
   phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k; the kernel
   gradient is k*k products reduced over (N, H, W), on CPU in float32 by the native kernel of
@@ -157,13 +160,30 @@ def _shift_forward(x, kernel, stride, padding):
     return _taps(xp, kernel, stride, out_h, out_w)
 
 
+def _concrete(shape) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def _forward_fastest(x, kernel, stride, padding):
+    """`_shift_forward`, or on CPU the native forward where it is built (`native`: same function, faster).
+
+    A symbolic shape (`jax.export` with a symbolic batch) keeps the XLA taps: an exported artifact must not
+    depend on effnet's custom-call targets.
+    """
+    xla = lambda x, k: _shift_forward(x, k, stride, padding)
+    if x.dtype != jnp.float32 or not _concrete(x.shape) or not native.available():
+        return xla(x, kernel)
+    cpu = lambda x, k: native.depthwise_conv(x, k, stride, padding)
+    return lax.platform_dependent(x, kernel, cpu=cpu, default=xla)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _shift_vjp(x, kernel, stride, padding):
-    return _shift_forward(x, kernel, stride, padding)
+    return _forward_fastest(x, kernel, stride, padding)
 
 
 def _shift_vjp_fwd(x, kernel, stride, padding):
-    return _shift_forward(x, kernel, stride, padding), (x, kernel)
+    return _forward_fastest(x, kernel, stride, padding), (x, kernel)
 
 
 def _phase(size: int, pad_before: int, k: int, stride: int, out_len: int, r: int):

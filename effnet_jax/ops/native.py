@@ -35,16 +35,25 @@ import numpy as np
 
 from .. import env
 
-__all__ = ["ENV", "available", "dense_small_cin_conv", "dense_small_cin_kernel_grad", "depthwise_kernel_grad"]
+__all__ = [
+    "ENV",
+    "available",
+    "dense_small_cin_conv",
+    "dense_small_cin_kernel_grad",
+    "depthwise_conv",
+    "depthwise_kernel_grad",
+]
 
 ENV = env.NATIVE
-_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc")
+_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "depthwise_fwd.cc")
 _TARGET = "effnet_depthwise_kgrad"
+_DW_FWD = "effnet_depthwise_fwd"
 _DENSE_FWD = "effnet_dense_small_cin_fwd"
 _DENSE_KGRAD = "effnet_dense_small_cin_kgrad"
 # FFI target -> exported handler symbol
 _TARGETS = {
     _TARGET: "EffnetDepthwiseKgrad",
+    _DW_FWD: "EffnetDepthwiseFwd",
     _DENSE_FWD: "EffnetDenseSmallCinFwd",
     _DENSE_KGRAD: "EffnetDenseSmallCinKgrad",
 }
@@ -121,6 +130,28 @@ def available() -> bool:
                     stacklevel=2,
                 )
     return _loaded
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Depthwise conv of NHWC `x` with a (kh, kw, 1, C) kernel, explicit padding; float32, CPU only, no autodiff rule.
+
+    Same function as `depthwise._shift_forward`; call only when `available()` and on the CPU platform
+    (`depthwise`'s custom VJP wraps it).
+    """
+    kh, kw, _, c = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    n, h, w, _ = x.shape
+    ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
+    call = jax.ffi.ffi_call(_DW_FWD, jax.ShapeDtypeStruct((n, ho, wo, c), jnp.float32))
+    return call(
+        x.astype(jnp.float32),
+        kernel.astype(jnp.float32).reshape(kh * kw, c),
+        kh=np.int64(kh),
+        kw=np.int64(kw),
+        s=np.int64(stride),
+        pt=np.int64(pt),
+        pl=np.int64(pl),
+    )
 
 
 def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding) -> jax.Array:
