@@ -1,0 +1,222 @@
+"""Question: does a native (C++) depthwise-conv forward make effnet_jax faster on CPU, layer by layer and in b0?
+
+The CPU profile (`results/profile-cpu.md`, issue 16) puts XLA's depthwise forward (the shifted-slice taps of
+`ops.depthwise`'s ``shift_vjp``) at ~123 ms per b0@224 batch-32 train step against oneDNN's ~59 ms, and at
+inference ~187 ms, where XLA fuses the preceding BN + SiLU into the tap loop and recomputes it once per tap.
+`csrc/depthwise_fwd.cc` computes the same forward with a block of output pixels x channel vectors in registers.
+Candidates (each the ``shift_vjp`` depthwise with one piece swapped; the backward is the same in all):
+
+- ``xla taps``: the forward as XLA shifted slices (`depthwise._shift_forward`): the baseline of every ratio.
+- ``native fwd``: the forward by `native.depthwise_conv` (what `depthwise._forward_fastest` picks on CPU in
+  float32).
+
+Two parts, timed interleaved in one process (medians of `--reps`, the baseline in every round):
+
+1. **micro**: one depthwise layer at b0@224 batch-32 shapes (`SHAPES`), alone and after a BN + SiLU-like
+   elementwise prologue (`silu(x * a + b)`, which XLA fuses into its taps and the native call cannot take).
+   Max rel diff of the output against the baseline.
+2. **model**: b0@224 batch 32 float32, train step (forward, backward, SGD momentum) and inference, each candidate
+   patched into `depthwise` and built beside the other (`profile_cpu.build_jax`), `--rounds` interleaved rounds of
+   `--reps` calls; numerics compared on the logits / loss and updated parameters.
+
+Run from the repo root under tcmalloc, holding the machine to yourself:
+`LD_PRELOAD=/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/depthwise_fwd.py [--parts micro,model]
+[--reps 5] [--rounds 3]`; writes `benchmarks/results/depthwise-fwd-<tag>.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+# (H = W, C, k, stride) of b0@224's depthwise layers (one per kind); batch from --batch. Symmetric padding (k-1)/2.
+SHAPES = [
+    (112, 32, 3, 1),
+    (112, 96, 3, 2),
+    (56, 144, 3, 1),
+    (56, 144, 5, 2),
+    (28, 240, 5, 1),
+    (28, 240, 3, 2),
+    (14, 480, 3, 1),
+    (14, 672, 5, 1),
+    (14, 672, 5, 2),
+    (7, 1152, 5, 1),
+    (7, 1152, 3, 1),
+]
+
+
+# ---------------------------------------------------------------- candidates (`depthwise._forward_fastest`'s)
+
+
+def _xla_taps(x, kernel, stride, padding):
+    from effnet_jax.ops import depthwise
+
+    return depthwise._shift_forward(x, kernel, stride, padding)
+
+
+def _native_fwd(x, kernel, stride, padding):
+    from effnet_jax.ops import native
+
+    if not native.available():
+        raise SystemExit("native kernels unavailable here: nothing to compare")
+    return native.depthwise_conv(x, kernel, stride, padding)
+
+
+CANDIDATES = {"xla taps": _xla_taps, "native fwd": _native_fwd}
+
+
+# ---------------------------------------------------------------- micro
+
+
+def run_micro(args, chosen):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from effnet_jax.bench.harness import interleaved
+
+    rows = []
+    for h, c, k, s in SHAPES:
+        pad = ((k - 1) // 2, (k - 1) // 2)
+        padding = (pad, pad)
+        kx, kk, ka = jax.random.split(jax.random.key(h * c + k), 3)
+        x = jax.random.normal(kx, (args.batch, h, h, c), jnp.float32)
+        kernel = jax.random.normal(kk, (k, k, 1, c), jnp.float32)
+        scale, shift = jax.random.normal(ka, (2, c), jnp.float32)
+        for part in ("alone", "after BN+SiLU"):
+            runs, outs = {}, {}
+            for name in chosen:
+                conv = CANDIDATES[name]
+                if part == "alone":
+                    fn = jax.jit(lambda x, kk, a, b, conv=conv, s=s, p=padding: conv(x, kk, s, p))
+                else:
+                    fn = jax.jit(lambda x, kk, a, b, conv=conv, s=s, p=padding: conv(jax.nn.silu(x * a + b), kk, s, p))
+                call = (x, kernel, scale, shift)
+                outs[name] = np.asarray(fn(*call), np.float64)
+                runs[name] = lambda fn=fn, call=call: jax.block_until_ready(fn(*call))
+                runs[name]()
+            times = interleaved(runs, args.reps)
+            base = statistics.median(times[chosen[0]])
+            ref = outs[chosen[0]]
+            for name in chosen:
+                med = statistics.median(times[name])
+                err = float(np.max(np.abs(outs[name] - ref)) / np.max(np.abs(ref)))
+                rows.append({"shape": [args.batch, h, h, c], "k": k, "stride": s, "part": part, "candidate": name,
+                             "median_ms": med * 1e3, "speedup": base / med, "times_s": times[name],
+                             "max_rel_diff": err})  # fmt: skip
+                print(f"micro {h:3d}x{h:<3d} C{c:<5d} k{k} s{s} {part:14s} {name:12s} {med * 1e3:8.2f} ms "
+                      f"{base / med:6.2f}x  max rel diff {err:.1e}", flush=True)  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- whole model
+
+
+def run_model(args, chosen):
+    import jax
+    import numpy as np
+
+    from benchmarks.ablation import _patched
+    from benchmarks.profile_cpu import _reference_output, build_jax
+    from effnet_jax.bench.harness import interleaved
+
+    rows = []
+    for mode in args.modes.split(","):
+        runs, outs = {}, {}
+        for name in chosen:
+            with _patched({"effnet_jax.ops.depthwise._forward_fastest": CANDIDATES[name]}):
+                run, compiled, hlo, compile_s = build_jax(mode, args.batch, args.res)
+                outs[name] = _reference_output(mode, compiled, args)
+            calls = hlo.count("effnet_depthwise_fwd")
+            runs[name] = run
+            run()
+            print(f"model {mode:9s} {name:12s} compiled in {compile_s:.1f} s, {calls} native dw forwards", flush=True)
+        for rnd in range(args.rounds):
+            times = interleaved(runs, args.reps)
+            base = statistics.median(times[chosen[0]])
+            ref = outs[chosen[0]]
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                err = float(np.max(np.abs(outs[name] - ref)) / (np.max(np.abs(ref)) or 1))
+                rows.append({"mode": mode, "round": rnd + 1, "candidate": name, "median_ms": med * 1e3,
+                             "speedup": base / med, "times_s": ts, "max_rel_diff": err})  # fmt: skip
+                print(f"model {mode:9s} round {rnd + 1} {name:12s} {med * 1e3:8.1f} ms {base / med:6.3f}x  "
+                      f"max rel diff {err:.1e}", flush=True)  # fmt: skip
+        del runs
+        jax.clear_caches()
+    return rows
+
+
+def markdown(env, args, micro, model) -> str:
+    lines = [
+        f"# Native depthwise forward on CPU: b0@{args.res} batch {args.batch} float32",
+        "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores; jax {env['jax']}, flax {env['flax']}; commit "
+        f"{env['git_sha']}; allocator {env['allocator']}; load average at start {env['load_avg_start'][0]:.1f}; "
+        f"{env['date']}. `python benchmarks/depthwise_fwd.py` (args: {vars(args)}). Speed-up = xla taps median / "
+        "candidate median, interleaved in one process (> 1: the candidate is faster).",
+        "",
+    ]
+    if micro:
+        lines += [
+            "## One depthwise layer (symmetric padding), alone and after an elementwise BN+SiLU-like prologue",
+            "",
+            "Max rel diff: largest |candidate - xla taps| over the largest |xla taps| output.",
+            "",
+            "| x (N, H, W, C) | k | stride | part | candidate | median ms | speed-up | max rel diff |",
+            "|---|---:|---:|---|---|---:|---:|---:|",
+        ]
+        lines += [f"| {tuple(r['shape'])} | {r['k']} | {r['stride']} | {r['part']} | {r['candidate']} | "
+                  f"{r['median_ms']:.2f} | {r['speedup']:.2f}x | {r['max_rel_diff']:.1e} |" for r in micro]  # fmt: skip
+        lines.append("")
+    if model:
+        lines += [
+            "## Whole model (each candidate patched into `depthwise._forward_fastest`, built beside the other)",
+            "",
+            "Max rel diff: the output (logits, or the loss and the updated parameters after one step) against the "
+            "xla-taps build's, over its largest magnitude.",
+            "",
+            "| mode | round | candidate | median ms | speed-up | max rel diff |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        lines += [f"| {r['mode']} | {r['round']} | {r['candidate']} | {r['median_ms']:.1f} | {r['speedup']:.3f}x | "
+                  f"{r['max_rel_diff']:.1e} |" for r in model]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    sys.path.insert(0, os.getcwd())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--res", type=int, default=224)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", default="micro,model")
+    parser.add_argument("--modes", default="train,inference")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma list; 'xla taps' always runs")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="cpu")
+    args = parser.parse_args()
+    chosen = ["xla taps"] + [c for c in args.candidates.split(",") if c and c != "xla taps"]
+    unknown = [c for c in chosen if c not in CANDIDATES]
+    if unknown:
+        raise SystemExit(f"unknown candidates {unknown}; known: {list(CANDIDATES)}")
+
+    from effnet_jax.bench.harness import environment
+    from effnet_jax.bench.report import write_results
+
+    env = environment("cpu")
+    t0 = time.perf_counter()
+    micro = run_micro(args, chosen) if "micro" in args.parts else []
+    model = run_model(args, chosen) if "model" in args.parts else []
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    result = {"env": env, "args": vars(args), "micro": micro, "model": model}
+    write_results(args.out, f"depthwise-fwd-{args.tag}", result, markdown(env, args, micro, model))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
