@@ -1,22 +1,26 @@
-"""Question: does a native (C++) depthwise-conv forward make effnet_jax faster on CPU, layer by layer and in b0?
+"""Question: do native (C++) depthwise-conv forward / input-gradient kernels make effnet_jax faster on CPU, in b0?
 
 The CPU profile (`results/profile-cpu.md`, issue 16) puts XLA's depthwise forward (the shifted-slice taps of
 `ops.depthwise`'s ``shift_vjp``) at ~123 ms per b0@224 batch-32 train step against oneDNN's ~59 ms, and at
 inference ~187 ms, where XLA fuses the preceding BN + SiLU into the tap loop and recomputes it once per tap.
 `csrc/depthwise_fwd.cc` computes the same forward with a block of output pixels x channel vectors in registers.
-Candidates (each the ``shift_vjp`` depthwise with one piece swapped; the backward is the same in all):
+`csrc/depthwise_dgrad.cc` does the same for the input gradient (the transposed conv, each input row gathering the
+taps whose offset is divisible by the stride). Candidates (each the ``shift_vjp`` depthwise with pieces swapped;
+the kernel gradient is the shipped one in all):
 
-- ``xla taps``: the forward as XLA shifted slices (`depthwise._shift_forward`): the baseline of every ratio.
-- ``native fwd``: the forward by `native.depthwise_conv` (what `depthwise._forward_fastest` picks on CPU in
-  float32).
+- ``xla taps``: forward and input gradient as XLA shifted slices (`depthwise._shift_forward`, `_input_grad`):
+  the baseline of every ratio.
+- ``native fwd``: the forward by `native.depthwise_conv`, the input gradient XLA's.
+- ``native fwd + dgrad``: both native (`native.depthwise_input_grad` too, where
+  `depthwise._native_input_grad_pays`: not for 3x3 stride 2).
 
 Two parts, timed interleaved in one process (medians of `--reps`, the baseline in every round):
 
-1. **micro**: one depthwise layer at b0@224 batch-32 shapes (`SHAPES`), alone and after a BN + SiLU-like
-   elementwise prologue (`silu(x * a + b)`, which XLA fuses into its taps and the native call cannot take).
-   Max rel diff of the output against the baseline.
+1. **micro**: one depthwise layer at b0@224 batch-32 shapes (`SHAPES`): the forward alone and after a BN +
+   SiLU-like elementwise prologue (`silu(x * a + b)`, which XLA fuses into its taps and the native call cannot
+   take), and the input gradient alone. Max rel diff of the output against the baseline.
 2. **model**: b0@224 batch 32 float32, train step (forward, backward, SGD momentum) and inference, each candidate
-   patched into `depthwise` and built beside the other (`profile_cpu.build_jax`), `--rounds` interleaved rounds of
+   patched into `depthwise` and built beside the others (`profile_cpu.build_jax`), `--rounds` interleaved rounds of
    `--reps` calls; numerics compared on the logits / loss and updated parameters.
 
 Run from the repo root under tcmalloc, holding the machine to yourself:
@@ -48,10 +52,10 @@ SHAPES = [
 ]
 
 
-# ---------------------------------------------------------------- candidates (`depthwise._forward_fastest`'s)
+# ---------------------------------------------------------------- candidates
 
 
-def _xla_taps(x, kernel, stride, padding):
+def _xla_fwd(x, kernel, stride, padding):
     from effnet_jax.ops import depthwise
 
     return depthwise._shift_forward(x, kernel, stride, padding)
@@ -65,7 +69,29 @@ def _native_fwd(x, kernel, stride, padding):
     return native.depthwise_conv(x, kernel, stride, padding)
 
 
-CANDIDATES = {"xla taps": _xla_taps, "native fwd": _native_fwd}
+def _xla_dgrad(g, kernel, stride, padding, in_h, in_w):
+    from effnet_jax.ops import depthwise
+
+    return depthwise._input_grad(g, kernel, stride, padding, in_h, in_w)
+
+
+def _native_dgrad(g, kernel, stride, padding, in_h, in_w):
+    from effnet_jax.ops import depthwise, native
+
+    if not depthwise._native_input_grad_pays(kernel.shape, stride):
+        return _xla_dgrad(g, kernel, stride, padding, in_h, in_w)
+    if not native.available():
+        raise SystemExit("native kernels unavailable here: nothing to compare")
+    return native.depthwise_input_grad(g, kernel, stride, padding, in_h, in_w)
+
+
+# name -> (forward as `depthwise._forward_fastest`, input gradient as `depthwise._input_grad_fastest`)
+CANDIDATES = {
+    "xla taps": (_xla_fwd, _xla_dgrad),
+    "native fwd": (_native_fwd, _xla_dgrad),
+    "native fwd + dgrad": (_native_fwd, _native_dgrad),
+}
+MICRO_PARTS = ("alone", "after BN+SiLU", "input grad")
 
 
 # ---------------------------------------------------------------- micro
@@ -82,32 +108,42 @@ def run_micro(args, chosen):
     for h, c, k, s in SHAPES:
         pad = ((k - 1) // 2, (k - 1) // 2)
         padding = (pad, pad)
-        kx, kk, ka = jax.random.split(jax.random.key(h * c + k), 3)
+        kx, kk, ka, kg = jax.random.split(jax.random.key(h * c + k), 4)
         x = jax.random.normal(kx, (args.batch, h, h, c), jnp.float32)
         kernel = jax.random.normal(kk, (k, k, 1, c), jnp.float32)
         scale, shift = jax.random.normal(ka, (2, c), jnp.float32)
-        for part in ("alone", "after BN+SiLU"):
+        ho = (h + 2 * pad[0] - k) // s + 1
+        g = jax.random.normal(kg, (args.batch, ho, ho, c), jnp.float32)
+        for part in MICRO_PARTS:
+            # each distinct implementation of this part once, under the first candidate that uses it
+            which = 1 if part == "input grad" else 0
+            names = [n for i, n in enumerate(chosen) if CANDIDATES[n][which] not in
+                     [CANDIDATES[m][which] for m in chosen[:i]]]  # fmt: skip
+            if len(names) < 2:
+                continue
             runs, outs = {}, {}
-            for name in chosen:
-                conv = CANDIDATES[name]
+            for name in names:
+                fwd, dgrad = CANDIDATES[name]
                 if part == "alone":
-                    fn = jax.jit(lambda x, kk, a, b, conv=conv, s=s, p=padding: conv(x, kk, s, p))
+                    fn = jax.jit(lambda x, kk, a, b, g, fwd=fwd, s=s, p=padding: fwd(x, kk, s, p))
+                elif part == "after BN+SiLU":
+                    fn = jax.jit(lambda x, kk, a, b, g, fwd=fwd, s=s, p=padding: fwd(jax.nn.silu(x * a + b), kk, s, p))
                 else:
-                    fn = jax.jit(lambda x, kk, a, b, conv=conv, s=s, p=padding: conv(jax.nn.silu(x * a + b), kk, s, p))
-                call = (x, kernel, scale, shift)
+                    fn = jax.jit(lambda x, kk, a, b, g, dgrad=dgrad, s=s, p=padding, h=h: dgrad(g, kk, s, p, h, h))
+                call = (x, kernel, scale, shift, g)
                 outs[name] = np.asarray(fn(*call), np.float64)
                 runs[name] = lambda fn=fn, call=call: jax.block_until_ready(fn(*call))
                 runs[name]()
             times = interleaved(runs, args.reps)
-            base = statistics.median(times[chosen[0]])
-            ref = outs[chosen[0]]
-            for name in chosen:
+            base = statistics.median(times[names[0]])
+            ref = outs[names[0]]
+            for name in names:
                 med = statistics.median(times[name])
                 err = float(np.max(np.abs(outs[name] - ref)) / np.max(np.abs(ref)))
                 rows.append({"shape": [args.batch, h, h, c], "k": k, "stride": s, "part": part, "candidate": name,
                              "median_ms": med * 1e3, "speedup": base / med, "times_s": times[name],
                              "max_rel_diff": err})  # fmt: skip
-                print(f"micro {h:3d}x{h:<3d} C{c:<5d} k{k} s{s} {part:14s} {name:12s} {med * 1e3:8.2f} ms "
+                print(f"micro {h:3d}x{h:<3d} C{c:<5d} k{k} s{s} {part:14s} {name:18s} {med * 1e3:8.2f} ms "
                       f"{base / med:6.2f}x  max rel diff {err:.1e}", flush=True)  # fmt: skip
     return rows
 
@@ -127,13 +163,21 @@ def run_model(args, chosen):
     for mode in args.modes.split(","):
         runs, outs = {}, {}
         for name in chosen:
-            with _patched({"effnet_jax.ops.depthwise._forward_fastest": CANDIDATES[name]}):
+            fwd, dgrad = CANDIDATES[name]
+            patches = {
+                "effnet_jax.ops.depthwise._forward_fastest": fwd,
+                "effnet_jax.ops.depthwise._input_grad_fastest": dgrad,
+            }
+            with _patched(patches):
                 run, compiled, hlo, compile_s = build_jax(mode, args.batch, args.res)
                 outs[name] = _reference_output(mode, compiled, args)
-            calls = hlo.count("effnet_depthwise_fwd")
+            calls = hlo.count("effnet_depthwise_fwd"), hlo.count("effnet_depthwise_dgrad")
             runs[name] = run
             run()
-            print(f"model {mode:9s} {name:12s} compiled in {compile_s:.1f} s, {calls} native dw forwards", flush=True)
+            print(
+                f"model {mode:9s} {name:18s} compiled in {compile_s:.1f} s; native dw fwd/dgrad calls {calls}",
+                flush=True,
+            )
         for rnd in range(args.rounds):
             times = interleaved(runs, args.reps)
             base = statistics.median(times[chosen[0]])
@@ -143,7 +187,7 @@ def run_model(args, chosen):
                 err = float(np.max(np.abs(outs[name] - ref)) / (np.max(np.abs(ref)) or 1))
                 rows.append({"mode": mode, "round": rnd + 1, "candidate": name, "median_ms": med * 1e3,
                              "speedup": base / med, "times_s": ts, "max_rel_diff": err})  # fmt: skip
-                print(f"model {mode:9s} round {rnd + 1} {name:12s} {med * 1e3:8.1f} ms {base / med:6.3f}x  "
+                print(f"model {mode:9s} round {rnd + 1} {name:18s} {med * 1e3:8.1f} ms {base / med:6.3f}x  "
                       f"max rel diff {err:.1e}", flush=True)  # fmt: skip
         del runs
         jax.clear_caches()
@@ -152,7 +196,7 @@ def run_model(args, chosen):
 
 def markdown(env, args, micro, model) -> str:
     lines = [
-        f"# Native depthwise forward on CPU: b0@{args.res} batch {args.batch} float32",
+        f"# Native depthwise forward / input gradient on CPU: b0@{args.res} batch {args.batch} float32",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores; jax {env['jax']}, flax {env['flax']}; commit "
         f"{env['git_sha']}; allocator {env['allocator']}; load average at start {env['load_avg_start'][0]:.1f}; "
@@ -162,7 +206,7 @@ def markdown(env, args, micro, model) -> str:
     ]
     if micro:
         lines += [
-            "## One depthwise layer (symmetric padding), alone and after an elementwise BN+SiLU-like prologue",
+            "## One depthwise layer (symmetric padding): forward alone / after a BN+SiLU-like prologue; input gradient",
             "",
             "Max rel diff: largest |candidate - xla taps| over the largest |xla taps| output.",
             "",
@@ -174,7 +218,7 @@ def markdown(env, args, micro, model) -> str:
         lines.append("")
     if model:
         lines += [
-            "## Whole model (each candidate patched into `depthwise._forward_fastest`, built beside the other)",
+            "## Whole model (each candidate patched into `depthwise._forward_fastest` / `_input_grad_fastest`)",
             "",
             "Max rel diff: the output (logits, or the loss and the updated parameters after one step) against the "
             "xla-taps build's, over its largest magnitude.",

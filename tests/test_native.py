@@ -80,6 +80,20 @@ def test_native_forward_equals_grouped_conv(case):
 
 
 @needs_native
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}k{c[4]}s{c[5]}p{c[6]}")
+def test_native_input_grad_equals_xla(case):
+    n, h, w, c, k, s, pad = case
+    _, g = _operands(*case)
+    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
+    want = np.asarray(depthwise._input_grad(g, kernel, s, pad, h, w), np.float64)
+    got = jax.jit(lambda g, kernel: native.depthwise_input_grad(g, kernel, s, pad, h, w))(g, kernel)
+    got = np.asarray(got, np.float64)
+    assert got.shape == want.shape == (n, h, w, c)
+    # Each entry sums at most k*k products, as in the forward: same tolerance.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
 @pytest.mark.parametrize("case", [CASES[3], CASES[4], FWD_CASES[-3]], ids=lambda c: f"c{c[3]}k{c[4]}s{c[5]}")
 def test_gradients_through_native_forward_match_grouped(case):
     n, h, w, c, k, s, pad = case
@@ -99,6 +113,16 @@ def test_gradients_through_native_forward_match_grouped(case):
         b = np.asarray(b, np.float64)
         # y, dx: sums of <= 25 products; dkernel: N*Ho*Wo products, as in test_native_kernel_grad_equals_xla.
         np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+@needs_native
+@pytest.mark.parametrize("k, stride, native_dx", [(3, 1, True), (5, 2, True), (3, 2, False)])
+def test_input_grad_is_native_where_it_pays(k, stride, native_dx):
+    x = jnp.ones((2, 12, 12, 24))
+    loss = lambda x, kk: jnp.sum(depthwise.depthwise_conv(x, kk, stride, ((1, 1), (1, 1)), "shift_vjp"))
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, jnp.ones((k, k, 1, 24))).as_text()
+    assert native._TARGET in hlo  # (the forward value is unused here, so not lowered)
+    assert (native._DW_DGRAD in hlo) == native_dx
 
 
 @needs_native

@@ -13,7 +13,9 @@ vectorised loop over channels:
   shifted slices as k*k passes (and at inference recomputes a fused BN + SiLU once per tap), the native loop
   keeps a block of output pixels x channels in registers over all taps. The input gradient is
   again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
-  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k; the kernel
+  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k (on CPU in float32
+  the native transposed loop where it pays: not for 3x3 stride 2, whose few taps per pixel leave it
+  bound by strided writes); the kernel
   gradient is k*k products reduced over (N, H, W), on CPU in float32 by the native kernel of
   `effnet_jax.ops.native` where it could be built (``EFFNET_NATIVE=0``: always XLA).
 
@@ -299,9 +301,26 @@ def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
     return lax.platform_dependent(x, g, cpu=cpu, default=xla)
 
 
+def _native_input_grad_pays(kernel_shape, stride: int) -> bool:
+    """Whether the native input gradient beats XLA's phases: not with < 4 taps per input pixel on average (b0's
+    3x3 stride 2), where the native loop's strided phase writes are slower (`benchmarks/depthwise_fwd.py`)."""
+    return kernel_shape[0] * kernel_shape[1] >= 4 * stride * stride
+
+
+def _input_grad_fastest(g, kernel, stride, padding, in_h, in_w):
+    """`_input_grad`, or on CPU the native kernel where it is built and pays (`native`: same function)."""
+    xla = lambda g, k: _input_grad(g, k, stride, padding, in_h, in_w)
+    if g.dtype != jnp.float32 or not _concrete(g.shape) or not native.available():
+        return xla(g, kernel)
+    if not _native_input_grad_pays(kernel.shape, stride):
+        return xla(g, kernel)
+    cpu = lambda g, k: native.depthwise_input_grad(g, k, stride, padding, in_h, in_w)
+    return lax.platform_dependent(g, kernel, cpu=cpu, default=xla)
+
+
 def _shift_vjp_bwd(stride, padding, res, g):
     x, kernel = res
-    dx = _input_grad(g, kernel, stride, padding, x.shape[1], x.shape[2])
+    dx = _input_grad_fastest(g, kernel, stride, padding, x.shape[1], x.shape[2])
     dk = _kernel_grad_fastest(x, g, kernel.shape, stride, padding)
     return dx, dk
 
