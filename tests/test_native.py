@@ -94,8 +94,10 @@ def test_native_input_grad_equals_xla(case):
 
 
 @needs_native
+@pytest.mark.parametrize("native_dx", [False, True], ids=["xla-dx", "native-dx"])
 @pytest.mark.parametrize("case", [CASES[3], CASES[4], FWD_CASES[-3]], ids=lambda c: f"c{c[3]}k{c[4]}s{c[5]}")
-def test_gradients_through_native_forward_match_grouped(case):
+def test_gradients_through_native_forward_match_grouped(case, native_dx, monkeypatch):
+    monkeypatch.setattr(depthwise, "NATIVE_INPUT_GRAD", native_dx)
     n, h, w, c, k, s, pad = case
     x, g = _operands(*case)
     kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
@@ -117,7 +119,11 @@ def test_gradients_through_native_forward_match_grouped(case):
 
 @needs_native
 @pytest.mark.parametrize("k, stride, native_dx", [(3, 1, True), (5, 2, True), (3, 2, False)])
-def test_input_grad_is_native_where_it_pays(k, stride, native_dx):
+@pytest.mark.parametrize("switch", [False, True], ids=["default", "switched-on"])
+def test_input_grad_is_native_where_switched_on_and_it_pays(k, stride, native_dx, switch, monkeypatch):
+    assert depthwise.NATIVE_INPUT_GRAD is False  # not adopted (benchmarks/results/depthwise-fwd-cpu-dgrad-ab.md)
+    monkeypatch.setattr(depthwise, "NATIVE_INPUT_GRAD", switch)
+    native_dx = native_dx and switch
     x = jnp.ones((2, 12, 12, 24))
     loss = lambda x, kk: jnp.sum(depthwise.depthwise_conv(x, kk, stride, ((1, 1), (1, 1)), "shift_vjp"))
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, jnp.ones((k, k, 1, 24))).as_text()

@@ -13,9 +13,8 @@ vectorised loop over channels:
   shifted slices as k*k passes (and at inference recomputes a fused BN + SiLU once per tap), the native loop
   keeps a block of output pixels x channels in registers over all taps. The input gradient is
   again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
-  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k (on CPU in float32
-  the native transposed loop where it pays: not for 3x3 stride 2, whose few taps per pixel leave it
-  bound by strided writes); the kernel
+  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k (a native
+  transposed loop exists, `NATIVE_INPUT_GRAD`, off: it did not pay enough inside the model); the kernel
   gradient is k*k products reduced over (N, H, W), on CPU in float32 by the native kernel of
   `effnet_jax.ops.native` where it could be built (``EFFNET_NATIVE=0``: always XLA).
 
@@ -301,6 +300,12 @@ def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
     return lax.platform_dependent(x, g, cpu=cpu, default=xla)
 
 
+# Whether `_shift_vjp`'s input gradient may take the native kernel (`native.depthwise_input_grad`). Off: it beats
+# XLA's phases per layer but gained only ~1.03x on the b0 train step (it splits the BN + SiLU backward that XLA
+# fuses into its taps), below the 1.05x that adopting a native kernel takes (`benchmarks/depthwise_fwd.py`).
+NATIVE_INPUT_GRAD = False
+
+
 def _native_input_grad_pays(kernel_shape, stride: int) -> bool:
     """Whether the native input gradient beats XLA's phases: not with < 4 taps per input pixel on average (b0's
     3x3 stride 2), where the native loop's strided phase writes are slower (`benchmarks/depthwise_fwd.py`)."""
@@ -312,7 +317,7 @@ def _input_grad_fastest(g, kernel, stride, padding, in_h, in_w):
     xla = lambda g, k: _input_grad(g, k, stride, padding, in_h, in_w)
     if g.dtype != jnp.float32 or not _concrete(g.shape) or not native.available():
         return xla(g, kernel)
-    if not _native_input_grad_pays(kernel.shape, stride):
+    if not NATIVE_INPUT_GRAD or not _native_input_grad_pays(kernel.shape, stride):
         return xla(g, kernel)
     cpu = lambda g, k: native.depthwise_input_grad(g, k, stride, padding, in_h, in_w)
     return lax.platform_dependent(g, kernel, cpu=cpu, default=xla)

@@ -11,9 +11,10 @@ a block of output pixels x output channels in registers, ~6x faster for b0's ste
 
 The depthwise forward, which XLA CPU runs as k*k strided passes over the input (at inference recomputing a fused
 BN + SiLU once per tap), is `csrc/depthwise_fwd.cc`: a block of output pixels x channel vectors in registers over
-all taps. Its transpose, the input gradient, is `csrc/depthwise_dgrad.cc` (each input row gathers the taps whose
-offset is divisible by the stride). `depthwise`'s ``shift_vjp`` uses them on CPU when `available()`
-(`benchmarks/depthwise_fwd.py` measures both).
+all taps; `depthwise`'s ``shift_vjp`` uses it on CPU when `available()`. Its transpose, the input gradient, is
+`csrc/depthwise_dgrad.cc` (each input row gathers the taps whose offset is divisible by the stride): faster per
+layer, but not enough inside the model to be used by default (`depthwise.NATIVE_INPUT_GRAD`;
+`benchmarks/depthwise_fwd.py` measures both).
 
 The library (all sources) is compiled once per (sources, jax version, CPU) with `g++ -O3 -march=native` against
 jaxlib's FFI headers and cached in `$EFFNET_CACHE_DIR` (default `~/.cache/effnet`), written atomically so concurrent
