@@ -170,24 +170,29 @@ def test_two_native_calls_at_once_do_not_deadlock():
 
 @needs_native
 def test_native_dense_and_depthwise_calls_at_once_do_not_deadlock():
-    # The stem's forward, its kernel gradient and a depthwise kernel gradient, independent of each other, may
-    # run concurrently on XLA's pool (same part-claiming scheme in both sources).
+    # The stem's forward, its kernel gradient and the depthwise kernel gradient, forward and input gradient,
+    # independent of each other, may run concurrently on XLA's pool (same part-claiming scheme in every source).
     from effnet_jax.ops import dense
 
     x1, g1 = _operands(*CASES[0])
     x2 = jax.random.normal(jax.random.key(7), (4, 20, 18, 3))
     k2 = jax.random.normal(jax.random.key(8), (3, 3, 3, 32))
     g2 = jax.random.normal(jax.random.key(9), (4, 10, 9, 32))
+    k1 = jax.random.normal(jax.random.key(10), (3, 3, 1, 32))
     pad = ((0, 1), (0, 1))
     f = jax.jit(
         lambda x1, g1, x2, k2, g2: (
             native.depthwise_kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))),
             native.dense_small_cin_conv(x2, k2, 2, pad),
             native.dense_small_cin_kernel_grad(x2, g2, k2.shape, 2, pad),
+            native.depthwise_conv(x1, k1, 1, ((1, 1), (1, 1))),
+            native.depthwise_input_grad(g1, k1, 1, ((1, 1), (1, 1)), 12, 12),
         )
     )
     for _ in range(20):
-        a, y, dk = f(x1, g1, x2, k2, g2)
+        a, y, dk, dw_y, dw_dx = f(x1, g1, x2, k2, g2)
+    np.testing.assert_allclose(dw_y, depthwise._grouped(x1, k1, 1, ((1, 1), (1, 1))), atol=1e-4)
+    np.testing.assert_allclose(dw_dx, depthwise._input_grad(g1, k1, 1, ((1, 1), (1, 1)), 12, 12), atol=1e-4)
     np.testing.assert_allclose(a, depthwise._kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))), atol=1e-3)
     np.testing.assert_allclose(y, dense._lax_conv(x2, k2, 2, pad), atol=1e-4)
     want_dk = jax.vjp(lambda k: dense._lax_conv(x2, k, 2, pad), k2)[1](g2)[0]
