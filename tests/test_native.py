@@ -1,8 +1,9 @@
-"""`native`: the C++ depthwise kernel gradient equals the XLA one, is used where built, and falls back cleanly."""
+"""`native`: the C++ kernels equal their XLA formulations, are used where built, and fall back cleanly."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,95 @@ def test_native_kernel_grad_equals_xla(case):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+# Forward cases beyond CASES: channel counts around the vector widths (1, 7, 17, 40, 72 = 64 + 8), inputs smaller
+# than the kernel (every tap checked), and widths where the 4-pixel interior blocks leave a remainder.
+FWD_CASES = CASES + [
+    (2, 9, 11, 7, 3, 1, ((1, 1), (1, 1))),
+    (1, 2, 2, 17, 5, 1, ((2, 2), (2, 2))),
+    (2, 1, 3, 40, 3, 2, ((1, 1), (1, 1))),
+    (2, 3, 2, 72, 5, 2, ((1, 2), (1, 2))),
+    (1, 15, 13, 80, 5, 1, ((2, 2), (2, 2))),
+    (2, 10, 10, 96, 3, 2, ((0, 1), (0, 1))),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}k{c[4]}s{c[5]}p{c[6]}")
+def test_native_forward_equals_grouped_conv(case):
+    n, h, w, c, k, s, pad = case
+    x, _ = _operands(*case)
+    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
+    want = np.asarray(depthwise._grouped(x, kernel, s, pad), np.float64)
+    got = np.asarray(jax.jit(lambda x, kernel: native.depthwise_conv(x, kernel, s, pad))(x, kernel), np.float64)
+    assert got.shape == want.shape
+    # Each output sums at most k*k = 25 float32 products of N(0, 1) numbers, in another order than XLA's conv:
+    # 1e-5 of the largest output is ~100x that rounding and far below a wrong tap or a missed border.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}k{c[4]}s{c[5]}p{c[6]}")
+def test_native_input_grad_equals_xla(case):
+    n, h, w, c, k, s, pad = case
+    _, g = _operands(*case)
+    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
+    want = np.asarray(depthwise._input_grad(g, kernel, s, pad, h, w), np.float64)
+    got = jax.jit(lambda g, kernel: native.depthwise_input_grad(g, kernel, s, pad, h, w))(g, kernel)
+    got = np.asarray(got, np.float64)
+    assert got.shape == want.shape == (n, h, w, c)
+    # Each entry sums at most k*k products, as in the forward: same tolerance.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+@pytest.mark.parametrize("native_dx", [False, True], ids=["xla-dx", "native-dx"])
+@pytest.mark.parametrize("case", [CASES[3], CASES[4], FWD_CASES[-3]], ids=lambda c: f"c{c[3]}k{c[4]}s{c[5]}")
+def test_gradients_through_native_forward_match_grouped(case, native_dx, monkeypatch):
+    monkeypatch.setattr(depthwise, "NATIVE_INPUT_GRAD", native_dx)
+    n, h, w, c, k, s, pad = case
+    x, g = _operands(*case)
+    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
+
+    def vjp(impl):
+        y, pull = jax.vjp(lambda x, kk: depthwise.depthwise_conv(x, kk, s, pad, impl), x, kernel)
+        return (y, *pull(g))
+
+    hlo = jax.jit(lambda x, kk: depthwise.depthwise_conv(x, kk, s, pad, "shift_vjp")).lower(x, kernel).as_text()
+    assert native._DW_FWD in hlo
+    with jax.default_matmul_precision("highest"):
+        want = jax.jit(lambda: vjp("grouped"))()
+    got = jax.jit(lambda: vjp("shift_vjp"))()
+    for name, a, b in zip(("y", "dx", "dkernel"), got, want, strict=True):
+        b = np.asarray(b, np.float64)
+        # y, dx: sums of <= 25 products; dkernel: N*Ho*Wo products, as in test_native_kernel_grad_equals_xla.
+        np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+@needs_native
+@pytest.mark.parametrize("k, stride, native_dx", [(3, 1, True), (5, 2, True), (3, 2, False)])
+@pytest.mark.parametrize("switch", [False, True], ids=["default", "switched-on"])
+def test_input_grad_is_native_where_switched_on_and_it_pays(k, stride, native_dx, switch, monkeypatch):
+    assert depthwise.NATIVE_INPUT_GRAD is False  # not adopted (benchmarks/results/depthwise-fwd-cpu-dgrad-ab.md)
+    monkeypatch.setattr(depthwise, "NATIVE_INPUT_GRAD", switch)
+    native_dx = native_dx and switch
+    x = jnp.ones((2, 12, 12, 24))
+    loss = lambda x, kk: jnp.sum(depthwise.depthwise_conv(x, kk, stride, ((1, 1), (1, 1)), "shift_vjp"))
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, jnp.ones((k, k, 1, 24))).as_text()
+    assert native._TARGET in hlo  # (the forward value is unused here, so not lowered)
+    assert (native._DW_DGRAD in hlo) == native_dx
+
+
+@needs_native
+def test_symbolic_batch_keeps_xla_taps():
+    # jax.export with a symbolic batch (`effnet export --format stablehlo`) must not reach effnet's custom calls.
+    (batch,) = jax.export.symbolic_shape("batch")
+    x = jax.ShapeDtypeStruct((batch, 12, 12, 24), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((3, 3, 1, 24), jnp.float32)
+    f = jax.jit(lambda x, k: depthwise.depthwise_conv(x, k, 2, ((0, 1), (0, 1)), "shift_vjp"))
+    text = jax.export.export(f, platforms=["cpu"])(x, kernel).mlir_module()
+    assert set(re.findall(r"custom_call @(\w+)", text)) <= {"shape_assertion"}  # jax's own check of the batch
+
+
 @needs_native
 def test_cpu_gradient_uses_the_native_kernel():
     x, g = _operands(*CASES[0])
@@ -80,24 +170,29 @@ def test_two_native_calls_at_once_do_not_deadlock():
 
 @needs_native
 def test_native_dense_and_depthwise_calls_at_once_do_not_deadlock():
-    # The stem's forward, its kernel gradient and a depthwise kernel gradient, independent of each other, may
-    # run concurrently on XLA's pool (same part-claiming scheme in both sources).
+    # The stem's forward, its kernel gradient and the depthwise kernel gradient, forward and input gradient,
+    # independent of each other, may run concurrently on XLA's pool (same part-claiming scheme in every source).
     from effnet_jax.ops import dense
 
     x1, g1 = _operands(*CASES[0])
     x2 = jax.random.normal(jax.random.key(7), (4, 20, 18, 3))
     k2 = jax.random.normal(jax.random.key(8), (3, 3, 3, 32))
     g2 = jax.random.normal(jax.random.key(9), (4, 10, 9, 32))
+    k1 = jax.random.normal(jax.random.key(10), (3, 3, 1, 32))
     pad = ((0, 1), (0, 1))
     f = jax.jit(
         lambda x1, g1, x2, k2, g2: (
             native.depthwise_kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))),
             native.dense_small_cin_conv(x2, k2, 2, pad),
             native.dense_small_cin_kernel_grad(x2, g2, k2.shape, 2, pad),
+            native.depthwise_conv(x1, k1, 1, ((1, 1), (1, 1))),
+            native.depthwise_input_grad(g1, k1, 1, ((1, 1), (1, 1)), 12, 12),
         )
     )
     for _ in range(20):
-        a, y, dk = f(x1, g1, x2, k2, g2)
+        a, y, dk, dw_y, dw_dx = f(x1, g1, x2, k2, g2)
+    np.testing.assert_allclose(dw_y, depthwise._grouped(x1, k1, 1, ((1, 1), (1, 1))), atol=1e-4)
+    np.testing.assert_allclose(dw_dx, depthwise._input_grad(g1, k1, 1, ((1, 1), (1, 1)), 12, 12), atol=1e-4)
     np.testing.assert_allclose(a, depthwise._kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))), atol=1e-3)
     np.testing.assert_allclose(y, dense._lax_conv(x2, k2, 2, pad), atol=1e-4)
     want_dk = jax.vjp(lambda k: dense._lax_conv(x2, k, 2, pad), k2)[1](g2)[0]

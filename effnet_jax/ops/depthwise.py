@@ -8,9 +8,13 @@ vectorised loop over channels:
 - ``"grouped"``: `lax.conv_general_dilated` with `feature_group_count = C` (GPU/TPU default).
 - ``"shift"``: the shifted-slice sum; JAX differentiates it (the transpose of each strided slice is
   an interior-padded tensor the size of the input, so the input gradient does k*k full-size adds).
-- ``"shift_vjp"``: the same forward with a hand-written backward (CPU default). The input gradient is
+- ``"shift_vjp"``: the same function with a hand-written VJP (CPU default). On CPU in float32 with concrete
+  shapes its forward is the native loop of `effnet_jax.ops.native` where it could be built: XLA runs the
+  shifted slices as k*k passes (and at inference recomputes a fused BN + SiLU once per tap), the native loop
+  keeps a block of output pixels x channels in registers over all taps. The input gradient is
   again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
-  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k; the kernel
+  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k (a native
+  transposed loop exists, `NATIVE_INPUT_GRAD`, off: it did not pay enough inside the model); the kernel
   gradient is k*k products reduced over (N, H, W), on CPU in float32 by the native kernel of
   `effnet_jax.ops.native` where it could be built (``EFFNET_NATIVE=0``: always XLA).
 
@@ -157,13 +161,30 @@ def _shift_forward(x, kernel, stride, padding):
     return _taps(xp, kernel, stride, out_h, out_w)
 
 
+def _concrete(shape) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def _forward_fastest(x, kernel, stride, padding):
+    """`_shift_forward`, or on CPU the native forward where it is built (`native`: same function, faster).
+
+    A symbolic shape (`jax.export` with a symbolic batch) keeps the XLA taps: an exported artifact must not
+    depend on effnet's custom-call targets.
+    """
+    xla = lambda x, k: _shift_forward(x, k, stride, padding)
+    if x.dtype != jnp.float32 or not _concrete(x.shape) or not native.available():
+        return xla(x, kernel)
+    cpu = lambda x, k: native.depthwise_conv(x, k, stride, padding)
+    return lax.platform_dependent(x, kernel, cpu=cpu, default=xla)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _shift_vjp(x, kernel, stride, padding):
-    return _shift_forward(x, kernel, stride, padding)
+    return _forward_fastest(x, kernel, stride, padding)
 
 
 def _shift_vjp_fwd(x, kernel, stride, padding):
-    return _shift_forward(x, kernel, stride, padding), (x, kernel)
+    return _forward_fastest(x, kernel, stride, padding), (x, kernel)
 
 
 def _phase(size: int, pad_before: int, k: int, stride: int, out_len: int, r: int):
@@ -279,9 +300,32 @@ def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
     return lax.platform_dependent(x, g, cpu=cpu, default=xla)
 
 
+# Whether `_shift_vjp`'s input gradient may take the native kernel (`native.depthwise_input_grad`). Off: it beats
+# XLA's phases per layer but gained only ~1.03x on the b0 train step (it splits the BN + SiLU backward that XLA
+# fuses into its taps), below the 1.05x that adopting a native kernel takes (`benchmarks/depthwise_fwd.py`).
+NATIVE_INPUT_GRAD = False
+
+
+def _native_input_grad_pays(kernel_shape, stride: int) -> bool:
+    """Whether the native input gradient beats XLA's phases: not with < 4 taps per input pixel on average (b0's
+    3x3 stride 2), where the native loop's strided phase writes are slower (`benchmarks/depthwise_fwd.py`)."""
+    return kernel_shape[0] * kernel_shape[1] >= 4 * stride * stride
+
+
+def _input_grad_fastest(g, kernel, stride, padding, in_h, in_w):
+    """`_input_grad`, or on CPU the native kernel where it is built and pays (`native`: same function)."""
+    xla = lambda g, k: _input_grad(g, k, stride, padding, in_h, in_w)
+    if g.dtype != jnp.float32 or not _concrete(g.shape) or not native.available():
+        return xla(g, kernel)
+    if not NATIVE_INPUT_GRAD or not _native_input_grad_pays(kernel.shape, stride):
+        return xla(g, kernel)
+    cpu = lambda g, k: native.depthwise_input_grad(g, k, stride, padding, in_h, in_w)
+    return lax.platform_dependent(g, kernel, cpu=cpu, default=xla)
+
+
 def _shift_vjp_bwd(stride, padding, res, g):
     x, kernel = res
-    dx = _input_grad(g, kernel, stride, padding, x.shape[1], x.shape[2])
+    dx = _input_grad_fastest(g, kernel, stride, padding, x.shape[1], x.shape[2])
     dk = _kernel_grad_fastest(x, g, kernel.shape, stride, padding)
     return dx, dk
 

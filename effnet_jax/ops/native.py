@@ -13,7 +13,14 @@ Train-mode BatchNorm + activation (`csrc/bn_act.cc`): XLA CPU runs the column re
 around them as several loops over the activation; one call for the forward (statistics, then `act(x * a + b)`) and
 one for the backward of `bn_act.batch_norm_act` read each operand twice, vectorised over channels.
 
-The library (both sources) is compiled once per (sources, jax version, CPU) with `g++ -O3 -march=native` against
+The depthwise forward, which XLA CPU runs as k*k strided passes over the input (at inference recomputing a fused
+BN + SiLU once per tap), is `csrc/depthwise_fwd.cc`: a block of output pixels x channel vectors in registers over
+all taps; `depthwise`'s ``shift_vjp`` uses it on CPU when `available()`. Its transpose, the input gradient, is
+`csrc/depthwise_dgrad.cc` (each input row gathers the taps whose offset is divisible by the stride): faster per
+layer, but not enough inside the model to be used by default (`depthwise.NATIVE_INPUT_GRAD`;
+`benchmarks/depthwise_fwd.py` measures both).
+
+The library (all sources) is compiled once per (sources, jax version, CPU) with `g++ -O3 -march=native` against
 jaxlib's FFI headers and cached in `$EFFNET_CACHE_DIR` (default `~/.cache/effnet`), written atomically so concurrent
 processes never load a half-written file. No compiler, a failed build or `EFFNET_NATIVE=0` leaves
 `available()` False (with one warning for a failure) and callers keep the XLA formulation, which computes the
@@ -47,12 +54,16 @@ __all__ = [
     "bn_act_forward",
     "dense_small_cin_conv",
     "dense_small_cin_kernel_grad",
+    "depthwise_conv",
+    "depthwise_input_grad",
     "depthwise_kernel_grad",
 ]
 
 ENV = env.NATIVE
-_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "bn_act.cc")
+_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "depthwise_fwd.cc", "depthwise_dgrad.cc", "bn_act.cc")
 _TARGET = "effnet_depthwise_kgrad"
+_DW_FWD = "effnet_depthwise_fwd"
+_DW_DGRAD = "effnet_depthwise_dgrad"
 _DENSE_FWD = "effnet_dense_small_cin_fwd"
 _DENSE_KGRAD = "effnet_dense_small_cin_kgrad"
 _BN_FWD = "effnet_bn_act_fwd"
@@ -60,6 +71,8 @@ _BN_BWD = "effnet_bn_act_bwd"
 # FFI target -> exported handler symbol
 _TARGETS = {
     _TARGET: "EffnetDepthwiseKgrad",
+    _DW_FWD: "EffnetDepthwiseFwd",
+    _DW_DGRAD: "EffnetDepthwiseDgrad",
     _DENSE_FWD: "EffnetDenseSmallCinFwd",
     _DENSE_KGRAD: "EffnetDenseSmallCinKgrad",
     _BN_FWD: "EffnetBnActFwd",
@@ -140,6 +153,47 @@ def available() -> bool:
                     stacklevel=2,
                 )
     return _loaded
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Depthwise conv of NHWC `x` with a (kh, kw, 1, C) kernel, explicit padding; float32, CPU only, no autodiff rule.
+
+    Same function as `depthwise._shift_forward`; call only when `available()` and on the CPU platform
+    (`depthwise`'s custom VJP wraps it).
+    """
+    kh, kw, _, c = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    n, h, w, _ = x.shape
+    ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
+    call = jax.ffi.ffi_call(_DW_FWD, jax.ShapeDtypeStruct((n, ho, wo, c), jnp.float32))
+    return call(
+        x.astype(jnp.float32),
+        kernel.astype(jnp.float32).reshape(kh * kw, c),
+        kh=np.int64(kh),
+        kw=np.int64(kw),
+        s=np.int64(stride),
+        pt=np.int64(pt),
+        pl=np.int64(pl),
+    )
+
+
+def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, padding, in_h: int, in_w: int) -> jax.Array:
+    """dx (N, in_h, in_w, C) of `depthwise_conv` whose output gradient is `g`; float32, CPU only.
+
+    Same contract as `depthwise._input_grad`; call only when `available()` and on the CPU platform.
+    """
+    kh, kw, _, c = kernel.shape
+    (pt, _), (pl, _) = padding
+    call = jax.ffi.ffi_call(_DW_DGRAD, jax.ShapeDtypeStruct((g.shape[0], in_h, in_w, c), jnp.float32))
+    return call(
+        g.astype(jnp.float32),
+        kernel.astype(jnp.float32).reshape(kh * kw, c),
+        kh=np.int64(kh),
+        kw=np.int64(kw),
+        s=np.int64(stride),
+        pt=np.int64(pt),
+        pl=np.int64(pl),
+    )
 
 
 def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding) -> jax.Array:
