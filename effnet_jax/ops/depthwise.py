@@ -292,9 +292,10 @@ def _kernel_grad(x, g, kernel_shape, stride, padding):
 
 
 def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
-    """`_kernel_grad`, or on CPU the native kernel where it is built (`native`: same function, faster)."""
+    """`_kernel_grad`, or on CPU the native kernel where it is built (`native`: same function, faster); a symbolic
+    shape keeps XLA's, as in `_forward_fastest`."""
     xla = lambda x, g: _kernel_grad(x, g, kernel_shape, stride, padding)
-    if x.dtype != jnp.float32 or not native.available():
+    if x.dtype != jnp.float32 or not _concrete(x.shape) or not native.available():
         return xla(x, g)
     cpu = lambda x, g: native.depthwise_kernel_grad(x, g, kernel_shape, stride, padding)
     return lax.platform_dependent(x, g, cpu=cpu, default=xla)
