@@ -190,6 +190,8 @@ def test_native_statistics_do_not_cancel(path):
 
 @needs_native
 def test_native_relu6_gradient_is_zero_at_both_kinks(path):
+    if path == "xla":
+        pytest.skip("a property of the native kernel")
     z = jnp.asarray([[0.0, 6.0, 3.0, -1.0, 7.0, 2.0, 1e-7, 5.9999995]], jnp.float32).T  # (8, 1), z == x below
     g = jnp.ones_like(z)
     one, zero = jnp.ones(1), jnp.zeros(1)
@@ -198,3 +200,33 @@ def test_native_relu6_gradient_is_zero_at_both_kinks(path):
     dz = jax.vmap(jax.grad(jax.nn.relu6))(z[:, 0])
     want = dz - dz.mean() - z[:, 0] * (dz * z[:, 0]).mean()
     np.testing.assert_allclose(dx[:, 0], want, rtol=0, atol=1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "dtype, act",
+    [(jnp.float32, lambda z: jax.nn.silu(z)), (jnp.float32, jax.nn.gelu), (jnp.bfloat16, jax.nn.silu)],
+    ids=["silu-wrapped", "gelu", "bf16"],
+)
+def test_what_the_kernels_do_not_know_stays_on_xla(path, dtype, act):
+    """An activation other than None / jax.nn.silu / jax.nn.relu6, or a non-float32 input, must not reach the kernel
+    (which would apply its own activation, or read the wrong dtype)."""
+    if path == "xla":
+        pytest.skip("checks the dispatch to the native kernels")
+    x, scale, bias, (gy, _, _) = _inputs()
+    loss = lambda x: jnp.sum(batch_norm_act(x, scale, bias, EPS, act)[0].astype(jnp.float32) * gy)  # noqa: E731
+    assert "effnet_bn_act" not in _lowered(jax.grad(loss), x.astype(dtype))
+
+
+def test_vmap_keeps_statistics_per_example(path):
+    """Under jax.vmap each example is normalised by its own statistics (the native call runs once per example)."""
+    x, scale, bias, (gy, _, _) = _inputs()
+    xs = jnp.stack([x, 2.0 * x + 1.0])
+    fn = lambda x: batch_norm_act(x, scale, bias, EPS, jax.nn.silu)  # noqa: E731
+    got = jax.jit(jax.vmap(fn))(xs)
+    for i in range(2):
+        for a, b in zip(got, fn(xs[i]), strict=True):
+            np.testing.assert_allclose(a[i], b, rtol=TOL, atol=TOL)
+    grads = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(fn(x)[0] * gy))))(xs)
+    for i in range(2):
+        np.testing.assert_allclose(grads[i], jax.grad(lambda x: jnp.sum(fn(x)[0] * gy))(xs[i]), rtol=TOL, atol=TOL)

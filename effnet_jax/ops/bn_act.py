@@ -8,9 +8,10 @@ pass for
     dx = scale * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)),   dz = act'(z) * g,
 
 which is faster for the layer alone but gains the whole train step much less, since XLA already fuses most of
-autodiff's passes (`benchmarks/ablation.py`; figures in benchmarks/README.md). The activation's own
-derivative is taken with `jax.vjp` at the recomputed pre-activation, so it is exactly autodiff's (ReLU6's
-kink convention included). Statistics are computed in float32 two-pass (no E[x^2] - E[x]^2 cancellation),
+autodiff's passes (`benchmarks/ablation.py`; figures in benchmarks/README.md). On the XLA path the activation's
+own derivative is taken with `jax.vjp` at the recomputed pre-activation, so it is exactly autodiff's (ReLU6's
+kink convention included); the native path writes the same derivatives out (jax.nn's ReLU6 convention: 0 at
+both kinks). Statistics are computed in float32 two-pass (no E[x^2] - E[x]^2 cancellation),
 whatever the input dtype. The batch mean and (biased) variance are returned too, for the running averages;
 their cotangents are honoured when they are not symbolic zeros.
 

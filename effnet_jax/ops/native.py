@@ -78,6 +78,9 @@ _TARGETS = {
     _BN_FWD: "EffnetBnActFwd",
     _BN_BWD: "EffnetBnActBwd",
 }
+# Under jax.vmap each custom call runs once per example (a loop): the kernels take unbatched operands, and BN's
+# statistics stay per example, as XLA's formulation computes them under vmap.
+_VMAP = "sequential"
 # activation name -> the code bn_act.cc's `Act` gives it
 ACTIVATIONS = {None: 0, "silu": 1, "relu6": 2}
 _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -165,7 +168,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax
     (pt, pb), (pl, pr) = padding
     n, h, w, _ = x.shape
     ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
-    call = jax.ffi.ffi_call(_DW_FWD, jax.ShapeDtypeStruct((n, ho, wo, c), jnp.float32))
+    call = jax.ffi.ffi_call(_DW_FWD, jax.ShapeDtypeStruct((n, ho, wo, c), jnp.float32), vmap_method=_VMAP)
     return call(
         x.astype(jnp.float32),
         kernel.astype(jnp.float32).reshape(kh * kw, c),
@@ -184,7 +187,9 @@ def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, padding, 
     """
     kh, kw, _, c = kernel.shape
     (pt, _), (pl, _) = padding
-    call = jax.ffi.ffi_call(_DW_DGRAD, jax.ShapeDtypeStruct((g.shape[0], in_h, in_w, c), jnp.float32))
+    call = jax.ffi.ffi_call(
+        _DW_DGRAD, jax.ShapeDtypeStruct((g.shape[0], in_h, in_w, c), jnp.float32), vmap_method=_VMAP
+    )
     return call(
         g.astype(jnp.float32),
         kernel.astype(jnp.float32).reshape(kh * kw, c),
@@ -203,7 +208,7 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int,
     """
     kh, kw, _, c = kernel_shape
     (pt, _), (pl, _) = padding
-    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((kh * kw, c), jnp.float32))
+    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((kh * kw, c), jnp.float32), vmap_method=_VMAP)
     dk = call(
         x.astype(jnp.float32),
         g.astype(jnp.float32),
@@ -231,13 +236,13 @@ def dense_small_cin_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) 
     (pt, pb), (pl, pr) = padding
     n, h, w, _ = x.shape
     ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
-    call = jax.ffi.ffi_call(_DENSE_FWD, jax.ShapeDtypeStruct((n, ho, wo, d), jnp.float32))
+    call = jax.ffi.ffi_call(_DENSE_FWD, jax.ShapeDtypeStruct((n, ho, wo, d), jnp.float32), vmap_method=_VMAP)
     return call(x.astype(jnp.float32), kernel.astype(jnp.float32), **_dense_attrs(stride, padding))
 
 
 def dense_small_cin_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding) -> jax.Array:
     """dk (kh, kw, C, D) of `dense_small_cin_conv` whose output gradient is `g`; float32, CPU only."""
-    call = jax.ffi.ffi_call(_DENSE_KGRAD, jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32))
+    call = jax.ffi.ffi_call(_DENSE_KGRAD, jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32), vmap_method=_VMAP)
     return call(x.astype(jnp.float32), g.astype(jnp.float32), **_dense_attrs(stride, padding))
 
 
@@ -245,13 +250,15 @@ def bn_act_forward(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, 
     """(y, mean, biased var, rstd) of train-mode BN of (M, C) float32 `x` then `act`; CPU only, no autodiff rule."""
     m, c = x.shape
     vec = jax.ShapeDtypeStruct((c,), jnp.float32)
-    call = jax.ffi.ffi_call(_BN_FWD, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec, vec))
-    return call(x, scale, bias, eps=np.float32(eps), act=np.int64(ACTIVATIONS[act]))
+    call = jax.ffi.ffi_call(_BN_FWD, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec, vec), vmap_method=_VMAP)
+    f32 = lambda v: v.astype(jnp.float32)  # noqa: E731
+    return call(f32(x), f32(scale), f32(bias), eps=np.float32(eps), act=np.int64(ACTIVATIONS[act]))
 
 
 def bn_act_backward(x, g, scale, bias, mean, rstd, act: str | None):
     """(dx, dscale, dbias) of `bn_act_forward`'s y with cotangent `g` (the statistics' own cotangents excluded)."""
     m, c = x.shape
     vec = jax.ShapeDtypeStruct((c,), jnp.float32)
-    call = jax.ffi.ffi_call(_BN_BWD, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec))
-    return call(x, g, scale, bias, mean, rstd, act=np.int64(ACTIVATIONS[act]))
+    call = jax.ffi.ffi_call(_BN_BWD, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec), vmap_method=_VMAP)
+    operands = (v.astype(jnp.float32) for v in (x, g, scale, bias, mean, rstd))
+    return call(*operands, act=np.int64(ACTIVATIONS[act]))

@@ -13,7 +13,8 @@
 // mean, then squares about it, both of differences from the chunk's first row) and chunks are merged in double
 // (Chan et al.), so there is no E[x^2] - E[x]^2 cancellation and a large common offset loses nothing. Rows are
 // split into parts over the calling thread and XLA's intra-op pool, as in depthwise_kgrad.cc; parts are merged in
-// a fixed order, so results do not depend on thread timing.
+// a fixed order, so results do not depend on thread timing (the last bits may on the pool's size, which sets the
+// parts).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -61,11 +62,12 @@ inline void Store(float* p, VF v, int64_t n) {
     std::memcpy(p, &v, n * sizeof(float));
 }
 
-// e^x to ~1 ulp (Cephes' expf): x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r, 2^n built in the
-// exponent bits; n is rounded to nearest by adding and subtracting 1.5 * 2^23.
+// e^x to ~1 ulp (Cephes' expf) for x in [-87.3, 88.37], clamped outside (e^88.38 would round n to 128, an inf):
+// x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r, 2^n built in the exponent bits; n is rounded to
+// nearest by adding and subtracting 1.5 * 2^23.
 inline VF Exp(VF x) {
   x = x < Splat(-87.33654f) ? Splat(-87.33654f) : x;
-  x = x > Splat(88.72283f) ? Splat(88.72283f) : x;
+  x = x > Splat(88.3762626647949f) ? Splat(88.3762626647949f) : x;
   const VF n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   VF r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
