@@ -87,28 +87,17 @@ _LIB: dict = {}
 
 
 def _native_lib():
-    """Build `csrc/dense_small_cin.cc` like `ops.native` does and register its two FFI targets (once)."""
+    """Register the two dense_small_cin FFI targets of `ops.native`'s library (built if needed) under this script's
+    own names (once), so the variants here do not depend on what `dense.dense_conv` picks."""
     if "ok" in _LIB:
         return
     import ctypes
-    import hashlib
-    import subprocess
-    import tempfile
 
     import jax
 
     from effnet_jax.ops import native
 
-    src = os.path.join(os.path.dirname(native.__file__), "csrc", "dense_small_cin.cc")
-    flags = native._FLAGS
-    with open(src, "rb") as f:
-        key = hashlib.sha256(f.read() + jax.__version__.encode() + native._cpu_id().encode()).hexdigest()
-    path = os.path.join(tempfile.gettempdir(), f"effnet-stem-bench-{key[:16]}.so")
-    if not os.path.exists(path):
-        cmd = ["g++", *flags, "-I", jax.ffi.include_dir(), src, "-o", path + ".tmp"]
-        subprocess.run(cmd, check=True)
-        os.replace(path + ".tmp", path)
-    lib = ctypes.CDLL(path)
+    lib = ctypes.CDLL(native._build())
     for target, symbol in (("effnet_bench_stem_fwd", "EffnetDenseSmallCinFwd"),
                            ("effnet_bench_stem_kgrad", "EffnetDenseSmallCinKgrad")):  # fmt: skip
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")

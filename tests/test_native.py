@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from importlib import resources
 
 import jax
 import jax.numpy as jnp
@@ -241,6 +242,17 @@ def test_build_is_cached_by_source_jax_and_cpu(tmp_path):
     assert _probe(tmp_path, CXX=shutil.which("false") or "/bin/false").startswith("True True 0 ")  # no rebuild
     assert lib.stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [lib.name]  # no temp folders left
+
+
+def test_the_build_compiles_every_source_and_keys_on_every_header_it_includes():
+    """A header missing from `_HEADERS` would not be copied beside the sources (the build fails) nor be part of the
+    cache key (an edited header would load a stale library)."""
+    csrc = resources.files("effnet_jax.ops").joinpath("csrc")
+    names = sorted(p.name for p in csrc.iterdir())
+    assert names == sorted((*native._SOURCES, *native._HEADERS))
+    for name in names:
+        for header in re.findall(r'#include "([^"]+)"', csrc.joinpath(name).read_text()):
+            assert header.startswith("xla/") or header in native._HEADERS, f"{name} includes {header}"
 
 
 def test_bad_switch_value_is_named(monkeypatch):

@@ -61,6 +61,7 @@ __all__ = [
 
 ENV = env.NATIVE
 _SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "depthwise_fwd.cc", "depthwise_dgrad.cc", "bn_act.cc")
+_HEADERS = ("parallel.h", "vec.h")  # included by the sources: part of the cache key, copied beside them
 _TARGET = "effnet_depthwise_kgrad"
 _DW_FWD = "effnet_depthwise_fwd"
 _DW_DGRAD = "effnet_depthwise_dgrad"
@@ -109,9 +110,11 @@ def cache_dir() -> str:
 
 
 def _build() -> str:
-    """Path of the compiled library, building it first if this (sources, jax, CPU) has none cached."""
-    sources = [resources.files(__package__).joinpath("csrc", name).read_bytes() for name in _SOURCES]
-    parts = [*sources, jax.__version__.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]
+    """Path of the compiled library, building it first if this (sources and headers, jax, CPU) has none cached."""
+    names = (*_SOURCES, *_HEADERS)
+    files = {name: resources.files(__package__).joinpath("csrc", name).read_bytes() for name in names}
+    parts = [name.encode() + b"\0" + files[name] for name in names]
+    parts += [jax.__version__.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]
     key = hashlib.sha256(b"\0".join(parts))
     folder = cache_dir()
     path = os.path.join(folder, f"effnet_native-{key.hexdigest()[:16]}.so")
@@ -122,11 +125,10 @@ def _build() -> str:
         raise FileNotFoundError("no C++ compiler (g++ or c++ on PATH, or $CXX)")
     os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        srcs = []
-        for name, source in zip(_SOURCES, sources, strict=True):
-            srcs.append(os.path.join(tmp, name))
-            with open(srcs[-1], "wb") as f:
-                f.write(source)
+        for name, text in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(text)
+        srcs = [os.path.join(tmp, name) for name in _SOURCES]
         out = os.path.join(tmp, "lib.so")
         proc = subprocess.run(
             [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), *srcs, "-o", out], capture_output=True, text=True

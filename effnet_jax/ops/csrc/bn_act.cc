@@ -12,23 +12,20 @@
 // every loop vectorised over channels. The statistics are two-pass within a cache-sized chunk of rows (chunk
 // mean, then squares about it, both of differences from the chunk's first row) and chunks are merged in double
 // (Chan et al.), so there is no E[x^2] - E[x]^2 cancellation and a large common offset loses nothing. Rows are
-// split into parts over the calling thread and XLA's intra-op pool, as in depthwise_kgrad.cc; parts are merged in
+// split into parts over the calling thread and XLA's intra-op pool (parallel.h); parts are merged in
 // a fixed order, so results do not depend on thread timing (the last bits may on the pool's size, which sets the
 // parts).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using effnet::ParallelRows;
 
 namespace {
 
@@ -101,37 +98,6 @@ inline VF ActGrad(VF z, VF g) {
   }
   if constexpr (A == kRelu6) return (z > Splat(0.0f) && z < Splat(6.0f)) ? g : Splat(0.0f);
   return g;
-}
-
-// Runs body(part, r0, r1) over `parts` row ranges on the caller and the pool; returns when all are done.
-struct Work {
-  std::function<void(int64_t, int64_t, int64_t)> body;
-  int64_t rows, parts;
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Run() {
-    for (int64_t p; (p = next.fetch_add(1)) < parts;) {
-      body(p, rows * p / parts, rows * (p + 1) / parts);
-      if (done.fetch_add(1) + 1 == parts) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
-void ParallelRows(ffi::ThreadPool& pool, int64_t rows, int64_t parts, std::function<void(int64_t, int64_t, int64_t)> body) {
-  auto work = std::make_shared<Work>();
-  work->body = std::move(body);
-  work->rows = rows;
-  work->parts = parts;
-  const int64_t helpers = std::min<int64_t>(parts, std::max<int64_t>(1, pool.num_threads())) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  std::unique_lock<std::mutex> lock(work->mu);
-  work->cv.wait(lock, [&] { return work->done.load() == work->parts; });
 }
 
 // Rows per chunk: ~64 KiB of one operand, so a chunk's second look stays in L2.

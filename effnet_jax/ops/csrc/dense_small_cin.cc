@@ -7,20 +7,16 @@
 // x is NHWC float32 and zero outside its bounds (the bottom/right padding is implied by y's / g's size), k is
 // HWIO. XLA CPU lowers this conv to a library call that runs at ~10 GFLOP/s on C = 3 (the contraction per output
 // pixel is only kh*kw*C = 27 deep); these loops keep a block of output pixels x output channels in registers.
-// Work is split into row parts claimed from an atomic counter by the calling thread and by tasks on XLA's
-// intra-op pool, as in depthwise_kgrad.cc (the caller never waits for a part nobody has started).
+// Rows are split into parts over the calling thread and XLA's intra-op pool (parallel.h).
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using effnet::ParallelRows;
 
 namespace {
 
@@ -145,37 +141,6 @@ void KgradRows(const float* x, const float* g, float* acc, int64_t r0, int64_t r
     for (; d0 + 8 <= d.D; d0 += 8) KgradRowChannels<8>(xn, grow, acc, a, d0, d);
     for (; d0 < d.D; ++d0) KgradRowChannels<1>(xn, grow, acc, a, d0, d);
   }
-}
-
-// Runs body(part, r0, r1) over `parts` row ranges on the caller and the pool; returns when all are done.
-struct Work {
-  std::function<void(int64_t, int64_t, int64_t)> body;
-  int64_t rows, parts;
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Run() {
-    for (int64_t p; (p = next.fetch_add(1)) < parts;) {
-      body(p, rows * p / parts, rows * (p + 1) / parts);
-      if (done.fetch_add(1) + 1 == parts) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
-void ParallelRows(ffi::ThreadPool& pool, int64_t rows, int64_t parts, std::function<void(int64_t, int64_t, int64_t)> body) {
-  auto work = std::make_shared<Work>();
-  work->body = std::move(body);
-  work->rows = rows;
-  work->parts = parts;
-  const int64_t helpers = std::min<int64_t>(parts, std::max<int64_t>(1, pool.num_threads())) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  std::unique_lock<std::mutex> lock(work->mu);
-  work->cv.wait(lock, [&] { return work->done.load() == work->parts; });
 }
 
 ffi::Error ConvFwd(ffi::ThreadPool pool, Nhwc x, Nhwc k, ffi::Result<Nhwc> y, int64_t s, int64_t pt, int64_t pl) {

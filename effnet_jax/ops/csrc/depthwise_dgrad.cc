@@ -7,18 +7,17 @@
 // Each input row gathers the taps whose (h + pt - i) is divisible by s; along a row, input columns of one phase
 // (w = r, r + s, r + 2s, ...) meet the same taps j, so a block of PB such columns x channel vectors is accumulated
 // in registers, columns away from the borders without bounds checks. Rows (n, h) are split over the calling thread
-// and XLA's intra-op pool as in the other kernels (the caller never waits for a part nobody has started).
+// and XLA's intra-op pool (parallel.h).
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
 
+#include "parallel.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using effnet::ParallelRows;
+using effnet::Vec;
 
 namespace {
 
@@ -27,11 +26,6 @@ using Taps = ffi::Buffer<ffi::F32, 2>;
 
 struct Shape {
   int64_t H, W, C, Ho, Wo, kh, kw, s, pt, pl;
-};
-
-template <int VL>
-struct Vec {
-  typedef float type __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
 };
 
 // dx at PB input columns w0, w0 + s, ... of row h x NV vectors of VL channels from c0. Interior blocks
@@ -106,24 +100,6 @@ void DgradRows(const float* g, const float* k, float* dx, int64_t r0, int64_t r1
   }
 }
 
-struct Work {
-  std::function<void(int64_t, int64_t)> body;
-  int64_t rows, parts;
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Run() {
-    for (int64_t p; (p = next.fetch_add(1)) < parts;) {
-      body(rows * p / parts, rows * (p + 1) / parts);
-      if (done.fetch_add(1) + 1 == parts) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
 ffi::Error DepthwiseDgrad(ffi::ThreadPool pool, Nhwc g, Taps k, ffi::Result<Nhwc> dx, int64_t kh, int64_t kw,
                           int64_t s, int64_t pt, int64_t pl) {
   const auto gd = g.dimensions(), kd = k.dimensions(), xd = dx->dimensions();
@@ -138,15 +114,7 @@ ffi::Error DepthwiseDgrad(ffi::ThreadPool pool, Nhwc g, Taps k, ffi::Result<Nhwc
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t per_row = d.W * d.C;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({rows, 8 * threads, rows * per_row / 65536 + 1}));
-  auto work = std::make_shared<Work>();
-  work->body = [=](int64_t r0, int64_t r1) { DgradRows(gp, kp, dxp, r0, r1, d); };
-  work->rows = rows;
-  work->parts = parts;
-  const int64_t helpers = std::min<int64_t>(parts, threads) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  std::unique_lock<std::mutex> lock(work->mu);
-  work->cv.wait(lock, [&] { return work->done.load() == work->parts; });
+  ParallelRows(pool, rows, parts, [=](int64_t, int64_t r0, int64_t r1) { DgradRows(gp, kp, dxp, r0, r1, d); });
   return ffi::Error::Success();
 }
 

@@ -6,20 +6,18 @@
 // (kh*kw, C). XLA CPU runs the shifted-slice formulation as k*k passes over strided windows (and, at inference,
 // fuses the preceding BN + SiLU into it, recomputing them once per tap); this loop keeps a block of output
 // pixels x channel vectors in registers, reads each input pixel from cache once per tap, and has no bounds
-// checks in the interior columns. Rows (n, a) are split into parts claimed from an atomic counter by the calling
-// thread and by tasks on XLA's intra-op pool, as in depthwise_kgrad.cc (the caller never waits for a part nobody
-// has started).
+// checks in the interior columns. Rows (n, a) are split into parts over the calling thread and XLA's intra-op pool
+// (parallel.h).
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
 
+#include "parallel.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using effnet::ParallelRows;
+using effnet::Vec;
 
 namespace {
 
@@ -37,13 +35,6 @@ inline void InteriorColumns(const Shape& d, int64_t& b_lo, int64_t& b_hi) {
   b_hi = last < 0 ? 0 : std::min<int64_t>(d.Wo, last / d.s + 1);
   if (b_hi < b_lo) b_hi = b_lo;
 }
-
-// VL floats as one vector (GCC vector extension: AVX-512 registers with -march=native where the CPU has them,
-// pairs of AVX2 registers elsewhere); unaligned, may alias the float buffers.
-template <int VL>
-struct Vec {
-  typedef float type __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
-};
 
 // PB output pixels (columns b .. b+PB-1 of row a) x NV vectors of VL channels from c0, accumulated in registers
 // over all taps; no column checks when CHECK is false.
@@ -111,25 +102,6 @@ void FwdRows(const float* x, const float* k, float* y, int64_t r0, int64_t r1, c
   }
 }
 
-// Runs body(r0, r1) over `parts` row ranges on the caller and the pool; returns when all are done.
-struct Work {
-  std::function<void(int64_t, int64_t)> body;
-  int64_t rows, parts;
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Run() {
-    for (int64_t p; (p = next.fetch_add(1)) < parts;) {
-      body(rows * p / parts, rows * (p + 1) / parts);
-      if (done.fetch_add(1) + 1 == parts) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
 ffi::Error DepthwiseFwd(ffi::ThreadPool pool, Nhwc x, Taps k, ffi::Result<Nhwc> y, int64_t kh, int64_t kw, int64_t s,
                         int64_t pt, int64_t pl) {
   const auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
@@ -145,15 +117,7 @@ ffi::Error DepthwiseFwd(ffi::ThreadPool pool, Nhwc x, Taps k, ffi::Result<Nhwc> 
   // Several parts per thread balance uneven progress; a part of at least ~64K outputs amortises its scheduling.
   const int64_t per_row = d.Wo * d.C;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({rows, 8 * threads, rows * per_row / 65536 + 1}));
-  auto work = std::make_shared<Work>();
-  work->body = [=](int64_t r0, int64_t r1) { FwdRows(xp, kp, yp, r0, r1, d); };
-  work->rows = rows;
-  work->parts = parts;
-  const int64_t helpers = std::min<int64_t>(parts, threads) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  std::unique_lock<std::mutex> lock(work->mu);
-  work->cv.wait(lock, [&] { return work->done.load() == work->parts; });
+  ParallelRows(pool, rows, parts, [=](int64_t, int64_t r0, int64_t r1) { FwdRows(xp, kp, yp, r0, r1, d); });
   return ffi::Error::Success();
 }
 

@@ -4,21 +4,17 @@
 //
 // x is NHWC float32 and zero outside its bounds (the bottom/right padding is implied by g's size). XLA CPU runs
 // this reduction at a few GMAC/s; this loop, vectorised over channels, is 3-9x faster at B0's shapes
-// (benchmarks/depthwise_kgrad_ffi.py). The batch is split into parts claimed from an atomic counter by the
-// calling thread and by tasks on XLA's intra-op pool: the caller never waits for a part nobody has started,
-// so two of these running at once on a small pool cannot deadlock, and a task that starts after the call has
-// returned finds no part left and only drops its reference to the shared state.
+// (benchmarks/depthwise_kgrad_ffi.py). The batch is split into parts over the calling thread and XLA's intra-op
+// pool (parallel.h), each summing into its own copy of dk; the copies are added in part order.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using effnet::ParallelRows;
 
 namespace {
 
@@ -58,27 +54,6 @@ void KgradBatches(const float* x, const float* g, float* acc, int64_t n0, int64_
   }
 }
 
-struct Work {
-  const float* x;
-  const float* g;
-  Shape d;
-  int64_t N, parts, block;
-  std::vector<float> acc;  // parts x (kh*kw*C) partial sums
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Run() {
-    for (int64_t p; (p = next.fetch_add(1)) < parts;) {
-      KgradBatches(x, g, acc.data() + p * block, N * p / parts, N * (p + 1) / parts, d);
-      if (done.fetch_add(1) + 1 == parts) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
 ffi::Error DepthwiseKgrad(ffi::ThreadPool pool, Nhwc x, Nhwc g, ffi::Result<Taps> dk, int64_t kh, int64_t kw, int64_t s, int64_t pt,
                           int64_t pl) {
   const auto xd = x.dimensions();
@@ -86,24 +61,19 @@ ffi::Error DepthwiseKgrad(ffi::ThreadPool pool, Nhwc x, Nhwc g, ffi::Result<Taps
   const int64_t C = xd[3];
   if (gd[0] != xd[0] || gd[3] != C || dk->dimensions()[0] != kh * kw || dk->dimensions()[1] != C || s < 1)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "depthwise_kgrad: inconsistent shapes or stride");
-  auto work = std::make_shared<Work>();
-  work->x = x.typed_data();
-  work->g = g.typed_data();
-  work->d = Shape{xd[1], xd[2], C, gd[1], gd[2], kh, kw, s, pt, pl};
-  work->N = xd[0];
-  work->parts = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), xd[0]));
-  work->block = kh * kw * C;
-  work->acc.assign(work->parts * work->block, 0.0f);
-  for (int64_t t = 1; t < work->parts; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  {
-    std::unique_lock<std::mutex> lock(work->mu);
-    work->cv.wait(lock, [&] { return work->done.load() == work->parts; });
-  }
+  const Shape d{xd[1], xd[2], C, gd[1], gd[2], kh, kw, s, pt, pl};
+  const int64_t N = xd[0];
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), N));
+  const int64_t block = kh * kw * C;
+  std::vector<float> acc(parts * block, 0.0f);  // parts x (kh*kw*C) partial sums
+  const float* xp = x.typed_data();
+  const float* gp = g.typed_data();
+  float* ap = acc.data();
+  ParallelRows(pool, N, parts, [=](int64_t p, int64_t n0, int64_t n1) { KgradBatches(xp, gp, ap + p * block, n0, n1, d); });
   float* out = dk->typed_data();
-  for (int64_t k = 0; k < work->block; ++k) {
+  for (int64_t k = 0; k < block; ++k) {
     float v = 0.0f;
-    for (int64_t p = 0; p < work->parts; ++p) v += work->acc[p * work->block + k];
+    for (int64_t p = 0; p < parts; ++p) v += acc[p * block + k];
     out[k] = v;
   }
   return ffi::Error::Success();
