@@ -57,6 +57,8 @@ def signal_at(name: str, at_step: int, overrides, group: bool = False, twice: bo
     from effnet_jax.cli import main
     from effnet_jax.train import loop as train_mod
 
+    if name == "SIGINT":  # Ctrl-C as a terminal's foreground job gets it: a runner started with `cmd &` passes
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # SIGINT on ignored, and `effnet train` keeps that
     real, calls = train_mod.to_global, [0]
 
     def to_global(batch, mesh):  # called once per step, before the step runs

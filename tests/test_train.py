@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,22 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path):
         f"effnet train: interrupted; the latest complete checkpoint in {tmp_path} is kept (--resume continues from it)"
     )
     assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps() == [2, 4]
+
+
+def test_a_signal_the_user_started_ignored_stays_ignored():
+    """A shell's `cmd &` starts a run with SIGINT ignored; the stop handlers leave an ignored signal alone, take the
+    others, and put everything back on exit."""
+    from effnet_jax.train.guard import StopSignals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        term = signal.getsignal(signal.SIGTERM)
+        with StopSignals() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is term
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_second_run_on_a_live_workdir_is_refused(tmp_path, capsys):
