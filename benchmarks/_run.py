@@ -1,4 +1,5 @@
-"""Shared pieces of the one-question scripts: `effnet bench` restricted to one suite, the host-memory flag."""
+"""Shared pieces of the one-question scripts: `effnet bench` restricted to one suite, the options of the interleaved
+A/B scripts, the host-memory flag."""
 
 from __future__ import annotations
 
@@ -15,6 +16,24 @@ def run(suite: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.only = suite if not args.only else args.only
     return bench.main(args)
+
+
+def ab_parser(description: str) -> argparse.ArgumentParser:
+    """The shape and repetition options of the interleaved A/B scripts (b0's 224 px, batch 32); a script adds its own,
+    then calls `parse_ab_args`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--res", type=int, default=224)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser
+
+
+def parse_ab_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Adds where the JSON and markdown go (`<out>/<name>-<tag>.*`) and parses the command line."""
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="cpu")
+    return parser.parse_args()
 
 
 def add_host_memory_flag(parser: argparse.ArgumentParser) -> None:

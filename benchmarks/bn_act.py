@@ -19,7 +19,6 @@ Run from the repo root under tcmalloc, holding the machine to yourself:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -152,15 +151,11 @@ def markdown(env, args, micro, model) -> str:
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--res", type=int, default=224)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    from benchmarks._run import ab_parser, parse_ab_args
+
+    parser = ab_parser(__doc__.splitlines()[0])
     parser.add_argument("--parts", default="micro,model")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default="cpu")
-    args = parser.parse_args()
+    args = parse_ab_args(parser)
 
     import torch
 

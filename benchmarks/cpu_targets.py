@@ -18,7 +18,6 @@ on (run it once per allocator; the allocator is recorded):
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -102,19 +101,13 @@ def markdown(env, args, results) -> str:
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    from benchmarks._run import add_host_memory_flag, apply_host_memory_flag
+    from benchmarks._run import ab_parser, add_host_memory_flag, apply_host_memory_flag, parse_ab_args
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--res", type=int, default=224)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = ab_parser(__doc__.splitlines()[0])
     parser.add_argument("--modes", default="train,inference")
     parser.add_argument("--no-dgrad", action="store_true", help="skip the native input-gradient A/B contender")
     add_host_memory_flag(parser)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default="cpu")
-    args = parser.parse_args()
+    args = parse_ab_args(parser)
     apply_host_memory_flag(args)
 
     import torch

@@ -31,7 +31,6 @@ Run from the repo root under tcmalloc, holding the machine to yourself:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -291,11 +290,9 @@ def markdown(env, args, micro, model) -> str:
 
 def main() -> int:
     sys.path.insert(0, os.getcwd())
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--res", type=int, default=224)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    from benchmarks._run import ab_parser, parse_ab_args
+
+    parser = ab_parser(__doc__.splitlines()[0])
     parser.add_argument("--parts", default="micro,model")
     parser.add_argument("--modes", default="train,inference")
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma list; 'lax conv' always runs")
@@ -304,9 +301,7 @@ def main() -> int:
         default="space-to-depth,Cin padded to 4,native fwd,native fwd + kgrad",
         help="comma list for the whole-model part (the micro part runs --candidates); 'lax conv' always runs",
     )
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default="cpu")
-    args = parser.parse_args()
+    args = parse_ab_args(parser)
     chosen = ["lax conv"] + [c for c in args.candidates.split(",") if c and c != "lax conv"]
     chosen_model = ["lax conv"] + [c for c in args.model_candidates.split(",") if c and c != "lax conv"]
     unknown = [c for c in chosen + chosen_model if c not in CANDIDATES]
