@@ -90,8 +90,7 @@ def _native_act(x, act) -> tuple[bool, str | None]:
         name = {None: None, jax.nn.silu: "silu", jax.nn.relu6: "relu6"}[act]
     except (KeyError, TypeError):
         return False, None
-    concrete = all(isinstance(d, int) for d in x.shape)
-    return x.dtype == jnp.float32 and concrete and x.size > 0 and native.available(), name
+    return native.usable(x) and x.size > 0, name
 
 
 def _forward(x, scale, bias, eps, act):

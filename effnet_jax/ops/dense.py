@@ -18,7 +18,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from . import native
@@ -40,10 +39,6 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _lax_conv(x, kernel, stride, padding):
     return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _concrete(shape) -> bool:
-    return all(isinstance(d, int) for d in shape)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -83,7 +78,7 @@ def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -
         raise ValueError(f"dense_conv: kernel {kernel.shape} does not fit input channels {x.shape[-1]}")
     if (kh, kw, stride) == (1, 1, 1):
         return pointwise_conv(x, kernel)
-    if cin <= SMALL_CIN and x.dtype == kernel.dtype == jnp.float32 and _concrete(x.shape) and native.available():
+    if cin <= SMALL_CIN and native.usable(x, kernel):
         padding = tuple(tuple(int(p) for p in pair) for pair in padding)
         return _small_cin_conv(x, kernel, stride, padding)
     return _lax_conv(x, kernel, stride, padding)

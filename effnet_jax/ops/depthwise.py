@@ -161,10 +161,6 @@ def _shift_forward(x, kernel, stride, padding):
     return _taps(xp, kernel, stride, out_h, out_w)
 
 
-def _concrete(shape) -> bool:
-    return all(isinstance(d, int) for d in shape)
-
-
 def _forward_fastest(x, kernel, stride, padding):
     """`_shift_forward`, or on CPU the native forward where it is built (`native`: same function, faster).
 
@@ -172,7 +168,7 @@ def _forward_fastest(x, kernel, stride, padding):
     depend on effnet's custom-call targets.
     """
     xla = lambda x, k: _shift_forward(x, k, stride, padding)
-    if x.dtype != jnp.float32 or not _concrete(x.shape) or not native.available():
+    if not native.usable(x):
         return xla(x, kernel)
     cpu = lambda x, k: native.depthwise_conv(x, k, stride, padding)
     return lax.platform_dependent(x, kernel, cpu=cpu, default=xla)
@@ -295,7 +291,7 @@ def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
     """`_kernel_grad`, or on CPU the native kernel where it is built (`native`: same function, faster); a symbolic
     shape keeps XLA's, as in `_forward_fastest`."""
     xla = lambda x, g: _kernel_grad(x, g, kernel_shape, stride, padding)
-    if x.dtype != jnp.float32 or not _concrete(x.shape) or not native.available():
+    if not native.usable(x):
         return xla(x, g)
     cpu = lambda x, g: native.depthwise_kernel_grad(x, g, kernel_shape, stride, padding)
     return lax.platform_dependent(x, g, cpu=cpu, default=xla)
@@ -316,7 +312,7 @@ def _native_input_grad_pays(kernel_shape, stride: int) -> bool:
 def _input_grad_fastest(g, kernel, stride, padding, in_h, in_w):
     """`_input_grad`, or on CPU the native kernel where it is built and pays (`native`: same function)."""
     xla = lambda g, k: _input_grad(g, k, stride, padding, in_h, in_w)
-    if g.dtype != jnp.float32 or not _concrete(g.shape) or not native.available():
+    if not native.usable(g):
         return xla(g, kernel)
     if not NATIVE_INPUT_GRAD or not _native_input_grad_pays(kernel.shape, stride):
         return xla(g, kernel)

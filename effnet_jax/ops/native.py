@@ -57,6 +57,7 @@ __all__ = [
     "depthwise_conv",
     "depthwise_input_grad",
     "depthwise_kernel_grad",
+    "usable",
 ]
 
 ENV = env.NATIVE
@@ -158,6 +159,13 @@ def available() -> bool:
                     stacklevel=2,
                 )
     return _loaded
+
+
+def usable(*operands) -> bool:
+    """Whether the native kernels can take these operands: float32, concrete shapes (a symbolic one means jax.export,
+    whose artifact must not name effnet's custom-call targets), and the library built (tried last, so nothing is
+    built for a call that could not use it). The CPU platform is chosen by the caller's `lax.platform_dependent`."""
+    return all(o.dtype == jnp.float32 and all(isinstance(d, int) for d in o.shape) for o in operands) and available()
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
