@@ -5,13 +5,18 @@ EFFNET_NATIVE=0                            never build or use the native C++ ker
 EFFNET_CACHE_DIR=DIR                       where native kernels are cached (default ~/.cache/effnet)
 EFFNET_RETAIN_HOST_MEMORY=1                the `effnet` command keeps freed host memory mapped
 EFFNET_ALLOCATOR=auto|tcmalloc|jemalloc|mimalloc|glibc|PATH   the malloc the `effnet` command re-executes with
+EFFNET_COMPILATION_CACHE=DIR               the `effnet` command keeps compiled executables in DIR (compilation_cache)
+EFFNET_COMPILATION_CACHE_MIN_S=SECONDS     ... those that took at least this long to compile (default 1)
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["ALLOCATOR", "CACHE_DIR", "DEPTHWISE", "NATIVE", "RETAIN_HOST_MEMORY", "flag", "text"]
+__all__ = [
+    "ALLOCATOR", "CACHE_DIR", "COMPILATION_CACHE", "COMPILATION_CACHE_MIN_S", "DEPTHWISE", "NATIVE",
+    "RETAIN_HOST_MEMORY", "flag", "text",
+]  # fmt: skip
 
 DEPTHWISE = "EFFNET_DEPTHWISE"
 DTYPE = "EFFNET_DTYPE"  # what ModelOptions(dtype="auto") resolves to, instead of the per-backend choice
@@ -19,6 +24,8 @@ NATIVE = "EFFNET_NATIVE"
 CACHE_DIR = "EFFNET_CACHE_DIR"
 RETAIN_HOST_MEMORY = "EFFNET_RETAIN_HOST_MEMORY"
 ALLOCATOR = "EFFNET_ALLOCATOR"
+COMPILATION_CACHE = "EFFNET_COMPILATION_CACHE"
+COMPILATION_CACHE_MIN_S = "EFFNET_COMPILATION_CACHE_MIN_S"
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -62,6 +62,14 @@ def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> i
     if host_memory.wanted() and not host_memory.retain_host_memory():
         print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if command in COMPUTE:
+        from effnet_jax import compilation_cache
+
+        try:
+            compilation_cache.enable_from_env()
+        except ValueError as e:
+            print(f"effnet: error: {e}", file=sys.stderr)
+            return 2
     return int(importlib.import_module(args._module).main(args) or 0)
 
 
