@@ -27,7 +27,9 @@ from flax import nnx
 import effnet_jax
 import effnet_jax.model.layers
 import effnet_torch.layers
-from effnet_spec import conventions_for
+from effnet_spec import STAGES, conventions_for
+
+pytestmark = pytest.mark.integration  # train steps of both twins
 
 # Train-mode outputs: normalising by a small batch's std amplifies float32 summation-order noise relative to eval.
 TRAIN_ATOL = 1e-4
@@ -56,15 +58,18 @@ GRAD_FLOOR = 1e-2
 # padding nor the running-variance rule matters (lite0 symmetric/unbiased fails the same way; b0 with SiLU, tf_same
 # and biased passes with logits 3.5e-5, gradients 2.7e-5, SGD 4e-6); ReLU6 does. jax.nn.relu6 and torch's hardtanh
 # both have zero gradient at exactly 0 and 6.
+# The default group's cases train b0's first four stages (every block kind: expand 1 and 6, kernels 3 and 5, strides
+# 1 and 2, residuals, a stage of three blocks for the scan); the slow cases train whole networks.
+FOUR = STAGES[:4]
 CASES = {
-    # id: (variant, conventions, smooth activation?, JAX ModelOptions)
-    "b0-symmetric-unbiased": ("b0", conventions_for("effnet"), True, None),
-    "b0-tf_same-biased": ("b0", replace(conventions_for("timm_tf"), running_var="biased"), True, None),
-    "lite0-tf_same-biased": ("lite0", replace(conventions_for("timm_tf"), running_var="biased"), False, None),
+    # id: (variant, conventions, smooth activation?, JAX ModelOptions, stages (None: all))
+    "b0:4-symmetric-unbiased": ("b0", conventions_for("effnet"), True, None, FOUR),
+    "b0-tf_same-biased": ("b0", replace(conventions_for("timm_tf"), running_var="biased"), True, None, None),
+    "lite0-tf_same-biased": ("lite0", replace(conventions_for("timm_tf"), running_var="biased"), False, None, None),
     # The JAX twin with each stage's repeated blocks scanned (stacked inside the traced step) against the same torch.
-    "b0-symmetric-unbiased-scan": ("b0", conventions_for("effnet"), True, effnet_jax.ModelOptions(scan=True)),
+    "b0:4-symmetric-unbiased-scan": ("b0", conventions_for("effnet"), True, effnet_jax.ModelOptions(scan=True), FOUR),
 }
-FAST = ("b0-symmetric-unbiased", "b0-symmetric-unbiased-scan")  # the default group: each runs every check
+FAST = ("b0:4-symmetric-unbiased", "b0:4-symmetric-unbiased-scan")  # the default group: each runs every check
 # Train-mode logits of the lite case: the logit scale is ~9 and each float32 twin is ~7e-5 from float64 (measured
 # JAX vs torch 1.4e-4), as in eval; the bound scales the same way (see test_eval_parity.LOGITS_RTOL).
 TRAIN_RTOL = 2e-5
@@ -74,8 +79,9 @@ BATCH, RES = 8, 64
 @pytest.fixture(scope="module", params=[pytest.param(c, marks=[] if c in FAST else [pytest.mark.slow]) for c in CASES])
 def case(request):
     """(id, smooth, torch model, NNX model) in train mode, built once per case; tests take fresh copies."""
-    name, conv, smooth, options = CASES[request.param]
-    tm, jm = make_pair(name, conventions=conv, drop_path=0.0, dropout=0.0, options=options)
+    name, conv, smooth, options, stages = CASES[request.param]
+    kwargs = {"stages": stages} if stages else {}
+    tm, jm = make_pair(name, conventions=conv, drop_path=0.0, dropout=0.0, options=options, **kwargs)
     tm.train()
     jm.train()
     return request.param, smooth, tm, jm

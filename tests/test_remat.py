@@ -14,15 +14,20 @@ from flax import nnx
 from effnet_jax import EfficientNet, ModelOptions, model_from_state_dict, state_dict_from_model
 from effnet_jax.model.options import remat_compiler_options
 from effnet_jax.train import TrainConfig
+from effnet_spec import STAGES, resolve
 
 # 96 px and 8 images: BN batch statistics over >= 72 values per channel in the last stage, so float32 rounding
 # is not amplified by near-singular normalisations (at 64 px / 4 images it is, for any formulation change).
 RES, BATCH = 96, 8
+# b0's first four stages: both block kinds (expand 1 and 6), both kernels, residual blocks with drop-path; remat
+# wraps each block alike, so the whole network adds compile time, not a case.
+STAGES4 = STAGES[:4]
 
 
 def _model(remat: str) -> EfficientNet:
-    """b0 with 10 classes, the same weights for every `remat`, in train mode."""
-    base = EfficientNet.from_name("b0", num_classes=10, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))
+    """b0's first four stages with 10 classes, the same weights for every `remat`, in train mode."""
+    spec = resolve("b0", num_classes=10, stages=STAGES4)
+    base = EfficientNet(spec, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))
     options = ModelOptions(dtype="float32", remat=remat)
     m = model_from_state_dict(base.spec, state_dict_from_model(base), options=options)
     m.train()
@@ -65,7 +70,7 @@ def _inputs(spec):
 def _distance(grads0, grads1) -> tuple[float, float]:
     """(|g1 - g0| / |g0| over the whole gradient, worst element difference / largest gradient element)."""
     leaves0, leaves1 = jax.tree.leaves(grads0), jax.tree.leaves(grads1)
-    assert len(leaves0) == len(leaves1) > 200
+    assert len(leaves0) == len(leaves1) > 80
     sq = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(leaves0, leaves1))
     norm = sum(float(jnp.sum(a**2)) for a in leaves0)
     worst = max(float(jnp.abs(a - b).max()) for a, b in zip(leaves0, leaves1))
@@ -79,7 +84,7 @@ def test_remat_gives_the_same_loss_gradients_and_bn_statistics(remat):
     loss1, grads1, stats1 = _step(remade, *_inputs(remade.spec))
     assert jax.tree.structure(grads0) == jax.tree.structure(grads1)
     # The recomputed forward is the same ops on the same inputs; XLA fuses the backward pass differently, so float32
-    # rounding differs and 16 blocks of train-mode BN amplify it: measured ~8e-6 of the gradient's norm, the same as
+    # rounding differs and train-mode BN amplifies it: measured ~8e-6 of the gradient's norm, the same as
     # switching the depthwise conv between two exact formulations (grouped vs shift). A wrong or missing term (a
     # resampled mask, a stale BN statistic) moves the gradient by O(1); 3e-5 leaves room for rounding alone.
     assert float(loss0) == pytest.approx(float(loss1), rel=1e-6)

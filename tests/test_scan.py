@@ -19,8 +19,10 @@ from effnet_jax.train import TrainConfig
 from effnet_spec import STAGES, resolve
 from effnet_spec.forward import block_masks
 
-# As tests/test_remat.py: 96 px and 8 images keep the last stage's train-mode BN well conditioned.
+# As tests/test_remat.py: 96 px and 8 images keep the last stage's train-mode BN well conditioned, and b0's first
+# four stages: stage 3's blocks 1-2 are one scanned run, beside unscanned stages of one and two blocks.
 RES, BATCH = 96, 8
+STAGES4 = STAGES[:4]
 
 
 def _abstract(name: str, scan: bool = True) -> EfficientNet:
@@ -83,7 +85,8 @@ def test_the_traced_forward_scans_each_repeated_run(mode):
 
 def test_a_bad_mask_gets_the_blocks_own_error():
     """Masks of the wrong shape or type are refused with DropPath's message, never a stacking error."""
-    model = EfficientNet.from_name("b0", num_classes=10, options=ModelOptions(dtype="float32", scan=True))
+    spec = resolve("b0", num_classes=10, stages=STAGES4)
+    model = EfficientNet(spec, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32", scan=True))
     model.train()
     x = jnp.zeros((2, 32, 32, 3))
     repeated = max(_stage_runs(model.spec), key=len)
@@ -97,7 +100,7 @@ def test_an_eager_call_runs_the_blocks_one_by_one(monkeypatch):
     """Scan is for compile time; eagerly it would trace and compile every stage's scan on each call."""
     import effnet_jax.model.efficientnet as efficientnet
 
-    spec = resolve("b0", num_classes=10, stages=STAGES[:4])  # stage 3's blocks 1-2 scan; a short eager call
+    spec = resolve("b0", num_classes=10, stages=STAGES4)  # stage 3's blocks 1-2 scan; a short eager call
     model = EfficientNet(spec, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32", scan=True))
     model.eval()
     calls, real = [], efficientnet.scan_blocks
@@ -109,8 +112,9 @@ def test_an_eager_call_runs_the_blocks_one_by_one(monkeypatch):
 
 
 def _model(scan: bool, remat: str = "none") -> EfficientNet:
-    """b0 with 10 classes and the same weights whatever the options, in train mode."""
-    base = EfficientNet.from_name("b0", num_classes=10, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))
+    """b0's first four stages with 10 classes and the same weights whatever the options, in train mode."""
+    spec = resolve("b0", num_classes=10, stages=STAGES4)
+    base = EfficientNet(spec, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))
     options = ModelOptions(dtype="float32", scan=scan, remat=remat)
     m = model_from_state_dict(base.spec, state_dict_from_model(base), options=options, rngs=nnx.Rngs(5))
     m.train()
@@ -167,7 +171,7 @@ def test_scan_gives_the_same_loss_gradients_and_state(masks, remat):
     assert jax.tree.structure(grads0) == jax.tree.structure(grads1)
     assert jax.tree.structure(state0) == jax.tree.structure(state1)
     # The scanned body is the same ops on the same inputs, fused apart from its neighbours, so float32 rounding
-    # differs and 16 blocks of train-mode BN amplify it, as for remat (tests/test_remat.py: ~8e-6 of the gradient
+    # differs and train-mode BN amplifies it, as for remat (tests/test_remat.py: ~8e-6 of the gradient
     # norm measured). A resampled mask, a wrong rate or a stale BN statistic moves the gradient by O(1).
     assert float(loss0) == pytest.approx(float(loss1), rel=1e-6)
     g0, g1 = jax.tree.leaves(grads0), jax.tree.leaves(grads1)
@@ -193,7 +197,7 @@ def test_scanned_eval_features_and_intermediates_are_the_blocks():
     for m in (plain, scanned):
         m.eval()
     (f0, y0), (f1, y1) = run(plain), run(scanned)
-    assert len(f0) == len(f1) == 5
+    assert len(f0) == len(f1) == 4  # strides 2, 4, 8, 16
     for a, b in zip([*f0, y0], [*f1, y1]):  # eval mode: one block body rounds as the unrolled one does
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
