@@ -20,6 +20,8 @@ import effnet_jax
 import effnet_torch
 from effnet_spec import VARIANTS, resolve
 
+pytestmark = pytest.mark.integration  # full-size variants in both twins
+
 # Acceptance bound: float32 with precision pinned to "highest"; the twins differ only in summation order across
 # up to ~55 blocks (observed max |diff| ~1e-6 on SiLU+SE logits of magnitude ~1).
 LOGITS_ATOL = 1e-4

@@ -23,6 +23,8 @@ import effnet_torch
 from effnet_jax.model.layers import Dropout, DropPath
 from effnet_spec import STAGES, resolve
 
+pytestmark = pytest.mark.integration  # full-size b0 in both twins
+
 # Train-mode outputs, as test_train_parity.TRAIN_ATOL: a 4-sample batch std amplifies float32 summation noise.
 TRAIN_ATOL = 1e-4
 # BN running statistics after one update, as test_train_parity.BN_ATOL (the acceptance bound).

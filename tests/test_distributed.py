@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # several jax.distributed processes
+
 WORKER = str(Path(__file__).with_name("_train_worker.py"))
 # A 1-stage b0 at 16 px on digits: the real step, compiled in seconds.
 TINY = ["data=digits", "num_classes=0", "stages=1", "resolution=16", "eval_batch=120", "progress=false"]

@@ -30,6 +30,8 @@ from effnet_jax.export import torch_export as torch_format
 from effnet_jax.export.common import sample_input
 from effnet_spec import Preprocessing
 
+pytestmark = pytest.mark.integration  # full-size models exported and run in three runtimes
+
 pytest.importorskip("onnxruntime", reason="export extra: onnx, onnxscript, onnxruntime")
 
 MODULES = {"stablehlo": stablehlo_format, "onnx": onnx_format, "torch-export": torch_format}

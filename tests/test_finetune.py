@@ -31,6 +31,8 @@ from effnet_spec import STAGES, resolve
 from effnet_spec.contract import modules, tensors
 from effnet_torch.importers import export_state_dict
 
+pytestmark = pytest.mark.integration  # fine-tunes from saved full-size weights
+
 STEPS = 3
 # SGD with a large lr and weight decay: anything the optimizer or the decay could reach would visibly move.
 STRONG = ["optimizer=sgd", "lr=0.1", "weight_decay=0.5", "warmup_epochs=0", "momentum=0.9"]

@@ -14,6 +14,8 @@ from effnet_jax.predict import classify, imagenet_class_names, predict, preproce
 from effnet_spec import Preprocessing
 from effnet_torch import EfficientNet, save_checkpoint
 
+pytestmark = pytest.mark.integration  # a full-size b0 through the command line
+
 RES = 64  # small input: the test is about the plumbing, not accuracy
 
 

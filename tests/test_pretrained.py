@@ -25,6 +25,8 @@ from effnet_spec.adapt import adapt_stem_kernel
 from effnet_spec.contract import tensors
 from effnet_torch.importers import export_state_dict
 
+pytestmark = pytest.mark.integration  # real and full-size weights through both twins
+
 # Both twins compute in float32; these bounds are the parity suite's (parity_tests/test_eval_parity.py): 1e-4
 # absolute, or 2e-5 of the logit scale where that is larger (Lite's ReLU6 nets reach logits of ~20).
 ATOL, RTOL = 1e-4, 2e-5

@@ -23,6 +23,8 @@ from effnet_jax.train import loop as train_mod
 from effnet_jax.train.checkpoint import Checkpointer
 from effnet_jax.train.config import from_preset
 
+pytestmark = pytest.mark.integration  # trains in-process and in `effnet train` subprocesses
+
 WORKER = str(Path(__file__).with_name("_train_worker.py"))
 TINY = [
     "data=digits", "num_classes=0", "stages=1", "resolution=16", "global_batch=16", "eval_batch=120",
