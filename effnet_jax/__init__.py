@@ -7,11 +7,6 @@ Where each concern lives: docs/design.md, "Layout".
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
-import sys
-import warnings
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
@@ -68,33 +63,3 @@ __getattr__ = lazy_exports(__name__, _EXPORTS)
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-# Modules the README named before effnet_jax was arranged by concern -> where they live now. Importing an old
-# name warns and gives the new module object itself (so module state such as host_memory.retained is shared).
-_MOVED = {
-    "convert": "weights",
-    "host_memory": "ops.host_memory",
-    "depthwise": "ops.depthwise",
-    "dense": "ops.dense",
-    "bn_act": "ops.bn_act",
-    "native": "ops.native",
-}
-
-
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        head, _, short = fullname.rpartition(".")
-        return importlib.util.spec_from_loader(fullname, self) if head == __name__ and short in _MOVED else None
-
-    def create_module(self, spec):
-        new = f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}"
-        warnings.warn(f"{spec.name} is deprecated; import {new}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
-
-    def exec_module(self, module) -> None:
-        pass
-
-
-if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModules())
