@@ -11,41 +11,9 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "CheckpointMismatchError": "weights",
-    "from_torch": "weights",
-    "key_map": "weights",
-    "load_checkpoint": "weights",
-    "load_state_dict": "weights",
-    "model_from_state_dict": "weights",
-    "save_checkpoint": "weights",
-    "state_dict_from_model": "weights",
-    "to_torch": "weights",
-    "EfficientNet": "model",
-    "MBConv": "model",
-    "ModelOptions": "model",
-    "remat_compiler_options": "model",
-}
-__all__ = [
-    "CheckpointMismatchError",
-    "EfficientNet",
-    "MBConv",
-    "ModelOptions",
-    "from_torch",
-    "key_map",
-    "load_checkpoint",
-    "load_state_dict",
-    "model_from_state_dict",
-    "remat_compiler_options",
-    "save_checkpoint",
-    "state_dict_from_model",
-    "to_torch",
-]
-
-if TYPE_CHECKING:
-    from .model import EfficientNet, MBConv, ModelOptions, remat_compiler_options
-    from .weights import (
+if TYPE_CHECKING:  # the public names, each loaded from its sub-package on first use (see _lazy)
+    from .model import EfficientNet, MBConv, ModelOptions, remat_compiler_options  # noqa: F401
+    from .weights import (  # noqa: F401
         CheckpointMismatchError,
         from_torch,
         key_map,
@@ -57,9 +25,4 @@ if TYPE_CHECKING:
         to_torch,
     )
 
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)
