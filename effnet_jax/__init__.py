@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import _hooks
 from ._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the public names, each loaded from its sub-package on first use (see _lazy)
@@ -26,3 +27,20 @@ if TYPE_CHECKING:  # the public names, each loaded from its sub-package on first
     )
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)
+
+
+# The layers import downward (model <- weights <- train); the two calls that go up are wired here, above them all.
+def _from_pretrained(source, **kwargs):
+    from .weights.pretrained import from_pretrained
+
+    return from_pretrained(source, **kwargs)
+
+
+def _read_run(path, *, ema):
+    from .train.runs import read_run
+
+    return read_run(path, ema=ema)
+
+
+_hooks.from_pretrained = _from_pretrained
+_hooks.read_run = _read_run

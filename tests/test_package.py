@@ -53,3 +53,16 @@ def test_every_public_name_resolves_to_its_module(package):
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="EfficientNetV2"):
         effnet_jax.EfficientNetV2  # noqa: B018
+
+
+def test_from_pretrained_reaches_the_run_reader_in_a_fresh_process(tmp_path):
+    # model and weights never import train (tests/test_layout.py); the package root wires the call that goes up, so
+    # a process that imported only the model module still reads a directory as a training run.
+    code = (
+        "import sys; from effnet_jax.model.efficientnet import EfficientNet\n"
+        "assert 'effnet_jax.train' not in sys.modules\n"
+        "try: EfficientNet.from_pretrained(sys.argv[1])\n"
+        "except FileNotFoundError as e: print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"no training checkpoint in {str(tmp_path)!r}"), out.stdout + out.stderr

@@ -21,6 +21,7 @@ from flax import nnx
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
 from effnet_spec.forward import block_masks, check_input, run_blocks
 
+from .. import _hooks
 from ..ops import allocator
 from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
 from .options import ModelOptions
@@ -173,9 +174,7 @@ class EfficientNet(nnx.Module):
                 `effnet convert`.
             ema: for a training run, its EMA weights (default) or the raw ones.
         """
-        from ..weights.pretrained import from_pretrained
-
-        return from_pretrained(
+        return _hooks.from_pretrained(  # effnet_jax.weights.pretrained.from_pretrained
             source,
             num_classes=num_classes,
             in_channels=in_channels,
