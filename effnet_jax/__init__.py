@@ -7,50 +7,14 @@ Where each concern lives: docs/design.md, "Layout".
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
-import sys
-import warnings
 from typing import TYPE_CHECKING
 
+from . import _hooks
 from ._lazy import lazy_exports
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "CheckpointMismatchError": "weights",
-    "from_torch": "weights",
-    "key_map": "weights",
-    "load_checkpoint": "weights",
-    "load_state_dict": "weights",
-    "model_from_state_dict": "weights",
-    "save_checkpoint": "weights",
-    "state_dict_from_model": "weights",
-    "to_torch": "weights",
-    "EfficientNet": "model",
-    "MBConv": "model",
-    "ModelOptions": "model",
-    "remat_compiler_options": "model",
-}
-__all__ = [
-    "CheckpointMismatchError",
-    "EfficientNet",
-    "MBConv",
-    "ModelOptions",
-    "from_torch",
-    "key_map",
-    "load_checkpoint",
-    "load_state_dict",
-    "model_from_state_dict",
-    "remat_compiler_options",
-    "save_checkpoint",
-    "state_dict_from_model",
-    "to_torch",
-]
-
-if TYPE_CHECKING:
-    from .model import EfficientNet, MBConv, ModelOptions, remat_compiler_options
-    from .weights import (
+if TYPE_CHECKING:  # the public names, each loaded from its sub-package on first use (see _lazy)
+    from .model import EfficientNet, MBConv, ModelOptions, remat_compiler_options  # noqa: F401
+    from .weights import (  # noqa: F401
         CheckpointMismatchError,
         from_torch,
         key_map,
@@ -62,39 +26,21 @@ if TYPE_CHECKING:
         to_torch,
     )
 
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)
 
 
-# Modules the README named before effnet_jax was arranged by concern -> where they live now. Importing an old
-# name warns and gives the new module object itself (so module state such as host_memory.retained is shared).
-_MOVED = {
-    "convert": "weights",
-    "host_memory": "ops.host_memory",
-    "depthwise": "ops.depthwise",
-    "dense": "ops.dense",
-    "bn_act": "ops.bn_act",
-    "native": "ops.native",
-}
+# The layers import downward (model <- weights <- train); the two calls that go up are wired here, above them all.
+def _from_pretrained(source, **kwargs):
+    from .weights.pretrained import from_pretrained
+
+    return from_pretrained(source, **kwargs)
 
 
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        head, _, short = fullname.rpartition(".")
-        return importlib.util.spec_from_loader(fullname, self) if head == __name__ and short in _MOVED else None
+def _read_run(path, *, ema):
+    from .train.runs import read_run
 
-    def create_module(self, spec):
-        new = f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}"
-        warnings.warn(f"{spec.name} is deprecated; import {new}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
-
-    def exec_module(self, module) -> None:
-        pass
+    return read_run(path, ema=ema)
 
 
-if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModules())
+_hooks.from_pretrained = _from_pretrained
+_hooks.read_run = _read_run

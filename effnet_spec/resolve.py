@@ -5,7 +5,6 @@ Both twins only *read* a `ModelSpec`; they compute no channel, repeat, stride, S
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 
 from .conventions import Conventions, conventions_for
@@ -108,7 +107,6 @@ def resolve(
     stages: tuple[StageRow, ...] = STAGES,
     drop_path: float | None = None,
     dropout: float | None = None,
-    weights: str | None = None,
 ) -> ModelSpec:
     """Turn a variant (name, `Variant`, or compound coefficient phi) into a `ModelSpec`.
 
@@ -120,15 +118,9 @@ def resolve(
             `conventions.SOURCES`).
         conventions: explicit conventions; overrides `weight_source` (activation still comes from the family).
         drop_path, dropout: override the variant's rates.
-        weights: deprecated name of `weight_source`.
     Raises:
         ValueError: unknown variant or source, or invalid numbers.
     """
-    if weights is not None:
-        if weight_source != "effnet":
-            raise ValueError("resolve: pass weight_source= only (weights= is its deprecated name), not both")
-        warnings.warn("resolve(weights=...) is deprecated; use weight_source=...", DeprecationWarning, stacklevel=2)
-        weight_source = weights
     if isinstance(variant, Variant):
         v = variant
     elif isinstance(variant, str):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import effnet_jax
+from effnet_jax._lazy import exports
 
 
 def test_summary_command_and_host_memory_do_not_import_jax():
@@ -34,14 +35,19 @@ def test_the_training_config_and_print_config_do_not_import_jax():
     assert '"dtype": "bfloat16"' in out
 
 
-def test_every_public_name_resolves_to_its_module():
-    assert sorted(effnet_jax.__all__) == sorted(effnet_jax._EXPORTS)
-    for name in effnet_jax.__all__:
-        obj = getattr(effnet_jax, name)
-        sub = f"effnet_jax.{effnet_jax._EXPORTS[name]}"
+@pytest.mark.parametrize("package", ["effnet_jax", "effnet_jax.model", "effnet_jax.train"])
+def test_every_public_name_resolves_to_its_module(package):
+    # Each lazy package spells its names once, in its TYPE_CHECKING block; all of them load from where it says.
+    pkg = importlib.import_module(package)
+    where = exports(pkg.__file__)
+    assert pkg.__all__ == sorted(where) and len(where) >= 4
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        sub = f"{package}.{where[name]}"
         assert obj is getattr(importlib.import_module(sub), name), name
-        assert obj.__module__.startswith((sub, "effnet_spec.")), (name, obj.__module__)
-    assert set(effnet_jax.__all__) <= set(dir(effnet_jax))
+        module = getattr(obj, "__module__", sub)  # a table (PRESETS) has none
+        assert module.startswith((sub, "effnet_spec.")), (name, module)
+    assert set(pkg.__all__) <= set(dir(pkg))
 
 
 def test_unknown_name_is_an_attribute_error():
@@ -49,42 +55,14 @@ def test_unknown_name_is_an_attribute_error():
         effnet_jax.EfficientNetV2  # noqa: B018
 
 
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("convert", "weights"),
-        ("host_memory", "ops.host_memory"),
-        ("depthwise", "ops.depthwise"),
-        ("dense", "ops.dense"),
-        ("bn_act", "ops.bn_act"),
-        ("native", "ops.native"),
-    ],
-)
-def test_modules_the_readme_named_still_import_with_a_warning(old, new):
-    # A fresh process: the alias must work as a first import, and warn there.
+def test_from_pretrained_reaches_the_run_reader_in_a_fresh_process(tmp_path):
+    # model and weights never import train (tests/test_layout.py); the package root wires the call that goes up, so
+    # a process that imported only the model module still reads a directory as a training run.
     code = (
-        "import importlib, warnings\n"
-        "with warnings.catch_warnings(record=True) as w:\n"
-        "    warnings.simplefilter('always')\n"
-        f"    old = importlib.import_module('effnet_jax.{old}')\n"
-        f"new = importlib.import_module('effnet_jax.{new}')\n"
-        "print(old is new, [str(x.message) for x in w if x.category is DeprecationWarning])"
+        "import sys; from effnet_jax.model.efficientnet import EfficientNet\n"
+        "assert 'effnet_jax.train' not in sys.modules\n"
+        "try: EfficientNet.from_pretrained(sys.argv[1])\n"
+        "except FileNotFoundError as e: print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"True ['effnet_jax.{old} is deprecated; import effnet_jax.{new}']"
-
-
-def test_renamed_keywords_warn_and_mean_the_same():
-    from flax import nnx
-
-    import effnet_spec
-
-    with pytest.warns(DeprecationWarning, match="use weight_source"):
-        old = effnet_spec.resolve("b0", weights="timm_tf")
-    assert old == effnet_spec.resolve("b0", weight_source="timm_tf")
-    with pytest.raises(ValueError, match="not both"):
-        effnet_spec.resolve("b0", weights="timm", weight_source="timm_tf")
-    spec = effnet_spec.resolve("b0", num_classes=2)
-    with pytest.warns(DeprecationWarning, match="pass options=ModelOptions"):
-        model = nnx.eval_shape(lambda: effnet_jax.EfficientNet(spec, rngs=nnx.Rngs(0), depthwise_impl="shift"))
-    assert model.options == effnet_jax.ModelOptions(depthwise_impl="shift")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"no training checkpoint in {str(tmp_path)!r}"), out.stdout + out.stderr

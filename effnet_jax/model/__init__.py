@@ -9,17 +9,8 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "EfficientNet": "efficientnet",
-    "MBConv": "efficientnet",
-    "ModelOptions": "options",
-    "remat_compiler_options": "options",
-}
-__all__ = ["EfficientNet", "MBConv", "ModelOptions", "remat_compiler_options"]
+if TYPE_CHECKING:  # the public names, each loaded from its submodule on first use (see effnet_jax._lazy)
+    from .efficientnet import EfficientNet, MBConv  # noqa: F401
+    from .options import ModelOptions, remat_compiler_options  # noqa: F401
 
-if TYPE_CHECKING:
-    from .efficientnet import EfficientNet, MBConv
-    from .options import ModelOptions, remat_compiler_options
-
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)

@@ -11,7 +11,6 @@ How it computes is `ModelOptions`: parameters and BN statistics are float32; con
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -22,6 +21,7 @@ from flax import nnx
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
 from effnet_spec.forward import block_masks, check_input, run_blocks
 
+from .. import _hooks
 from ..ops import allocator
 from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_init
 from .options import ModelOptions
@@ -75,23 +75,6 @@ class MBConv(nnx.Module):
         return y
 
 
-def _options(options: ModelOptions | None, dtype, depthwise_impl: str | None) -> ModelOptions:
-    """`options`, or one built from the deprecated `dtype=` / `depthwise_impl=` keywords (not both)."""
-    if dtype is None and depthwise_impl is None:
-        return options if options is not None else ModelOptions()
-    if options is not None:
-        raise ValueError("EfficientNet: pass options=ModelOptions(...) or dtype=/depthwise_impl=, not both")
-    warnings.warn(
-        "EfficientNet(dtype=..., depthwise_impl=...) is deprecated; pass options=ModelOptions(...)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return ModelOptions(
-        dtype="auto" if dtype is None else dtype,
-        depthwise_impl="auto" if depthwise_impl is None else depthwise_impl,
-    )
-
-
 def _linear_init(bound: float):
     """torchvision's classifier rule: uniform(-1/sqrt(out), 1/sqrt(out))."""
 
@@ -113,7 +96,6 @@ class EfficientNet(nnx.Module):
         spec: the resolved architecture.
         rngs: parameter init (`params`) and the dropout/drop-path streams (`dropout`).
         options: how to compute (`ModelOptions`: compute dtype, depthwise formulation); default float32, "auto".
-        dtype, depthwise_impl: deprecated spellings of the same two options.
     """
 
     def __init__(
@@ -122,15 +104,13 @@ class EfficientNet(nnx.Module):
         *,
         rngs: nnx.Rngs,
         options: ModelOptions | None = None,
-        dtype=None,
-        depthwise_impl: str | None = None,
     ):
         if not isinstance(spec, ModelSpec):
             raise TypeError(
                 f"EfficientNet expects a resolved ModelSpec, got {type(spec).__name__}; "
                 "use EfficientNet.from_name(name, rngs=...) for a named variant"
             )
-        options = _options(options, dtype, depthwise_impl)
+        options = options if options is not None else ModelOptions()
         allocator.hint_once()
         self.spec = spec
         self.options = options
@@ -153,8 +133,6 @@ class EfficientNet(nnx.Module):
         *,
         rngs: nnx.Rngs | None = None,
         options: ModelOptions | None = None,
-        dtype=None,
-        depthwise_impl: str | None = None,
         **resolve_kwargs,
     ) -> EfficientNet:
         """Build a named variant (or compound phi); `resolve_kwargs` go to `effnet_spec.resolve` (`weight_source=`).
@@ -162,7 +140,6 @@ class EfficientNet(nnx.Module):
         `rngs` defaults to a fresh `nnx.Rngs(0)`.
         """
         spec = resolve(name, num_classes=num_classes, in_channels=in_channels, **resolve_kwargs)
-        options = _options(options, dtype, depthwise_impl)
         return cls(spec, rngs=rngs if rngs is not None else nnx.Rngs(0), options=options)
 
     @classmethod
@@ -197,9 +174,7 @@ class EfficientNet(nnx.Module):
                 `effnet convert`.
             ema: for a training run, its EMA weights (default) or the raw ones.
         """
-        from ..weights.pretrained import from_pretrained
-
-        return from_pretrained(
+        return _hooks.from_pretrained(  # effnet_jax.weights.pretrained.from_pretrained
             source,
             num_classes=num_classes,
             in_channels=in_channels,

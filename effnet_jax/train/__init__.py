@@ -7,16 +7,12 @@ reports (`metrics`), evaluation (`evaluate`) and the loop that runs them in orde
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "NonFiniteLoss": "loop",
-    "train": "loop",
-    "TrainConfig": "config",
-    "from_preset": "config",
-    "PRESETS": "config",
-}
-__all__ = sorted(_EXPORTS)
+if TYPE_CHECKING:  # the public names, each loaded from its submodule on first use (see effnet_jax._lazy)
+    from .config import PRESETS, TrainConfig, from_preset  # noqa: F401
+    from .loop import NonFiniteLoss, train  # noqa: F401
 
-
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)

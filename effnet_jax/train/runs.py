@@ -19,13 +19,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from effnet_spec import ModelSpec, Preprocessing, default_preprocessing, read_header
+from effnet_spec.adapt import Pretrained
 
 from ..model import EfficientNet
+from ..weights.state import state_dict_from_model
 from .checkpoint import Checkpointer, abstract_like
 from .config import TrainConfig, from_dict
 from .modeling import WEIGHTS, build_model, model_options, run_preprocessing
 
-__all__ = ["Restored", "is_run_dir", "open_run", "restore_model"]
+__all__ = ["Restored", "is_run_dir", "open_run", "read_run", "restore_model"]
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -122,3 +124,10 @@ def restore_model(run_dir: str | os.PathLike, *, ema: bool = True, step: int | N
     model.eval()
     model.preprocessing = pre
     return Restored(model, cfg, int(meta["step"]), "ema" if item == "ema" else "raw")
+
+
+def read_run(path: str | os.PathLike, *, ema: bool = True) -> Pretrained:
+    """A run's latest checkpoint as a pretrained source (`EfficientNet.from_pretrained(RUN)`, `init=RUN`)."""
+    r = restore_model(path, ema=ema)
+    origin = f"training run {os.fspath(path)} step {r.step} ({r.weights} weights)"
+    return Pretrained(r.model.spec, state_dict_from_model(r.model), r.model.preprocessing, origin)

@@ -2,10 +2,10 @@
 
 A source is an effnet checkpoint (read with numpy + safetensors alone), another library's checkpoint file or a timm
 id on the Hugging Face Hub (both read by `effnet_torch.pretrained`, so those need torch), or a training run
-directory (`effnet_jax.train.runs`: the latest checkpoint, EMA weights by default). Every source becomes one
-`Pretrained` (spec, interchange state_dict as numpy, preprocessing); `effnet_spec.adapt` then fits it to the new
-class count or input channels, and the model is built without a random init (a new classifier starts at zero;
-docs/design.md, "Pretrained weights").
+directory (its latest checkpoint, EMA weights by default, read by `effnet_jax.train.runs` through `effnet_jax._hooks`:
+weights does not import train). Every source becomes one `Pretrained` (spec, interchange state_dict as numpy,
+preprocessing); `effnet_spec.adapt` then fits it to the new class count or input channels, and the model is built
+without a random init (a new classifier starts at zero; docs/design.md, "Pretrained weights").
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flax import nnx
 from effnet_spec.adapt import HUB_PREFIX, SOURCES_HELP, Pretrained, adapt, adapt_preprocessing, adapt_spec
 from effnet_spec.contract import check_tensors, mismatch_error, tensors
 
+from .. import _hooks
 from ..model import EfficientNet, ModelOptions
 from .files import read_checkpoint
 from .state import _got, model_from_state_dict
@@ -83,7 +84,7 @@ def read_pretrained(
     if os.path.isdir(text):
         if weight_source or model:
             raise ValueError(f"{text}: a training run describes its own model; drop weight_source/model")
-        return _from_run(text, ema)
+        return _hooks.read_run(text, ema=ema)  # effnet_jax.train.runs.read_run
     if not os.path.exists(text):
         raise FileNotFoundError(f"{text}: no such file or directory; expected {SOURCES_HELP}")
     try:  # a file we may not read says so, rather than looking like a truncated one to the readers below
@@ -112,15 +113,6 @@ def _via_torch(source: str, weight_source: str | None, model: str | None) -> Pre
         ) from None
     p = read_torch(source, weight_source=weight_source, model=model)
     return replace(p, state_dict={k: v.numpy() for k, v in p.state_dict.items()})
-
-
-def _from_run(path: str, ema: bool) -> Pretrained:
-    from ..train.runs import restore_model
-    from .state import state_dict_from_model
-
-    r = restore_model(path, ema=ema)
-    origin = f"training run {path} step {r.step} ({r.weights} weights)"
-    return Pretrained(r.model.spec, state_dict_from_model(r.model), r.model.preprocessing, origin)
 
 
 def _zeros(shape: tuple[int, ...]) -> np.ndarray:
