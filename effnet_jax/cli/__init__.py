@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> i
     if host_memory.wanted() and not host_memory.retain_host_memory():
         print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-    if command in COMPUTE:
+    if command in COMPUTE and not getattr(args, "print_config", False):  # printing the config needs no jax
         from effnet_jax import compilation_cache
 
         try:
