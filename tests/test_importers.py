@@ -45,15 +45,6 @@ def _renamed(spec, weight_source):
     return {kmap[k]: torch.zeros(s) for k, s in shapes(spec).items()}
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_contract_shapes_match_the_torch_model(variant):
-    spec = resolve(variant)
-    with torch.device("meta"):  # shapes only: l2 would need GBs of real memory
-        model = EfficientNet(spec)
-    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert shapes(spec) == got
-
-
 @pytest.mark.parametrize("weight_source", list(sources.REGISTRY))
 def test_key_map_is_a_bijection(weight_source):
     for variant in ("b0", "b3", "lite2"):
@@ -82,8 +73,10 @@ def test_layout_names_follow_each_library():
 
 @pytest.mark.parametrize("weight_source", LIB_SOURCES)
 def test_every_variant_is_inferred_from_shapes(weight_source):
-    for variant in VARIANTS:
-        sd_shapes = {k: tuple(v.shape) for k, v in _renamed(resolve(variant), weight_source).items()}
+    for variant in VARIANTS:  # the source's names and the contract's shapes: no tensors (l2 would be 1.9 GB of zeros)
+        spec = resolve(variant)
+        kmap = source_keys(spec, weight_source)
+        sd_shapes = {kmap[k]: s for k, s in shapes(spec).items()}
         assert infer_variant(sd_shapes, weight_source) == variant
 
 
