@@ -49,6 +49,7 @@ def _faulted_mb(retain: bool) -> list[float]:
     return [n * resource.getpagesize() / 2**20 for n in ast.literal_eval(out.splitlines()[-1])]
 
 
+@pytest.mark.integration  # two processes that each run a large XLA program three times
 @pytest.mark.skipif(host_memory.glibc_version() is None, reason="the settings are glibc's")
 def test_retained_memory_stops_the_third_call_from_faulting():
     # Without the settings every call maps its 32 MB buffers afresh (~800 MB fault in per call); with them
