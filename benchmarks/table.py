@@ -22,18 +22,16 @@ READMES = ("README.md", os.path.join("benchmarks", "README.md"))
 BEGIN, END = "<!-- perf-table:begin -->", "<!-- perf-table:end -->"
 BATCH = 32
 
-# CPU, b0@224 batch 32 float32, both frameworks on one malloc per process: (label, files, kind). "targets":
-# benchmarks/cpu_targets.py (effnet_jax vs torch eager and torch.compile interleaved, rounds of medians); "allocators":
-# benchmarks/allocators.py --rounds (no torch.compile). A setting's rounds from several files are pooled.
+# CPU, b0@224 batch 32 float32, both frameworks on one malloc per process, from benchmarks/cpu_targets.py (effnet_jax
+# vs torch eager and torch.compile interleaved, rounds of medians): (label, files). A setting's rounds from several
+# files are pooled.
 CPU = (
-    ("glibc (torch's default)", ("cpu-targets-cpu-glibc.json",), "targets"),
-    ("glibc, `retain_host_memory()`", ("cpu-targets-cpu-retained.json",), "targets"),
+    ("glibc (torch's default)", ("cpu-targets-cpu-glibc.json",)),
+    ("glibc, `retain_host_memory()`", ("cpu-targets-cpu-retained.json",)),
     (
         "tcmalloc (the `effnet` command's first choice)",
         ("cpu-targets-cpu-tcmalloc.json", "cpu-targets-cpu-tcmalloc-train.json"),
-        "targets",
-    ),  # fmt: skip
-    ("mimalloc (cmeel-mimalloc, the `train` extra's)", ("allocators-cpu-rounds.json",), "allocators"),
+    ),
 )
 # GPU: `effnet bench` JSON whose env lacks the commit (recorded in benchmarks/README.md): (file, commit, where).
 GPU = (("bench-gpu-h200.json", "892b64d", "NVIDIA H200"),)
@@ -60,20 +58,6 @@ def _targets(files) -> tuple[dict, str]:
     return per_mode, f"{env['git_sha']}, {env['cpu']} {env['cpu_count']} cores, quiet"
 
 
-def _allocators(name: str, setting: str) -> tuple[dict, str] | None:
-    data = _load(name)
-    rows = [r for r in data["rows"] if r["setting"] == setting]
-    if not rows:
-        return None
-    per_mode = {
-        mode: {k: [1e3 * BATCH / r[f"{mode}_img_s"][k] for r in rows] for k in ("jax", "torch")}
-        for mode in ("train", "inference")
-    }
-    per_mode = {m: {"jax": v["jax"], "torch eager CL": v["torch"]} for m, v in per_mode.items()}
-    env = rows[0]["env"]
-    return per_mode, f"{env['git_sha']}, {env['cpu']} {env['cpu_count']} cores, shared"
-
-
 def _img_s(ms_list) -> float | None:
     return BATCH * 1e3 / statistics.median(ms_list) if ms_list else None
 
@@ -88,20 +72,13 @@ def _ratio(a, b) -> str:
 
 def cpu_rows() -> list[dict]:
     rows = []
-    for label, files, kind in CPU:
-        if not all(os.path.exists(os.path.join(RESULTS, f)) for f in files):
-            continue
-        got = _targets(files) if kind == "targets" else _allocators(files[0], "mimalloc")
-        if got is None:
-            continue
-        per_mode, where = got
-        for mode in ("train", "inference"):
-            times = per_mode.get(mode, {})
+    for label, files in CPU:
+        per_mode, where = _targets(files)
+        for mode, times in per_mode.items():
             rows.append(
                 {
                     "mode": mode,
                     "malloc": label,
-                    "kind": kind,
                     "jax": _img_s(times.get("jax")),
                     "eager": _img_s(times.get("torch eager CL")),
                     "compile": _img_s(times.get("torch.compile CL")),
@@ -145,14 +122,11 @@ def table() -> str:
                 f"| {case} | {r['malloc']} | {_fmt(r['jax'])} | {_fmt(r['eager'])} | {_fmt(r['compile'])} "
                 f"| {ratios} | {r['where']} |"
             )
-        quiet = [r for r in mine if r["kind"] == "targets"]
-        if not quiet:
-            continue
-        jax, eager = _best(quiet, "jax"), _best(quiet, "eager")
-        comp = _best(quiet, "compile") if any(r["compile"] for r in quiet) else None
+        jax, eager = _best(mine, "jax"), _best(mine, "eager")
+        comp = _best(mine, "compile") if any(r["compile"] for r in mine) else None
         torch_mallocs = dict.fromkeys(_short(r["malloc"]) for r in (eager, comp) if r)
         lines.append(_pair(case, "**each on its best**", jax, f"torch {' / '.join(torch_mallocs)}", eager, comp))
-        default = {_short(r["malloc"]): r for r in quiet}
+        default = {_short(r["malloc"]): r for r in mine}
         if JAX_DEFAULT in default and TORCH_DEFAULT in default:
             torch = default[TORCH_DEFAULT]
             lines.append(
