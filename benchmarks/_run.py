@@ -1,21 +1,13 @@
-"""Shared pieces of the one-question scripts: `effnet bench` restricted to one suite, the options of the interleaved
-A/B scripts, the host-memory flag."""
+"""What the benchmark scripts share: the options of the interleaved A/B scripts, the host-memory flag, and `patched`
+(swap one library choice for the length of a build). Scripts import from here, never from each other."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
+import importlib
 
-from effnet_jax.cli import bench
 from effnet_jax.ops import host_memory
-
-
-def run(suite: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"effnet bench --only {suite}")
-    bench.add_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    args.only = suite if not args.only else args.only
-    return bench.main(args)
 
 
 def ab_parser(description: str) -> argparse.ArgumentParser:
@@ -46,3 +38,24 @@ def apply_host_memory_flag(args: argparse.Namespace) -> None:
     """Call before the first JAX computation: the settings only take for threads that have not allocated yet."""
     if args.retain_host_memory and not host_memory.retain_host_memory():
         raise SystemExit("--retain-host-memory: this C library is not glibc")
+
+
+@contextlib.contextmanager
+def patched(patches: dict):
+    """Set module attributes (values given as objects or as dotted names of objects) for the duration: a variant's
+    model must be traced and compiled inside it. A target that does not exist raises, so a renamed library function
+    cannot turn an ablation into a silent copy of the baseline."""
+    saved = []
+    try:
+        for target, value in patches.items():
+            module, attr = target.rsplit(".", 1)
+            mod = importlib.import_module(module)
+            if isinstance(value, str):
+                vmod, vattr = value.rsplit(".", 1)
+                value = getattr(importlib.import_module(vmod), vattr)
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, value)
+        yield
+    finally:
+        for mod, attr, old in reversed(saved):
+            setattr(mod, attr, old)

@@ -5,9 +5,8 @@ channels_last; inference >= 1.0x torch eager channels_last, with the torch.compi
 interleaved in one process (`--rounds` rounds of `--reps` calls, medians), under whatever malloc the process runs
 on (run it once per allocator; the allocator is recorded):
 
-- ``jax``: `effnet bench`'s JAX step / forward (`profile_cpu.build_jax`), every shipped CPU formulation and native
-  kernel as the library picks them.
-- ``jax + native dgrad`` (train): the same with `depthwise.NATIVE_INPUT_GRAD` on, the switch's A/B.
+- ``jax``: `effnet bench`'s JAX train step / forward (`effnet_jax.bench.contenders`), every shipped CPU formulation
+  and native kernel as the library picks them.
 - ``torch eager CL``, ``torch.compile CL`` (inference; the compiled train step takes minutes to build here and is
   not a target): the twin as `effnet bench` builds it.
 
@@ -24,12 +23,11 @@ import sys
 import time
 
 
-def _jax(mode, args, native_dgrad: bool):
-    from benchmarks.ablation import _patched
-    from benchmarks.profile_cpu import build_jax
+def _jax(mode, args):
+    from effnet_jax.bench import contenders
 
-    with _patched({"effnet_jax.ops.depthwise.NATIVE_INPUT_GRAD": native_dgrad} if native_dgrad else {}):
-        run, _, _, compile_s = build_jax(mode, args.batch, args.res)
+    build = contenders.jax_inference if mode == "inference" else contenders.jax_train
+    run, compile_s, _ = build("b0", args.res, args.batch)
     return run, compile_s
 
 
@@ -46,9 +44,7 @@ def _torch(mode, args, compiled: bool):
 def run_mode(mode, args):
     from effnet_jax.bench.harness import interleaved
 
-    builders = {"jax": lambda: _jax(mode, args, False)}
-    if mode == "train" and not args.no_dgrad:
-        builders["jax + native dgrad"] = lambda: _jax(mode, args, True)
+    builders = {"jax": lambda: _jax(mode, args)}
     builders["torch eager CL"] = lambda: _torch(mode, args, False)
     if mode == "inference":
         builders["torch.compile CL"] = lambda: _torch(mode, args, True)
@@ -66,8 +62,6 @@ def run_mode(mode, args):
         row["jax / torch eager"] = med["torch eager CL"] / med["jax"]
         if "torch.compile CL" in med:
             row["jax / torch.compile"] = med["torch.compile CL"] / med["jax"]
-        if "jax + native dgrad" in med:
-            row["native dgrad speed-up"] = med["jax"] / med["jax + native dgrad"]
         rows.append(row)
         print(mode, rnd + 1, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)},
               {k: round(v) for k, v in row["median_ms"].items()}, flush=True)  # fmt: skip
@@ -87,7 +81,7 @@ def markdown(env, args, results) -> str:
     ]
     for mode, (rows, compile_s) in results.items():
         names = list(rows[0]["median_ms"])
-        ratios = [k for k in ("jax / torch eager", "jax / torch.compile", "native dgrad speed-up") if k in rows[0]]
+        ratios = [k for k in ("jax / torch eager", "jax / torch.compile") if k in rows[0]]
         lines += [f"## {mode}", "", "Build / compile s: " + ", ".join(
             f"{k} {v:.1f}" for k, v in compile_s.items() if v is not None) + ".", ""]  # fmt: skip
         lines += ["| round | " + " | ".join(f"{n} ms" for n in names) + " | " + " | ".join(ratios) + " |",
@@ -105,7 +99,6 @@ def main() -> int:
 
     parser = ab_parser(__doc__.splitlines()[0])
     parser.add_argument("--modes", default="train,inference")
-    parser.add_argument("--no-dgrad", action="store_true", help="skip the native input-gradient A/B contender")
     add_host_memory_flag(parser)
     args = parse_ab_args(parser)
     apply_host_memory_flag(args)

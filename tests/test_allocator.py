@@ -96,6 +96,7 @@ def test_library_users_get_a_one_time_hint_on_glibc(monkeypatch):
         EfficientNet.from_name("b0", num_classes=3, rngs=nnx.Rngs(0))
     hints = [w for w in caught if issubclass(w.category, allocator.SlowAllocatorWarning)]
     assert len(hints) == 1, [str(w.message) for w in caught]
+    assert hints[0].filename == __file__, "the warning points at the line that built the model, not inside Flax"
     assert "glibc's malloc" in str(hints[0].message) and ("LD_PRELOAD=" in str(hints[0].message) or "apt install" in
                                                           str(hints[0].message))  # fmt: skip
     monkeypatch.setattr(allocator, "_hinted", False)

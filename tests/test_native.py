@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
 from importlib import resources
 
 import jax
@@ -81,24 +83,8 @@ def test_native_forward_equals_grouped_conv(case):
 
 
 @needs_native
-@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: f"n{c[0]}h{c[1]}w{c[2]}c{c[3]}k{c[4]}s{c[5]}p{c[6]}")
-def test_native_input_grad_equals_xla(case):
-    n, h, w, c, k, s, pad = case
-    _, g = _operands(*case)
-    kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
-    want = np.asarray(depthwise._input_grad(g, kernel, s, pad, h, w), np.float64)
-    got = jax.jit(lambda g, kernel: native.depthwise_input_grad(g, kernel, s, pad, h, w))(g, kernel)
-    got = np.asarray(got, np.float64)
-    assert got.shape == want.shape == (n, h, w, c)
-    # Each entry sums at most k*k products, as in the forward: same tolerance.
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
-
-
-@needs_native
-@pytest.mark.parametrize("native_dx", [False, True], ids=["xla-dx", "native-dx"])
 @pytest.mark.parametrize("case", [CASES[3], CASES[4], FWD_CASES[-3]], ids=lambda c: f"c{c[3]}k{c[4]}s{c[5]}")
-def test_gradients_through_native_forward_match_grouped(case, native_dx, monkeypatch):
-    monkeypatch.setattr(depthwise, "NATIVE_INPUT_GRAD", native_dx)
+def test_gradients_through_native_forward_match_grouped(case):
     n, h, w, c, k, s, pad = case
     x, g = _operands(*case)
     kernel = jax.random.normal(jax.random.key(c), (k, k, 1, c))
@@ -116,20 +102,6 @@ def test_gradients_through_native_forward_match_grouped(case, native_dx, monkeyp
         b = np.asarray(b, np.float64)
         # y, dx: sums of <= 25 products; dkernel: N*Ho*Wo products, as in test_native_kernel_grad_equals_xla.
         np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=name)
-
-
-@needs_native
-@pytest.mark.parametrize("k, stride, native_dx", [(3, 1, True), (5, 2, True), (3, 2, False)])
-@pytest.mark.parametrize("switch", [False, True], ids=["default", "switched-on"])
-def test_input_grad_is_native_where_switched_on_and_it_pays(k, stride, native_dx, switch, monkeypatch):
-    assert depthwise.NATIVE_INPUT_GRAD is False  # not adopted (benchmarks/results/depthwise-fwd-cpu-dgrad-ab.md)
-    monkeypatch.setattr(depthwise, "NATIVE_INPUT_GRAD", switch)
-    native_dx = native_dx and switch
-    x = jnp.ones((2, 12, 12, 24))
-    loss = lambda x, kk: jnp.sum(depthwise.depthwise_conv(x, kk, stride, ((1, 1), (1, 1)), "shift_vjp"))
-    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, jnp.ones((k, k, 1, 24))).as_text()
-    assert native._TARGET in hlo  # (the forward value is unused here, so not lowered)
-    assert (native._DW_DGRAD in hlo) == native_dx
 
 
 @needs_native
@@ -171,7 +143,7 @@ def test_two_native_calls_at_once_do_not_deadlock():
 
 @needs_native
 def test_native_dense_and_depthwise_calls_at_once_do_not_deadlock():
-    # The stem's forward, its kernel gradient and the depthwise kernel gradient, forward and input gradient,
+    # The stem's forward, its kernel gradient and the depthwise kernel gradient and forward,
     # independent of each other, may run concurrently on XLA's pool (same part-claiming scheme in every source).
     from effnet_jax.ops import dense
 
@@ -187,13 +159,11 @@ def test_native_dense_and_depthwise_calls_at_once_do_not_deadlock():
             native.dense_small_cin_conv(x2, k2, 2, pad),
             native.dense_small_cin_kernel_grad(x2, g2, k2.shape, 2, pad),
             native.depthwise_conv(x1, k1, 1, ((1, 1), (1, 1))),
-            native.depthwise_input_grad(g1, k1, 1, ((1, 1), (1, 1)), 12, 12),
         )
     )
     for _ in range(20):
-        a, y, dk, dw_y, dw_dx = f(x1, g1, x2, k2, g2)
+        a, y, dk, dw_y = f(x1, g1, x2, k2, g2)
     np.testing.assert_allclose(dw_y, depthwise._grouped(x1, k1, 1, ((1, 1), (1, 1))), atol=1e-4)
-    np.testing.assert_allclose(dw_dx, depthwise._input_grad(g1, k1, 1, ((1, 1), (1, 1)), 12, 12), atol=1e-4)
     np.testing.assert_allclose(a, depthwise._kernel_grad(x1, g1, (3, 3, 1, 32), 1, ((1, 1), (1, 1))), atol=1e-3)
     np.testing.assert_allclose(y, dense._lax_conv(x2, k2, 2, pad), atol=1e-4)
     want_dk = jax.vjp(lambda k: dense._lax_conv(x2, k, 2, pad), k2)[1](g2)[0]
@@ -215,11 +185,15 @@ _PROBE = textwrap.dedent(
 )
 
 
-def _probe(tmp_path, **env) -> str:
+def _probe(tmp_path, stderr: list | None = None, **env) -> str:
     full = {**os.environ, "EFFNET_CACHE_DIR": str(tmp_path / "cache"), **env}
-    return subprocess.run(
-        [sys.executable, "-c", _PROBE], env=full, capture_output=True, text=True, check=True
-    ).stdout.splitlines()[-1]
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=full, capture_output=True, text=True, check=True)
+    if stderr is not None:
+        stderr += proc.stderr.splitlines()
+    return proc.stdout.splitlines()[-1]
+
+
+_BUILDING = "[effnet] building the native CPU kernels"
 
 
 def test_turned_off_means_xla_and_no_build(tmp_path):
@@ -235,13 +209,36 @@ def test_failed_build_warns_once_and_falls_back(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
-def test_build_is_cached_by_source_jax_and_cpu(tmp_path):
-    assert _probe(tmp_path).startswith("True True 0 ")
+def test_build_is_cached_by_source_jax_and_cpu_and_says_so_once(tmp_path):
+    first, second = [], []
+    assert _probe(tmp_path, first).startswith("True True 0 ")
+    assert [line for line in first if line.startswith(_BUILDING)] == [
+        f"{_BUILDING} with {shutil.which('g++') or shutil.which('c++')} (once, cached in {tmp_path / 'cache'})"
+    ], "one line before a user's first jit pauses for the compiler"
     (lib,) = (tmp_path / "cache").glob("effnet_native-*.so")
     stamp = lib.stat().st_mtime_ns
-    assert _probe(tmp_path, CXX=shutil.which("false") or "/bin/false").startswith("True True 0 ")  # no rebuild
+    assert _probe(tmp_path, second, CXX=shutil.which("false") or "/bin/false").startswith("True True 0 ")  # cached
+    assert not [line for line in second if _BUILDING in line]
     assert lib.stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [lib.name]  # no temp folders left
+
+
+def test_a_compiler_past_the_timeout_is_stopped_and_xla_runs(tmp_path, monkeypatch):
+    slow = tmp_path / "slow-cxx"
+    slow.write_text("#!/bin/sh\nsleep 60 &\nsleep 60\n")  # with a child holding stderr open, as g++'s cc1plus does
+    slow.chmod(0o755)
+    monkeypatch.setenv("CXX", str(slow))
+    monkeypatch.setenv(native.env.CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(native, "_loaded", None)
+    t0 = time.monotonic()
+    with pytest.warns(RuntimeWarning, match=r"native CPU kernels unavailable.*ran past 1 s"):
+        assert native.available() is False
+    assert time.monotonic() - t0 < 30, "the compiler's whole process group is stopped, not left holding the pipe"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.available() is False  # tried once per process: no second wait, no second warning
+    assert not list((tmp_path / "cache").glob("*.so"))
 
 
 def test_the_build_compiles_every_source_and_keys_on_every_header_it_includes():

@@ -172,4 +172,16 @@ def hint_once() -> None:
     import jax
 
     if jax.default_backend() == "cpu":
-        warnings.warn(allocator_hint(), SlowAllocatorWarning, stacklevel=4)  # the caller of EfficientNet(...)
+        warnings.warn(allocator_hint(), SlowAllocatorWarning, stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` that makes a warning raised by our caller point at the first frame outside effnet_jax, Flax
+    and JAX: the user's line that built the model, however deep Flax's module construction goes."""
+    inside = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    inside += [os.path.dirname(m.__file__) for m in map(sys.modules.get, ("flax", "jax")) if m and m.__file__]
+    inside = tuple(os.path.join(p, "") for p in inside)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -13,10 +13,11 @@ vectorised loop over channels:
   shifted slices as k*k passes (and at inference recomputes a fused BN + SiLU once per tap), the native loop
   keeps a block of output pixels x channels in registers over all taps. The input gradient is
   again a shifted-slice sum, of the output gradient with the flipped kernel, split into stride**2
-  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k (a native
-  transposed loop exists, `NATIVE_INPUT_GRAD`, off: it did not pay enough inside the model); the kernel
-  gradient is k*k products reduced over (N, H, W), on CPU in float32 by the native kernel of
-  `effnet_jax.ops.native` where it could be built (``EFFNET_NATIVE=0``: always XLA).
+  phases so that a stride-2 conv costs k*k/4 taps per input pixel rather than k*k (XLA fuses the BN + SiLU
+  backward of the layer before into these taps; a native transposed loop gained only ~1.03x on the b0 train
+  step, `benchmarks/results/depthwise-fwd-cpu-dgrad-ab.md`, and was removed). The kernel gradient is k*k
+  products reduced over (N, H, W), on CPU in float32 by the native kernel of `effnet_jax.ops.native`
+  where it could be built (``EFFNET_NATIVE=0``: always XLA).
 
 `impl="auto"` picks by `jax.default_backend()`; the env var ``EFFNET_DEPTHWISE`` overrides "auto".
 Every formulation must pass `tests/test_depthwise.py` (values and gradients against "grouped", both
@@ -228,8 +229,8 @@ def _input_grad(g, kernel, stride, padding, in_h, in_w):
     return dx[:, :in_h, :in_w]
 
 
-# Bytes of output gradient per row block of the kernel gradient: a block this size keeps the k*k tap products
-# in L2 instead of main memory, which beats whole-tensor passes at B0 shapes (benchmarks/depthwise.py).
+# Bytes of output gradient per row block of the kernel gradient: a block this size keeps the k*k tap products in L2
+# instead of main memory, which beats whole-tensor passes at B0 shapes (`git show e4e820b:benchmarks/depthwise.py`).
 _KGRAD_BLOCK_BYTES = 128 << 10
 
 
@@ -297,32 +298,9 @@ def _kernel_grad_fastest(x, g, kernel_shape, stride, padding):
     return lax.platform_dependent(x, g, cpu=cpu, default=xla)
 
 
-# Whether `_shift_vjp`'s input gradient may take the native kernel (`native.depthwise_input_grad`). Off: it beats
-# XLA's phases per layer but gained only ~1.03x on the b0 train step (it splits the BN + SiLU backward that XLA
-# fuses into its taps), below the 1.05x that adopting a native kernel takes (`benchmarks/depthwise_fwd.py`).
-NATIVE_INPUT_GRAD = False
-
-
-def _native_input_grad_pays(kernel_shape, stride: int) -> bool:
-    """Whether the native input gradient beats XLA's phases: not with < 4 taps per input pixel on average (b0's
-    3x3 stride 2), where the native loop's strided phase writes are slower (`benchmarks/depthwise_fwd.py`)."""
-    return kernel_shape[0] * kernel_shape[1] >= 4 * stride * stride
-
-
-def _input_grad_fastest(g, kernel, stride, padding, in_h, in_w):
-    """`_input_grad`, or on CPU the native kernel where it is built and pays (`native`: same function)."""
-    xla = lambda g, k: _input_grad(g, k, stride, padding, in_h, in_w)
-    if not native.usable(g):
-        return xla(g, kernel)
-    if not NATIVE_INPUT_GRAD or not _native_input_grad_pays(kernel.shape, stride):
-        return xla(g, kernel)
-    cpu = lambda g, k: native.depthwise_input_grad(g, k, stride, padding, in_h, in_w)
-    return lax.platform_dependent(g, kernel, cpu=cpu, default=xla)
-
-
 def _shift_vjp_bwd(stride, padding, res, g):
     x, kernel = res
-    dx = _input_grad_fastest(g, kernel, stride, padding, x.shape[1], x.shape[2])
+    dx = _input_grad(g, kernel, stride, padding, x.shape[1], x.shape[2])
     dk = _kernel_grad_fastest(x, g, kernel.shape, stride, padding)
     return dx, dk
 

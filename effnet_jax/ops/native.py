@@ -2,11 +2,11 @@
 
 XLA CPU runs the depthwise kernel gradient (a k*k-way reduction over N, H, W per channel) slowly;
 `csrc/depthwise_kgrad.cc`, a plain loop vectorised over channels, is several times faster at B0's shapes
-(`benchmarks/depthwise_kgrad_ffi.py`). `depthwise`'s CPU path uses it when `available()`.
+(`benchmarks/results/depthwise-kgrad-ffi-cpu.md`). `depthwise`'s CPU path uses it when `available()`.
 
 XLA CPU also runs a dense conv with few input channels (the stem: 3x3, stride 2, C = 3) at ~10 GFLOP/s, its
 contraction being only kh*kw*C deep; `csrc/dense_small_cin.cc` computes its forward and kernel gradient with
-a block of output pixels x output channels in registers, ~6x faster for b0's stem (`benchmarks/stem.py`).
+a block of output pixels x output channels in registers, ~6x faster for b0's stem (`benchmarks/results/stem-cpu.md`).
 `dense.dense_conv` uses it on CPU when `available()`.
 
 Train-mode BatchNorm + activation (`csrc/bn_act.cc`): XLA CPU runs the column reductions and the elementwise passes
@@ -15,17 +15,16 @@ one for the backward of `bn_act.batch_norm_act` read each operand twice, vectori
 
 The depthwise forward, which XLA CPU runs as k*k strided passes over the input (at inference recomputing a fused
 BN + SiLU once per tap), is `csrc/depthwise_fwd.cc`: a block of output pixels x channel vectors in registers over
-all taps; `depthwise`'s ``shift_vjp`` uses it on CPU when `available()`. Its transpose, the input gradient, is
-`csrc/depthwise_dgrad.cc` (each input row gathers the taps whose offset is divisible by the stride): faster per
-layer, but not enough inside the model to be used by default (`depthwise.NATIVE_INPUT_GRAD`;
-`benchmarks/depthwise_fwd.py` measures both).
+all taps; `depthwise`'s ``shift_vjp`` uses it on CPU when `available()`. (Its transpose, the input gradient, was
+native too until it proved not to pay inside the model: `git show e4e820b:effnet_jax/ops/csrc/depthwise_dgrad.cc`.)
 
 The library (all sources) is compiled once per (sources, jax version, CPU) with `g++ -O3 -march=native` against
 jaxlib's FFI headers and cached in `$EFFNET_CACHE_DIR` (default `~/.cache/effnet`), written atomically so concurrent
-processes never load a half-written file. No compiler, a failed build or `EFFNET_NATIVE=0` leaves
-`available()` False (with one warning for a failure) and callers keep the XLA formulation, which computes the
-same function. The custom calls have no sharding rule: under `jit` with a batch sharded over several CPU devices
-XLA gathers its operands onto each device (correct, not fast).
+processes never load a half-written file. The build happens inside the first `jit` that reaches a native kernel,
+so it says so in one line on stderr, and a compiler that runs past `BUILD_TIMEOUT_S` is killed. No compiler, a
+failed or timed-out build or `EFFNET_NATIVE=0` leaves `available()` False (with one warning for a failure) and
+callers keep the XLA formulation, which computes the same function. The custom calls have no sharding rule: under
+`jit` with a batch sharded over several CPU devices XLA gathers its operands onto each device (correct, not fast).
 """
 
 from __future__ import annotations
@@ -35,7 +34,9 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import warnings
 from importlib import resources
@@ -48,6 +49,7 @@ from .. import env
 
 __all__ = [
     "ACTIVATIONS",
+    "BUILD_TIMEOUT_S",
     "ENV",
     "available",
     "bn_act_backward",
@@ -55,17 +57,15 @@ __all__ = [
     "dense_small_cin_conv",
     "dense_small_cin_kernel_grad",
     "depthwise_conv",
-    "depthwise_input_grad",
     "depthwise_kernel_grad",
     "usable",
 ]
 
 ENV = env.NATIVE
-_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "depthwise_fwd.cc", "depthwise_dgrad.cc", "bn_act.cc")
+_SOURCES = ("depthwise_kgrad.cc", "dense_small_cin.cc", "depthwise_fwd.cc", "bn_act.cc")
 _HEADERS = ("parallel.h", "vec.h")  # included by the sources: part of the cache key, copied beside them
 _TARGET = "effnet_depthwise_kgrad"
 _DW_FWD = "effnet_depthwise_fwd"
-_DW_DGRAD = "effnet_depthwise_dgrad"
 _DENSE_FWD = "effnet_dense_small_cin_fwd"
 _DENSE_KGRAD = "effnet_dense_small_cin_kgrad"
 _BN_FWD = "effnet_bn_act_fwd"
@@ -74,7 +74,6 @@ _BN_BWD = "effnet_bn_act_bwd"
 _TARGETS = {
     _TARGET: "EffnetDepthwiseKgrad",
     _DW_FWD: "EffnetDepthwiseFwd",
-    _DW_DGRAD: "EffnetDepthwiseDgrad",
     _DENSE_FWD: "EffnetDenseSmallCinFwd",
     _DENSE_KGRAD: "EffnetDenseSmallCinKgrad",
     _BN_FWD: "EffnetBnActFwd",
@@ -86,6 +85,9 @@ _VMAP = "sequential"
 # activation name -> the code bn_act.cc's `Act` gives it
 ACTIVATIONS = {None: 0, "silu": 1, "relu6": 2}
 _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
+# Seconds the compiler may run (about 30 s on a busy 2-core VM); a hung or crawling build costs a user's first jit
+# no more than this, and then XLA's formulation runs.
+BUILD_TIMEOUT_S = 300.0
 
 _loaded: bool | None = None  # None: not tried yet in this process
 
@@ -131,13 +133,30 @@ def _build() -> str:
                 f.write(text)
         srcs = [os.path.join(tmp, name) for name in _SOURCES]
         out = os.path.join(tmp, "lib.so")
-        proc = subprocess.run(
-            [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), *srcs, "-o", out], capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
+        print(f"[effnet] building the native CPU kernels with {cxx} (once, cached in {folder})", file=sys.stderr)
+        _compile([cxx, *_FLAGS, "-I", jax.ffi.include_dir(), *srcs, "-o", out])
         os.replace(out, path)  # atomic: another process sees the old state or the whole file
     return path
+
+
+def _compile(cmd: list[str]) -> None:
+    """Run the compiler; on a timeout kill its whole process group (g++ leaves cc1plus and ld running otherwise).
+
+    Raises:
+        TimeoutError: past `BUILD_TIMEOUT_S`.
+        RuntimeError: the compiler failed (its stderr's tail in the message).
+    """
+    with subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            _, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TimeoutError(f"{cmd[0]} ran past {BUILD_TIMEOUT_S:g} s and was stopped") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {err.strip()[-2000:]}")
 
 
 def available() -> bool:
@@ -181,27 +200,6 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax
     call = jax.ffi.ffi_call(_DW_FWD, jax.ShapeDtypeStruct((n, ho, wo, c), jnp.float32), vmap_method=_VMAP)
     return call(
         x.astype(jnp.float32),
-        kernel.astype(jnp.float32).reshape(kh * kw, c),
-        kh=np.int64(kh),
-        kw=np.int64(kw),
-        s=np.int64(stride),
-        pt=np.int64(pt),
-        pl=np.int64(pl),
-    )
-
-
-def depthwise_input_grad(g: jax.Array, kernel: jax.Array, stride: int, padding, in_h: int, in_w: int) -> jax.Array:
-    """dx (N, in_h, in_w, C) of `depthwise_conv` whose output gradient is `g`; float32, CPU only.
-
-    Same contract as `depthwise._input_grad`; call only when `available()` and on the CPU platform.
-    """
-    kh, kw, _, c = kernel.shape
-    (pt, _), (pl, _) = padding
-    call = jax.ffi.ffi_call(
-        _DW_DGRAD, jax.ShapeDtypeStruct((g.shape[0], in_h, in_w, c), jnp.float32), vmap_method=_VMAP
-    )
-    return call(
-        g.astype(jnp.float32),
         kernel.astype(jnp.float32).reshape(kh * kw, c),
         kh=np.int64(kh),
         kw=np.int64(kw),
