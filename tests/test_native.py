@@ -208,6 +208,7 @@ def test_failed_build_warns_once_and_falls_back(tmp_path):
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left to load next time
 
 
+@pytest.mark.integration  # several real g++ builds
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 def test_build_is_cached_by_source_jax_and_cpu_and_says_so_once(tmp_path):
     first, second = [], []

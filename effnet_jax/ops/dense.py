@@ -10,7 +10,7 @@ The stem (few input channels) is a lax conv except on CPU in float32 where the n
 ~10 GFLOP/s, and `native.dense_small_cin_conv` / `dense_small_cin_kernel_grad` compute the same forward and
 kernel gradient ~6x faster for b0's stem; the input gradient (which the stem never needs, and XLA then drops)
 stays lax's. Space-to-depth, input channels zero-padded to 4 or 8, an im2col matmul and a fused sum of the 27
-taps were all measured and did not pay inside the model (`benchmarks/stem.py`, benchmarks/README.md).
+taps were all measured and did not pay inside the model (`benchmarks/results/stem-cpu.md`, benchmarks/README.md).
 """
 
 from __future__ import annotations
