@@ -12,7 +12,7 @@ import pytest
 
 from effnet_jax.ops import allocator
 
-# The dev extra installs cmeel-mimalloc, so there is always one allocator to preload.
+# The train extra (so dev) installs cmeel-mimalloc on Linux, so there is always one allocator to preload.
 MIMALLOC = allocator.find("mimalloc")
 
 
@@ -28,7 +28,7 @@ def _note(r: subprocess.CompletedProcess) -> str:
     return line
 
 
-@pytest.mark.skipif(MIMALLOC is None, reason="cmeel-mimalloc (the dev extra) is not installed")
+@pytest.mark.skipif(MIMALLOC is None, reason="cmeel-mimalloc (the train extra, Linux) is not installed")
 def test_the_command_runs_on_the_allocator_asked_for():
     r = _effnet("effnet_jax", "predict", "--help", EFFNET_ALLOCATOR="mimalloc")
     assert r.returncode == 0, r.stderr
