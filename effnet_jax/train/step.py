@@ -126,8 +126,7 @@ class TrainStep:
     fn: Callable  # the jitted step, or its compiled executable once `compile` ran
     state: dict
     root_key: jax.Array
-    graphdefs: tuple  # (graphdef, opt_graphdef)
-    mesh: Mesh
+    graphdefs: tuple  # (graphdef, opt_graphdef): `nnx.merge(graphdefs[0], state["weights"], state["rest"])`
 
     def lower(self, batch: dict):
         return self.fn.lower(self.state, batch, jnp.int32(0), self.root_key)
@@ -145,8 +144,8 @@ class TrainStep:
 
 def standalone_step(cfg: TrainConfig, num_classes: int, *, mesh: Mesh | None = None,
                     compiler_options: dict | None = None) -> TrainStep:  # fmt: skip
-    """The step `effnet train` would run for `cfg` from scratch (model, optimizer, EMA, freeze, remat and the step
-    itself built as the loop builds them), with no data or workdir: for `effnet bench`, the benchmarks and tests.
+    """The step `effnet train` would run for `cfg` from scratch (model, optimizer, EMA, remat and the step itself
+    built as the loop builds them), with no data or workdir: for `effnet bench`, the benchmarks and tests.
     The schedule spans `cfg.steps` (at least 1) steps of one epoch each; `mesh` defaults to the first device."""
     mesh = mesh or Mesh(np.array(jax.devices()[:1]), ("data",))
     steps = max(cfg.steps, 1)
@@ -160,4 +159,4 @@ def standalone_step(cfg: TrainConfig, num_classes: int, *, mesh: Mesh | None = N
     state = fresh_state(build, NamedSharding(mesh, P()))
     fn = make_train_step(cfg, mesh, graphdefs, make_schedule(cfg, 1.0, steps), model.spec, state,
                          compiler_options=compiler_options)  # fmt: skip
-    return TrainStep(fn, state, jax.random.key(cfg.seed), graphdefs, mesh)
+    return TrainStep(fn, state, jax.random.key(cfg.seed), graphdefs)
