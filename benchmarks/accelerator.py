@@ -1,6 +1,8 @@
 """Question: on one GPU or TPU chip, how fast is effnet_jax in bfloat16 against the torch twin under AMP?
 
-Three cases, each contender built and warmed up first, then interleaved rounds (medians of `--reps`, img/s):
+Three cases, each contender built and warmed up first, then interleaved rounds (medians of `--reps`, img/s). Every
+effnet_jax train step is the one `effnet train` runs (`effnet_jax.bench.jax_train_step`: EMA and finiteness check
+included), with the torch steps' optimizer (SGD momentum).
   1. b0@224 train step, batch 256, bfloat16: effnet_jax (`ModelOptions(dtype="bfloat16")`: bf16 convolutions,
      float32 parameters, BN and update) against the twin under `torch.autocast(bfloat16)`, channels_last, eager and
      `torch.compile` (the whole step). Goal on an H100/H200: >= 1.5x AMP eager and >= 1.0x torch.compile.
@@ -148,26 +150,15 @@ def _remat_memory_case(variant: str, res: int, batch: int) -> dict:
     """Compile only: XLA's temporary bytes of the bf16 train step without and with remat="block" on this device (the
     saving CPU measures needs `remat_compiler_options` there; here the compiler keeps JAX's barriers itself)."""
     import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
 
-    from effnet_jax import EfficientNet, remat_compiler_options
+    from effnet_jax.bench.contenders import jax_train_step
 
     temps = {}
     for remat in ("none", "block"):
-        model = EfficientNet.from_name(variant, rngs=nnx.Rngs(0), options=_options(remat=remat))
-        model.train()
-        graphdef, state = nnx.split(model)
-        x = jnp.zeros((batch, res, res, 3), jnp.float32)
-        y = jnp.zeros((batch,), jnp.int32)
-
-        def step(state, x, y, graphdef=graphdef):
-            loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()  # noqa: E731
-            return nnx.value_and_grad(loss)(nnx.merge(graphdef, state))
-
-        compiled = jax.jit(step, compiler_options=remat_compiler_options(remat) or None).lower(state, x, y).compile()
-        temps[remat] = compiled.memory_analysis().temp_size_in_bytes
+        step, data = jax_train_step(variant, res, batch, _options(remat=remat))
+        step.compile(data)
+        temps[remat] = step.fn.memory_analysis().temp_size_in_bytes
+        del step, data
         jax.clear_caches()
     return {"suite": "temp bytes, compile only", "variant": variant, "res": res, "batch": batch, "temp_bytes": temps,
             "img_s": {}}  # fmt: skip

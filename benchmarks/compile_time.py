@@ -1,6 +1,7 @@
 """Question: how long do effnet_jax's jitted functions take to compile (b0 train step, b0..b7 inference)?
 
-Compile = `jit(f).lower(...).compile()` wall time, one fresh process, nothing cached. Run from the repo root:
+Compile = `jit(f).lower(...).compile()` wall time, one fresh process, nothing cached; the train step is the one
+`effnet train` runs (`effnet_jax.bench.jax_train_step`), the model's default options. Run from the repo root:
 `python benchmarks/compile_time.py [--variants b0,b7]`; prints a markdown table and writes JSON.
 """
 
@@ -24,33 +25,20 @@ CASES = [
 def compile_seconds(what: str, variant: str, res: int, batch: int) -> float:
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
-    from effnet_jax import EfficientNet
+    from effnet_jax import EfficientNet, ModelOptions
+    from effnet_jax.bench.contenders import jax_train_step
 
-    model = EfficientNet.from_name(variant, rngs=nnx.Rngs(0, dropout=1))
+    if what == "train":  # the step `effnet train` runs, as `effnet bench` times it
+        step, data = jax_train_step(variant, res, batch, ModelOptions())
+        return step.compile(data)
+    model = EfficientNet.from_name(variant, rngs=nnx.Rngs(0))
+    model.eval()
+    graphdef, state = nnx.split(model)
     x = jax.ShapeDtypeStruct((batch, res, res, 3), jnp.float32)
-    if what == "inference":
-        model.eval()
-        graphdef, state = nnx.split(model)
-        fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
-        args = (state, x)
-    else:
-        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-        graphdef, state = nnx.split((model, optimizer))
-
-        def step(state, x, y):
-            model, optimizer = nnx.merge(graphdef, state)
-            loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-            loss, grads = nnx.value_and_grad(loss_fn)(model)
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), loss
-
-        fn = jax.jit(step, donate_argnums=0)
-        args = (state, x, jax.ShapeDtypeStruct((batch,), jnp.int32))
     t0 = time.perf_counter()
-    fn.lower(*args).compile()
+    jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).compile()
     return time.perf_counter() - t0
 
 

@@ -1,11 +1,12 @@
 """Question: where do the b0 train step and the eval forward spend their time on CPU, effnet_jax against the torch twin?
 
-b0 at 224 px, batch 32, float32, in one process: effnet_jax jitted (the shipped CPU formulations, a plain
-`nnx.value_and_grad` + optax SGD-momentum step, as `effnet bench` builds it) and effnet_torch eager channels_last
-(forward + backward + `torch.optim.SGD(momentum=0.9)`). First the four calls are timed interleaved without any
-profiler (medians of `--reps`); then each is profiled for `--profile-steps` calls and its time is split into
-categories (depthwise forward / input gradient / kernel gradient, 1x1 matmuls forward / backward, BN + activation
-forward / backward, SE, pads / copies / transposes, optimizer, other):
+b0 at 224 px, batch 32, float32, in one process: effnet_jax jitted (the shipped CPU formulations; the step
+`effnet train` runs, with SGD momentum, as `effnet bench` times it: its EMA update and finiteness check count as
+"other") and effnet_torch eager channels_last (forward + backward + `torch.optim.SGD(momentum=0.9)`). First the
+four calls are timed interleaved without any profiler (medians of `--reps`); then each is profiled for
+`--profile-steps` calls and its time is split into categories (depthwise forward / input gradient / kernel
+gradient, 1x1 matmuls forward / backward, BN + activation forward / backward, SE, pads / copies / transposes,
+optimizer, other):
 
 - **JAX**: `jax.profiler.trace` of the jitted calls. XLA CPU's thunk executor (jaxlib 0.10) records one trace
   event per executed HLO thunk (fusion, dot, custom call, copy) on the thread that ran it, with no extra flag.
@@ -422,54 +423,36 @@ def _in_backward(ev):
 # ---------------------------------------------------------------- builders
 
 
-def build_jax(mode: str, batch: int, res: int, compiler_options: dict | None = None):
-    """The same JAX step/forward `effnet bench` builds, returning (run, compiled, hlo_text, compile_s)."""
+def build_jax(mode: str, batch: int, res: int):
+    """`effnet bench`'s JAX contender, returning (run, compiled, hlo_text, compile_s): the eval forward, or the step
+    `effnet train` runs (`effnet_jax.bench.jax_train_step`)."""
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
-    from effnet_jax.bench.contenders import _jax_model
+    from effnet_jax import EfficientNet, ModelOptions
+    from effnet_jax.bench.contenders import jax_train_step
     from effnet_jax.bench.harness import NUM_CLASSES
 
+    if mode == "train":
+        step, data = jax_train_step("b0", res, batch)
+        compile_s = step.compile(data)
+
+        def run():
+            step(data)["loss"].block_until_ready()
+
+        return run, step.fn, step.fn.as_text(), compile_s
+    model = EfficientNet.from_name(
+        "b0", num_classes=NUM_CLASSES, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32")
+    )
+    model.eval()
+    graphdef, state = nnx.split(model)
     x = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
     t0 = time.perf_counter()
-    if mode == "inference":
-        model = _jax_model("b0", None, nnx.Rngs(0))
-        model.eval()
-        graphdef, state = nnx.split(model)
+    compiled = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).compile()
 
-        def forward(state, x):
-            return nnx.merge(graphdef, state)(x)
-
-        compiled = jax.jit(forward).lower(state, x).compile(compiler_options)
-
-        def run():
-            compiled(state, x).block_until_ready()
-
-    else:
-        model = _jax_model("b0", None, nnx.Rngs(0, dropout=1))
-        model.train()
-        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-        graphdef, state = nnx.split((model, optimizer))
-        y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
-
-        def train_step(state, x, y):
-            model, optimizer = nnx.merge(graphdef, state)
-
-            def loss_fn(model):
-                return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-            loss, grads = nnx.value_and_grad(loss_fn)(model)
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), loss
-
-        compiled = jax.jit(train_step, donate_argnums=0).lower(state, x, y).compile(compiler_options)
-        box = {"state": state}
-
-        def run():
-            box["state"], loss = compiled(box["state"], x, y)
-            loss.block_until_ready()
+    def run():
+        compiled(state, x).block_until_ready()
 
     return run, compiled, compiled.as_text(), time.perf_counter() - t0
 
@@ -503,155 +486,6 @@ def build_torch(mode: str, batch: int, res: int):
     return step, model
 
 
-# ---------------------------------------------------------------- A/B of candidate changes (--ab)
-
-
-def _stem_im2col(x, kernel, stride, padding):
-    """Candidate: a small-Cin dense conv as one (N*Ho*Wo, kh*kw*Cin) @ (kh*kw*Cin, D) matmul over its patches."""
-    import jax.numpy as jnp
-    from jax import lax
-
-    from effnet_jax.ops import dense
-
-    kh, kw, cin, cout = kernel.shape
-    if (kh, kw, stride) == (1, 1, 1):
-        return dense.pointwise_conv(x, kernel)
-    (pt, pb), (pl, pr) = padding
-    n, h, w, _ = x.shape
-    ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    cols = [
-        lax.slice(
-            xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, cin), (1, stride, stride, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = jnp.concatenate(cols, axis=-1).reshape(n * ho * wo, kh * kw * cin)
-    return (patches @ kernel.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
-
-
-def _dw_barrier_forward(x, kernel, stride, padding):
-    """Candidate: the depthwise forward with its input materialised (no producer fused into the k*k taps)."""
-    from jax import lax
-
-    return _ORIGINAL["dw_forward"](lax.optimization_barrier(x), kernel, stride, padding)
-
-
-_ORIGINAL: dict = {}
-
-# name -> (module attribute patches, compiler_options)
-CANDIDATES = {
-    "stem as im2col matmul": ({"effnet_jax.ops.dense.dense_conv": _stem_im2col,
-                               "effnet_jax.model.layers.dense_conv": _stem_im2col}, {}),
-    "depthwise input materialised": ({"effnet_jax.ops.depthwise._shift_forward": _dw_barrier_forward}, {}),
-    "xla_cpu_enable_fast_math": ({}, {"xla_cpu_enable_fast_math": True}),
-    "concurrency-optimised scheduler": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": True}),
-    "xla_cpu_multi_thread_eigen=false": ({}, {"xla_cpu_multi_thread_eigen": False}),
-    "xla_cpu_use_onednn": ({}, {"xla_cpu_use_onednn": True}),
-}  # fmt: skip
-
-
-def run_ab(args) -> int:
-    """Each candidate against the shipped build, whole model, interleaved in this process; numerics compared."""
-    import jax
-    import numpy as np
-
-    from benchmarks.ablation import _patched
-    from effnet_jax.bench.harness import environment, interleaved
-    from effnet_jax.bench.report import write_results
-    from effnet_jax.ops import depthwise
-
-    _ORIGINAL["dw_forward"] = depthwise._shift_forward
-    env = environment("cpu")
-    chosen = [c for c in args.ab.split(",") if c]
-    unknown = [c for c in chosen if c not in CANDIDATES]
-    if unknown:
-        raise SystemExit(f"--ab: unknown candidates {unknown}; known: {list(CANDIDATES)}")
-    rows = []
-    for mode in args.modes.split(","):
-        runs, outs = {}, {}
-        for name in ["shipped", *chosen]:
-            patches, options = CANDIDATES.get(name, ({}, {}))
-            with _patched(patches):
-                run, compiled, _, compile_s = build_jax(mode, args.batch, args.res, options or None)
-            runs[name] = run
-            outs[name] = _reference_output(mode, compiled, args)
-            run()
-            print(f"{mode:9s} {name:34s} compiled in {compile_s:.1f} s", flush=True)
-        for rnd in range(args.rounds):
-            times = interleaved(runs, args.reps)
-            base = statistics.median(times["shipped"])
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                err = float(np.max(np.abs(outs[name] - outs["shipped"])) / (np.max(np.abs(outs["shipped"])) or 1))
-                rows.append({"mode": mode, "round": rnd + 1, "candidate": name, "median_s": med,
-                             "speedup": base / med, "times_s": ts, "max_rel_diff": err,
-                             "compiler_options": CANDIDATES.get(name, ({}, {}))[1]})  # fmt: skip
-                print(f"{mode:9s} round {rnd + 1} {name:34s} {med * 1e3:8.1f} ms  {base / med:5.3f}x  "
-                      f"max rel diff {err:.1e}", flush=True)  # fmt: skip
-        del runs
-        jax.clear_caches()
-    lines = [
-        f"# Candidate changes, whole model: b0@{args.res} batch {args.batch} float32",
-        "",
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores; jax {env['jax']}; commit {env['git_sha']}; allocator "
-        f"{env['allocator']}; load average at start {env['load_avg_start'][0]:.1f}. Each candidate built beside the "
-        f"shipped effnet_jax and timed interleaved in one process, {args.rounds} rounds of {args.reps} calls "
-        "(`python benchmarks/profile_cpu.py --ab ...`). Speed-up = shipped median / candidate median (> 1: the "
-        "candidate is faster). Max rel diff: the largest difference of the output (logits, or the loss and the "
-        "updated parameters after one step) from the shipped build's, over the largest magnitude.",
-        "",
-        "| mode | round | candidate | median ms | speed-up | max rel diff |",
-        "|---|---:|---|---:|---:|---:|",
-    ]
-    lines += [f"| {r['mode']} | {r['round']} | {r['candidate']} | {r['median_s'] * 1e3:.1f} | {r['speedup']:.3f}x | "
-              f"{r['max_rel_diff']:.1e} |" for r in rows]  # fmt: skip
-    write_results(args.out, f"profile-{args.tag}-ab", {"env": env, "args": vars(args), "rows": rows}, "\n".join(lines))
-    return 0
-
-
-def _reference_output(mode, compiled, args):
-    """One call's output on fresh inputs, flattened: logits (inference), or the loss and new state (train)."""
-    import jax
-    import numpy as np
-
-    run_inputs = _REF_INPUTS.setdefault(mode, _fresh_inputs(mode, args))
-    out = compiled(*run_inputs())
-    leaves = jax.tree_util.tree_leaves(out)
-    return np.concatenate([np.asarray(v, np.float64).ravel() for v in leaves if str(v.dtype).startswith("float")])
-
-
-_REF_INPUTS: dict = {}
-
-
-def _fresh_inputs(mode, args):
-    """A factory of the arguments `build_jax` compiled for (a new state each call: train donates it)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from effnet_jax.bench.contenders import _jax_model
-    from effnet_jax.bench.harness import NUM_CLASSES
-
-    x = jax.random.normal(jax.random.key(0), (args.batch, args.res, args.res, 3), jnp.float32)
-    if mode == "inference":
-        model = _jax_model("b0", None, nnx.Rngs(0))
-        model.eval()
-        state = nnx.split(model)[1]
-        return lambda: (state, x)
-    y = jax.random.randint(jax.random.key(1), (args.batch,), 0, NUM_CLASSES)
-
-    def make():
-        model = _jax_model("b0", None, nnx.Rngs(0, dropout=1))
-        model.train()
-        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-        return nnx.split((model, optimizer))[1], x, y
-
-    return make
-
-
 # ---------------------------------------------------------------- report
 
 
@@ -676,7 +510,7 @@ def markdown(result: dict) -> str:
         r = result[mode]
         j, t = r["jax"], r["torch"]
         lines += [
-            f"## {'train step (forward + backward + SGD momentum)' if mode == 'train' else 'eval forward'}",
+            f"## {'train step (forward + backward + SGD momentum; jax: + EMA)' if mode == 'train' else 'eval forward'}",
             "",
             f"Unprofiled, interleaved: jax {r['timed_median_s']['jax'] * 1e3:.0f} ms, torch "
             f"{r['timed_median_s']['torch'] * 1e3:.0f} ms per call (jax/torch speed ratio "
@@ -727,11 +561,7 @@ def main() -> int:
     parser.add_argument("--modes", default="train,inference")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="cpu")
-    parser.add_argument("--ab", default="", help=f"comma list of candidates to A/B instead: {', '.join(CANDIDATES)}")
-    parser.add_argument("--rounds", type=int, default=2, help="--ab: interleaved rounds")
     args = parser.parse_args()
-    if args.ab:
-        return run_ab(args)
     import torch
 
     from effnet_jax.bench.harness import environment, interleaved

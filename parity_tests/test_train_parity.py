@@ -17,7 +17,6 @@ from dataclasses import replace
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ from flax import nnx
 import effnet_jax
 import effnet_jax.model.layers
 import effnet_torch.layers
+from effnet_jax.train.step import loss_and_grads
 from effnet_spec import STAGES, conventions_for
 
 pytestmark = pytest.mark.integration  # train steps of both twins
@@ -98,15 +98,11 @@ def _labels(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 10, size=BATCH)
 
 
-def _loss(model, x, y):
-    logits = model(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
-
-
 @nnx.jit
 def _train_step(model, x, y):
-    """Logits, gradients, and (as a side effect) one BN running-statistics update: one compile per case."""
-    (_, logits), grads = nnx.value_and_grad(_loss, has_aux=True)(model, x, y)
+    """Logits, gradients (as `effnet train`'s step differentiates them), and (as a side effect) one BN
+    running-statistics update: one compile per case."""
+    _, logits, grads = loss_and_grads(model, {"image": x, "label": y})
     return logits, grads
 
 

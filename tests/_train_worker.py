@@ -101,7 +101,7 @@ def sharded(overrides) -> None:
     for n in (jax.device_count(), 1):
         c = dataclasses.replace(cfg, workdir=os.path.join(cfg.workdir, f"mesh{n}"))
         mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
-        data, run = t.prepare(c, mesh)
+        data, run = t.make_data_and_run(c, mesh)
         step, _ = t.make_steps(c, mesh, run)
         batch = t.to_global(next(run.data_iter), mesh)
         state, metrics = step(run.state, batch, jax.numpy.int32(0), run.root_key)

@@ -8,7 +8,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -16,6 +15,7 @@ from effnet_jax import EfficientNet, ModelOptions, model_from_state_dict, state_
 from effnet_jax.model.options import remat_compiler_options
 from effnet_jax.model.scan import scan_runs
 from effnet_jax.train import TrainConfig
+from effnet_jax.train.step import loss_and_grads
 from effnet_spec import STAGES, resolve
 from effnet_spec.forward import block_masks
 
@@ -132,19 +132,16 @@ def _inputs(spec, *, masks: bool):
 
 
 def _step(model: EfficientNet, masks: bool):
-    """Loss, gradients and the state after one train-mode step (BN statistics, RNG counters), jitted as the train
-    loop jits it. Without `masks` drop-path and dropout draw from the model's streams."""
+    """Loss, gradients and the state after one train-mode step (BN statistics, RNG counters), differentiated as the
+    train step does (`step.loss_and_grads`) and jitted as the loop jits it. Without `masks` drop-path and dropout
+    draw from the model's streams."""
     x, y, keep, dmask = _inputs(model.spec, masks=masks)
-
-    def loss_fn(m):
-        logits = m(x, drop_path_masks=keep, dropout_mask=dmask)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
     graphdef, state = nnx.split(model)
 
     def run(state):
         m = nnx.merge(graphdef, state)
-        loss, grads = nnx.value_and_grad(loss_fn)(m)
+        batch = {"image": x, "label": y}
+        loss, _, grads = loss_and_grads(m, batch, drop_path_masks=keep, dropout_mask=dmask)
         return loss, grads, nnx.state(m, nnx.Not(nnx.Param))
 
     return jax.jit(run, compiler_options=remat_compiler_options(model.blocks[0].remat))(state)

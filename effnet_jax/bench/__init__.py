@@ -5,7 +5,7 @@ torch builders), `report` (ratios, markdown, chart, `write_results`); the comman
 Importing this package loads only the standard library: jax and torch are imported by the functions that run them.
 """
 
-from .contenders import jax_inference, jax_train, matmul_peak, torch_inference, torch_train
+from .contenders import jax_inference, jax_train, jax_train_step, matmul_peak, torch_inference, torch_train
 from .harness import NUM_CLASSES, Row, environment, interleaved, p90, peak_rss_mb, time_call
 from .report import markdown, plot, ratios, write_results
 from .suites import (
@@ -31,6 +31,7 @@ __all__ = [
     "interleaved",
     "jax_inference",
     "jax_train",
+    "jax_train_step",
     "markdown",
     "matmul_peak",
     "p90",

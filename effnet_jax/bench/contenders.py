@@ -3,6 +3,9 @@
 JAX builders return `(run, compile_s, memory_mb)` (compile = `lower` + `compile` of the jitted function; memory
 from the compiled executable, or None); torch builders return `run` alone (torch.compile compiles on the first
 call, which the harness times as the warm-up). `matmul_peak` measures the float32 matmul rate of both.
+
+The JAX train step is `effnet train`'s own (`jax_train_step`), so it also updates the EMA and checks the new state
+for NaN/inf, which the torch step does not; optimizer and loss are the torch step's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 
 from .harness import NUM_CLASSES, Row, interleaved, p90
 
-__all__ = ["jax_inference", "jax_train", "matmul_peak", "torch_inference", "torch_train"]
+__all__ = ["jax_inference", "jax_train", "jax_train_step", "matmul_peak", "torch_inference", "torch_train"]
 
 
 # ---------------------------------------------------------------- jax
@@ -61,44 +64,38 @@ def jax_inference(variant: str, res: int, batch: int, options=None):
     return run, compile_s, mem
 
 
-def jax_train(variant: str, res: int, batch: int, options=None):
-    """effnet_jax train step: forward + backward + SGD-momentum update, state donated, one jitted function."""
+def jax_train_step(variant: str, res: int, batch: int, options=None):
+    """(step, batch): the step `effnet train` runs (`effnet_jax.train.step.standalone_step`: EMA, finiteness check,
+    metrics, donated state) for a bench case, with the torch contenders' optimizer (SGD, momentum 0.9, lr 0.01, no
+    weight decay) and loss (cross-entropy, no label smoothing), and a batch of random images and labels.
+
+    `options`: an `effnet_jax.ModelOptions` (default: float32, depthwise "auto"), given to the run's config."""
     import jax
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
 
-    from effnet_jax import remat_compiler_options
+    from effnet_jax import ModelOptions
+    from effnet_jax.train.config import TrainConfig
+    from effnet_jax.train.step import standalone_step
 
-    model = _jax_model(variant, options, nnx.Rngs(0, dropout=1))
-    model_remat = options.remat if options is not None else "none"
-    model.train()
-    optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    options = options or ModelOptions(dtype="float32")  # the torch contenders run float32
+    cfg = TrainConfig(
+        variant=variant, resolution=res, global_batch=batch, eval_batch=batch, steps=1, data="synthetic",
+        dtype=options.dtype, depthwise_impl=options.depthwise_impl, remat=options.remat, scan=options.scan,
+        optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, label_smoothing=0.0, warmup_epochs=0.0,
+    )  # fmt: skip
+    images = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
+    labels = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
+    return standalone_step(cfg, NUM_CLASSES), {"image": images, "label": labels}
 
-    def train_step(state, x, y):
-        model, optimizer = nnx.merge(graphdef, state)
 
-        def loss_fn(model):
-            logits = model(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
-
-    step = jax.jit(train_step, donate_argnums=0, compiler_options=remat_compiler_options(model_remat))
-    x = jax.random.normal(jax.random.key(0), (batch, res, res, 3), jnp.float32)
-    y = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, x, y).compile()
-    compile_s = time.perf_counter() - t0
-    mem = _jax_memory_mb(compiled)
-    box = {"state": state}
+def jax_train(variant: str, res: int, batch: int, options=None):
+    """effnet_jax train step: the one `effnet train` runs (`jax_train_step`), compiled once, state donated."""
+    step, data = jax_train_step(variant, res, batch, options)
+    compile_s = step.compile(data)
+    mem = _jax_memory_mb(step.fn)
 
     def run():
-        box["state"], loss = compiled(box["state"], x, y)
-        loss.block_until_ready()
+        step(data)["loss"].block_until_ready()
 
     return run, compile_s, mem
 
