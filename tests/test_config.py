@@ -37,6 +37,14 @@ def test_presets_cover_defaults_and_every_variant():
     assert PRESETS["b3"].variant == "b3" and PRESETS["b3"].optimizer == "rmsprop"
 
 
+def test_digits_preset_shows_each_digit_as_it_is_and_at_the_scale_it_trains_on():
+    """A mirrored 2 is not a 2; and the eval crop's share of the area lies in the train crops' range, so the val
+    digits are not bigger or smaller than any the model saw (the preset's accuracy rests on both)."""
+    cfg = PRESETS["digits"]
+    assert cfg.flip is False and cfg.augment == "none"
+    assert cfg.crop_min_area <= cfg.eval_crop**2 <= 1.0
+
+
 def test_base_is_the_paper_recipe():
     assert (BASE.rmsprop_decay, BASE.momentum, BASE.rmsprop_eps) == (0.9, 0.9, 1e-3)
     assert (BASE.lr_per_256, BASE.warmup_epochs, BASE.lr_decay_rate, BASE.lr_decay_epochs) == (0.016, 5, 0.97, 2.4)

@@ -29,6 +29,21 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert sum(im.tobytes() in train_rows for im in val.images) <= 2, "val must not overlap train (rare duplicates)"
 
 
+def test_digits_split_is_the_sources_images_before_upscaling():
+    """benchmarks/digits.py fits scikit-learn on `digits_split`: it must be the very images the source upscales."""
+    for split in ("train", "val"):
+        small, labels = data_lib.digits_split(split)
+        source = DigitsSource(split)
+        assert small.shape == (len(source), 8, 8) and small.min() == 0 and small.max() == 16
+        np.testing.assert_array_equal(labels, source.labels)
+        # Each upscaled image's ink follows its 8x8 original: the 4x4 block means correlate almost perfectly.
+        blocks = source.images[..., 0].reshape(len(source), 8, 4, 8, 4).mean(axis=(2, 4))
+        corr = np.corrcoef(blocks.reshape(-1), small.reshape(-1))[0, 1]
+        assert corr > 0.95, corr
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        data_lib.digits_split("test")
+
+
 def _write_folder(root, classes, per_class=3, size=12):
     rng = np.random.default_rng(0)
     for c in classes:

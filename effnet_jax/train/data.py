@@ -40,6 +40,7 @@ __all__ = [
     "RecordsSource",
     "SyntheticSource",
     "decode_image",
+    "digits_split",
     "eval_dataset",
     "make_source",
     "train_dataset",
@@ -55,26 +56,36 @@ MAX_SUBSTITUTES = 100  # consecutive unreadable images tolerated before giving u
 PROBE = 16  # images decoded when a folder is opened, to refuse one of which none is readable
 
 
+def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One side of the fixed digits split as scikit-learn gives it: 8x8 float images of ink 0..16, int32 labels.
+
+    The one place the split is made, so `DigitsSource` and baselines fitted on the raw pixels
+    (benchmarks/digits.py) see the same 1,437 / 360 images.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    idx = np.arange(len(digits.target))
+    train_idx, val_idx = train_test_split(
+        idx, test_size=DIGITS_VAL_SHARE, random_state=DIGITS_SPLIT_SEED, stratify=digits.target
+    )
+    keep = np.sort(train_idx if split == "train" else val_idx)
+    return digits.images[keep], digits.target[keep].astype(np.int32)
+
+
 class DigitsSource:
     """scikit-learn's handwritten digits (UCI optdigits test set: 1,797 8x8 greyscale, 10 classes) as RGB."""
 
     def __init__(self, split: str):
-        if split not in ("train", "val"):
-            raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
         from PIL import Image
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
-        digits = load_digits()
-        idx = np.arange(len(digits.target))
-        train_idx, val_idx = train_test_split(
-            idx, test_size=DIGITS_VAL_SHARE, random_state=DIGITS_SPLIT_SEED, stratify=digits.target
-        )
-        keep = np.sort(train_idx if split == "train" else val_idx)
-        small = (digits.images[keep] * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 ink -> 0..255
+        images, self.labels = digits_split(split)
+        small = (images * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 ink -> 0..255
         big = [np.asarray(Image.fromarray(im).resize((DIGITS_SIDE, DIGITS_SIDE), Image.BICUBIC)) for im in small]
         self.images = np.repeat(np.stack(big)[..., None], 3, axis=-1)
-        self.labels = digits.target[keep].astype(np.int32)
         self.class_names = tuple(str(d) for d in range(10))
         self.mirror_invariant = False  # a mirrored 2 is not a 2: the train transform never flips digits
 
