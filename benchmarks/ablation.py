@@ -30,15 +30,6 @@ import sys
 import time
 
 
-def __getattr__(name: str):
-    # profile_cpu.py --ab still imports `_patched` from here; it is `benchmarks._run.patched` now.
-    if name == "_patched":
-        from benchmarks._run import patched
-
-        return patched
-    raise AttributeError(name)
-
-
 def _lax_pointwise(x, kernel):
     import jax
 

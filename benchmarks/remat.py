@@ -47,12 +47,10 @@ def _step(variant: str, remat: str, batch: int, scan: bool = False):
     return step.fn, run, compile_s, res
 
 
-def _measure(variant: str, remat: str, grad: str, reps: int, scan: bool = False) -> dict:
-    """Temporaries at batch 2 and 1, compile seconds, the batch-1 step time and the largest batch per budget; also
-    used by benchmarks/scan.py (`scan=`). `grad` is "nnx", the step's own gradient (the only one left)."""
-    if grad != "nnx":
-        raise ValueError(f"grad={grad!r}: only the train step's own gradient ('nnx') is measured")
-    out = {"variant": variant, "remat": remat, "grad": grad, "scan": scan}
+def measure(variant: str, remat: str, reps: int, scan: bool = False) -> dict:
+    """Temporaries at batch 2 and 1, compile seconds, the batch-1 step time and the largest batch per budget, of the
+    step `effnet train` runs; also used by benchmarks/scan.py (`scan=`)."""
+    out = {"variant": variant, "remat": remat, "grad": "nnx", "scan": scan}
     for batch in (2, 1):  # batch 1 last: it is the one timed (b7@600 at batch 2 would need ~10 GB of temporaries)
         compiled, run, compile_s, res = _step(variant, remat, batch, scan)
         mem = compiled.memory_analysis()
@@ -88,7 +86,7 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         for remat in REMATS:
-            rows.append(_measure(variant, remat, "nnx", args.reps))
+            rows.append(measure(variant, remat, args.reps))
             print(rows[-1], flush=True)
     env = environment("cpu")
     base = {r["variant"]: r for r in rows if r["remat"] == "none"}

@@ -30,14 +30,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
-    from benchmarks.remat import _measure  # the same step, compiles and timing as the remat table
+    from benchmarks.remat import measure  # the same step, compiles and timing as the remat table
     from effnet_jax.bench.harness import environment
     from effnet_jax.bench.report import write_results
 
     rows = []
     for variant in args.variants:
         for scan, remat in SETTINGS:
-            rows.append(_measure(variant, remat, "nnx", args.reps, scan=scan))
+            rows.append(measure(variant, remat, args.reps, scan=scan))
             print(rows[-1], flush=True)
     env = environment("cpu")
     base = {(r["variant"], r["remat"]): r for r in rows if not r["scan"]}

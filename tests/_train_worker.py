@@ -113,6 +113,9 @@ def sharded(overrides) -> None:
 
 
 if __name__ == "__main__":
+    from effnet_jax import compilation_cache
+
+    compilation_cache.enable_from_env()  # the suite's shared cache, as the `effnet` command enables it
     mode, rest = sys.argv[1], sys.argv[2:]
     sep = rest.index("--")
     args, overrides = rest[:sep], rest[sep + 1 :]

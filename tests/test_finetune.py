@@ -65,7 +65,7 @@ def stepped(init_file, tmp_path_factory):
     for freeze in MODES:
         cfg = _cfg(init_file, tmp_path_factory.mktemp("run"), f"freeze={freeze}")
         mesh = loop.make_mesh(cfg)
-        _, run = loop.prepare(cfg, mesh)
+        _, run = loop.make_data_and_run(cfg, mesh)
         step, _ = loop.make_steps(cfg, mesh, run)
         before = _as_state_dict(run, run.state["weights"])
         batches = [to_global(next(run.data_iter), mesh) for _ in range(STEPS)]

@@ -167,9 +167,6 @@ def _already_finished(cfg: TrainConfig, run: Run) -> dict:
     return {"steps": run.step, "workdir": os.path.abspath(cfg.workdir)}
 
 
-prepare = make_data_and_run  # the name tests/test_finetune.py uses
-
-
 def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
     """The jitted train step (`step.make_train_step`, state donated) and eval step; shardings fixed, so nothing
     recompiles."""
