@@ -117,8 +117,7 @@ def main() -> int:
         f"Target (issue 25): every seed >= {TARGET_MIN}, mean >= {TARGET_MEAN}: **{'met' if met else 'not met'}** "
         f"(min {min(top1):.4f}, mean {mean:.4f}). Val top-1 is the EMA weights in eval mode at the last step, as "
         "`effnet eval` reports it; 1 of 360 val images is 0.0028. Train s is the time the run records (start to "
-        "summary, compile included); the machine was shared with other jobs (load average above), so it reads "
-        "higher than on a quiet machine.",
+        "summary, compile included); the load average column says what else the machine ran meanwhile.",
     ]
     write_results(args.out, "digits", result, "\n".join(lines))
     return 0
