@@ -246,8 +246,10 @@ def test_two_runs_started_on_one_workdir_one_is_refused_the_other_unharmed(tmp_p
     logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
     assert sorted(codes) == [0, 2], logs
     loser = logs[codes.index(2)].strip().splitlines()[-1]
-    # Refused by the lock (it came while the other ran) or, had it come after the other finished, by its checkpoints.
-    refusals = (f"effnet train: error: workdir '{workdir}' is in use by another run (pid ",
+    # Refused by the lock (it came while the other ran: named by pid, or before the holder had written its name) or,
+    # had it come after the other finished, by its checkpoints.
+    in_use = f"effnet train: error: workdir '{workdir}' is in use by another run "
+    refusals = (in_use + "(pid ", in_use + "(a process that has not written its name yet)",
                 f"effnet train: error: {workdir / 'checkpoints'} already holds checkpoints")  # fmt: skip
     assert loser.startswith(refusals), loser
     _assert_same_as_reference(workdir, reference)
