@@ -7,13 +7,25 @@ from .counting import block_resolutions, count_macs, count_params
 from .header import FORMAT, Preprocessing, default_preprocessing, make_header, read_header
 from .padding import out_size, pad_amounts, same_pad, symmetric_pad
 from .resolve import BlockSpec, FeatureInfo, ModelSpec, get_variant, resolve
-from .scaling import ALPHA, BETA, GAMMA, compound, flops_growth, round_filters, round_repeats
+from .scaling import (
+    ALPHA,
+    BETA,
+    GAMMA,
+    Coefficients,
+    compound,
+    flops_growth,
+    load_coefficients,
+    parse_coefficients,
+    round_filters,
+    round_repeats,
+)
 from .summary import summary, summary_rows, variant_table
 from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant, variant_names
 
 __all__ = [
     "ALPHA",
     "CheckpointMismatchError",
+    "Coefficients",
     "Tensor",
     "imagenet_class_names",
     "tensors",
@@ -42,8 +54,10 @@ __all__ = [
     "count_params",
     "flops_growth",
     "get_variant",
+    "load_coefficients",
     "out_size",
     "pad_amounts",
+    "parse_coefficients",
     "resolve",
     "round_filters",
     "round_repeats",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .conventions import Conventions, conventions_for
-from .scaling import compound, round_filters, round_repeats
+from .scaling import Coefficients, compound, parse_coefficients, round_filters, round_repeats
 from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant
 
 __all__ = ["BlockSpec", "FeatureInfo", "ModelSpec", "resolve", "get_variant"]
@@ -107,11 +107,14 @@ def resolve(
     stages: tuple[StageRow, ...] = STAGES,
     drop_path: float | None = None,
     dropout: float | None = None,
+    coefficients: Coefficients | str | None = None,
 ) -> ModelSpec:
     """Turn a variant (name, `Variant`, or compound coefficient phi) into a `ModelSpec`.
 
     Args:
         variant: "b0".."b8", "l2", "lite0".."lite4", a `Variant`, or a number phi for `compound(phi)`.
+        coefficients: with a number phi, scale with these instead of the paper's: `Coefficients`, a coefficients
+            file `effnet search` wrote, or "ALPHA,BETA,GAMMA" (on B0 at 224 px).
         num_classes: classifier outputs (0 drops the classifier: `forward` returns pooled features).
         in_channels: input image channels.
         weight_source: the library whose weights the model will hold; its conventions are used (see
@@ -121,11 +124,20 @@ def resolve(
     Raises:
         ValueError: unknown variant or source, or invalid numbers.
     """
-    if isinstance(variant, Variant):
+    phi = isinstance(variant, (int, float)) and not isinstance(variant, bool)
+    if coefficients is not None:
+        if not phi:
+            raise ValueError(f"coefficients scale a base by a number phi; got variant {variant!r}, not a number")
+        if isinstance(coefficients, str):
+            coefficients = parse_coefficients(coefficients)
+        if not isinstance(coefficients, Coefficients):
+            raise ValueError(f"coefficients must be Coefficients, a file or 'ALPHA,BETA,GAMMA'; got {coefficients!r}")
+        v = coefficients.variant(float(variant))
+    elif isinstance(variant, Variant):
         v = variant
     elif isinstance(variant, str):
         v = get_variant(variant)
-    elif isinstance(variant, (int, float)) and not isinstance(variant, bool):
+    elif phi:
         v = compound(float(variant))
     else:
         raise ValueError(f"variant must be a name, a Variant or a number phi, got {variant!r}")

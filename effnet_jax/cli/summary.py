@@ -11,6 +11,12 @@ from effnet_spec import SOURCES, VARIANTS, resolve, summary
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("variant", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
     p.add_argument("--phi", type=float, help="compound coefficient: a custom variant from the paper's formula")
+    p.add_argument(
+        "--coefficients",
+        metavar="FILE|A,B,G",
+        help="with --phi: scale with these alpha,beta,gamma (a file `effnet search` wrote, on its base) instead of "
+        "the paper's",
+    )
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--size", type=int, help="input resolution (default: the variant's native one)")
     p.add_argument(
@@ -21,9 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if (args.variant is None) == (args.phi is None):
         raise SystemExit("effnet summary: give exactly one of VARIANT or --phi")
+    if args.coefficients is not None and args.phi is None:
+        raise SystemExit("effnet summary: --coefficients needs --phi (the step of compound scaling to take)")
     variant = args.variant if args.phi is None else args.phi
     try:
-        spec = resolve(variant, num_classes=args.num_classes, weight_source=args.weight_source)
+        spec = resolve(
+            variant, num_classes=args.num_classes, weight_source=args.weight_source, coefficients=args.coefficients
+        )
         table = summary(spec, args.size)
     except ValueError as e:
         print(f"effnet summary: error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-from effnet_spec import SOURCES, STAGES, VARIANTS
+from effnet_spec import SOURCES, STAGES, VARIANTS, parse_coefficients
 
 from ..env import FALSE, TRUE
 from ..model.options import DTYPE_CHOICES, REMATS
@@ -64,7 +64,9 @@ class TrainConfig:
     variant: str = "b0"  # effnet_spec variant name (b0..b8, l2, lite0..lite4); "" = init's
     init: str = ""  # start from these weights (any `from_pretrained` source: file, run directory, hf-hub: id)
     freeze: str = "none"  # with init: "none", "bn", "backbone" or "stages:K" (see effnet_jax.train.freeze)
-    resolution: int = 0  # train/eval image side in pixels; 0 = the variant's native resolution
+    resolution: int = 0  # train/eval image side in pixels; 0 = the variant's native resolution (with phi: at phi=0)
+    phi: float = 0.0  # compound scaling: the variant (and resolution) scaled by alpha^phi, beta^phi, gamma^phi
+    coefficients: str = ""  # the alpha,beta,gamma phi uses: "" = the paper's, "A,B,G", or a file `effnet search` wrote
     stages: int = 0  # keep only the first N rows of the stage table (0 = all 7); a cheap model for smoke runs
     weight_source: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use; "" = init's
     drop_path: float = -1.0  # stochastic-depth rate of the last block; < 0 = the variant's (0.2)
@@ -142,6 +144,15 @@ class TrainConfig:
             self.weight_source in SOURCES or self.weight_source == "",
             f"weight_source must be one of {', '.join(SOURCES)} (or empty: init='s); got {self.weight_source!r}",
         )
+        need(0 <= self.phi <= 64, f"phi must lie in 0..64; got {self.phi}")
+        if self.coefficients or self.phi:
+            need(not self.init, f"phi={self.phi:g}/coefficients scale a variant built from scratch, not init weights")
+            need(bool(self.variant), "phi and coefficients scale the config's variant; it is empty")
+        if self.coefficients and "," in self.coefficients and "/" not in self.coefficients:
+            try:
+                parse_coefficients(self.coefficients, base=self.variant or "b0")
+            except ValueError as e:
+                need(False, str(e))
         mode, k = parse_freeze(self.freeze)  # raises with the accepted spellings
         need(mode == "none" or self.init, f"freeze={self.freeze} needs init= (a frozen random network learns nothing)")
         need(not (self.init and self.stages), f"stages={self.stages} truncates a model built from scratch, not init=")

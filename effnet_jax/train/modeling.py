@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from effnet_spec import STAGES, VARIANTS, ModelSpec, Preprocessing, resolve
+from effnet_spec import STAGES, VARIANTS, ModelSpec, Preprocessing, Variant, parse_coefficients, resolve
 from effnet_spec.adapt import adapt_spec
 
 from ..model import EfficientNet, ModelOptions
@@ -19,6 +19,7 @@ __all__ = [
     "WEIGHTS",
     "build_model",
     "config_spec",
+    "config_variant",
     "cross_entropy",
     "model_options",
     "resolution_of",
@@ -47,7 +48,7 @@ def build_model(
 def config_spec(cfg: TrainConfig) -> ModelSpec:
     """The headless spec a config describes without init weights: variant, conventions, stages, rates."""
     return resolve(
-        cfg.variant,
+        config_variant(cfg),
         num_classes=0,
         weight_source=cfg.weight_source,
         stages=STAGES[: cfg.stages] if cfg.stages else STAGES,
@@ -61,14 +62,34 @@ def run_preprocessing(cfg: TrainConfig, base: Preprocessing, class_names: tuple[
     the config's resolution and eval crop (0: `base`'s), and the training data's class names."""
     return replace(
         base,
-        resolution=cfg.resolution or base.resolution,
+        resolution=base.resolution if cfg.phi or cfg.coefficients else cfg.resolution or base.resolution,
         crop_pct=cfg.eval_crop or base.crop_pct,
         class_names=class_names,
     )
 
 
+def config_variant(cfg: TrainConfig) -> str | Variant:
+    """The config's variant: its name, or with `phi`/`coefficients` the variant scaled by compound scaling.
+
+    Raises:
+        ValueError: a coefficients file that cannot be read, or that was found on another base or resolution.
+    """
+    if not cfg.phi and not cfg.coefficients:
+        return cfg.variant
+    coeffs = parse_coefficients(cfg.coefficients or "1.2,1.1,1.15", base=cfg.variant, resolution=cfg.resolution)
+    if coeffs.base != cfg.variant:
+        raise ValueError(f"coefficients {cfg.coefficients} were found on {coeffs.base}, but the config's variant is "
+                         f"{cfg.variant}; set variant={coeffs.base}")  # fmt: skip
+    if cfg.resolution and cfg.resolution != coeffs.base_resolution:
+        raise ValueError(f"coefficients {cfg.coefficients} were found at {coeffs.base_resolution} px, but the "
+                         f"config's resolution is {cfg.resolution}; set resolution=0 or {coeffs.base_resolution} "
+                         "(with phi it is the side at phi=0)")  # fmt: skip
+    return coeffs.variant(cfg.phi)
+
+
 def resolution_of(cfg: TrainConfig) -> int:
-    return cfg.resolution or VARIANTS[cfg.variant].resolution
+    v = config_variant(cfg)
+    return v.resolution if isinstance(v, Variant) else cfg.resolution or VARIANTS[v].resolution
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:

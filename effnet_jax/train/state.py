@@ -126,8 +126,8 @@ def _place_initial(init, replicated) -> dict:
 
 def _check_resumable(cfg: TrainConfig, saved: dict) -> None:
     """Refuse to resume with a config that would change the model, data order or schedule."""
-    fixed = ("variant", "init", "freeze", "stages", "resolution", "data", "global_batch", "seed", "optimizer", "steps",
-             "epochs")  # fmt: skip
+    fixed = ("variant", "init", "freeze", "stages", "resolution", "phi", "coefficients", "data", "global_batch", "seed",
+             "optimizer", "steps", "epochs")  # fmt: skip
     # A key the saved config lacks predates it: the run had the default (no init, nothing frozen).
     defaults = dataclasses.asdict(TrainConfig())
     was = {k: saved.get(k, defaults[k]) for k in fixed}
