@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("effnet_jax.cli.export", "export weights as StableHLO, ONNX or a torch.export program, verified"),
     "bench": ("effnet_jax.cli.bench", "benchmark effnet_jax against effnet_torch side by side"),
+    "search": ("effnet_jax.cli.search", "grid-search compound scaling's alpha, beta, gamma on your data and device"),
+    "scaling": (
+        "effnet_jax.cli.scaling",
+        "the scaling study: compound (found and paper's) against width, depth and resolution alone, on your data",
+    ),
 }
 
 
@@ -42,7 +47,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 # The subcommands that compute with JAX on the host: they run on a fast malloc (ops.allocator).
-COMPUTE = ("train", "eval", "predict", "export", "bench")
+COMPUTE = ("train", "eval", "predict", "export", "bench", "search", "scaling")
 
 
 def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> int:

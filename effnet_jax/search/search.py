@@ -293,4 +293,3 @@ _SEED_KEYS = ("top1", "top5", "img_per_s", "wall_s", "latency_ms")
 
 def _note(msg: str) -> None:
     print(f"[effnet search] {msg}", file=sys.stderr, flush=True)
-

@@ -1,0 +1,69 @@
+"""`effnet scaling`: the scaling study (step 2 checked): phi = 1..K with the found constants, with the paper's, and
+width, depth or resolution alone (each matched in realised multiply-adds), trained on the same proxy budget.
+
+    effnet scaling --coefficients runs/search/coefficients.json --phi 1,2 --out runs/scaling
+
+The budget defaults to the one the search used (read from the coefficients file); rerun to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coefficients", required=True, metavar="FILE|A,B,G",
+                   help="the found constants: a file `effnet search` wrote, or ALPHA,BETA,GAMMA")  # fmt: skip
+    p.add_argument("--phi", default="1,2", help="the steps of phi to train besides phi = 0 (default 1,2)")
+    p.add_argument("--out", default="runs/scaling", help="the study's directory (default runs/scaling)")
+    p.add_argument("--preset", help="the proxy budget's train preset (default: the search's, else digits)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="budget overrides (default: the search's; given, they replace them all)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=1, help="seeds per point")
+    p.add_argument("--parallel", type=int, help="runs at once, one device each (default: local devices)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from effnet_spec import parse_coefficients
+
+    from ..search.study import StudySettings
+
+    try:
+        phis = tuple(float(x) for x in args.phi.split(","))
+    except ValueError:
+        raise ValueError(f"--phi {args.phi!r}: expected comma-separated numbers, e.g. 1,2") from None
+    preset, overrides = args.preset, args.set
+    c = parse_coefficients(args.coefficients)
+    search = c.provenance.get("search", {})
+    if preset is None:
+        preset = search.get("preset", "digits")
+    if overrides is None:
+        overrides = list(search.get("overrides", [f"variant={c.base}", f"resolution={c.base_resolution}"]))
+    keys = {o.partition("=")[0].strip(): o.partition("=")[2].strip() for o in overrides}
+    if "," not in args.coefficients and keys.get("variant", c.base) != c.base:  # a file: found on the budget's base
+        raise ValueError(f"coefficients {args.coefficients} were found on {c.base}, but the budget sets "
+                         f"variant={keys['variant']}")  # fmt: skip
+    return StudySettings(coefficients=(c.alpha, c.beta, c.gamma), preset=preset, overrides=tuple(overrides),
+                         phis=phis, repeats=args.repeats)  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..search.study import study
+    from ..train.guard import PREEMPTED_EXIT
+
+    try:
+        if args.parallel is not None and args.parallel < 1:
+            raise ValueError(f"--parallel {args.parallel}: expected 1 or more")
+        study(settings_from_args(args), args.out, parallel=args.parallel, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"effnet scaling: stopped; rerun the same command to resume ({args.out})", file=sys.stderr)
+        return PREEMPTED_EXIT
+    except (ValueError, OSError) as e:
+        print(f"effnet scaling: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"effnet scaling: {e}", file=sys.stderr)
+        return 1
+    return 0

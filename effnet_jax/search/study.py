@@ -1,0 +1,140 @@
+"""Step 2 and the paper's check of it on the user's data (`effnet scaling`): the base scaled to phi = 1..K with the
+found constants, with the paper's, and along one dimension at a time (width only, depth only, resolution only), each
+single-dimension network matched in realised multiply-adds to the found compound network of the same phi.
+
+It shows the paper's Figure 3 (observation 1: any one dimension helps, with diminishing returns) and Figure 8
+(observation 2: balancing the three beats each alone at the same FLOPs) for this data and proxy budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from effnet_spec import ALPHA, BETA, GAMMA, STAGES, Coefficients, count_macs, count_params, resolve
+
+from .search import _note, base_config, claim_dir, data_identity
+
+__all__ = ["StudySettings", "STRATEGIES", "study", "study_points"]
+
+STRATEGIES = ("compound (found)", "compound (paper)", "width", "depth", "resolution")
+FORMAT = "effnet-scaling/1"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    coefficients: tuple[float, float, float]  # the found alpha, beta, gamma
+    preset: str = "digits"  # the proxy budget (default: the search's, read from the coefficients file)
+    overrides: tuple[str, ...] = ()
+    phis: tuple[float, ...] = (1.0, 2.0)
+    repeats: int = 1
+
+
+@dataclass(frozen=True)
+class Point:
+    strategy: str
+    phi: float
+    coefficients: tuple[float, float, float]  # trained as phi (compound) or as phi = 1 of these (single dimension)
+    train_phi: float
+
+
+def _matched(kind: str, target_macs: int, macs_of) -> tuple[float, float, float]:
+    """The single-dimension multiplier whose realised network's MACs come closest to `target_macs` (rounding makes
+    MACs a step function of the multiplier, so a fine scan, not a bisection)."""
+    best = None
+    for i in range(0, 4001):
+        m = round(1.0 + i * 0.0025, 4)
+        point = {"depth": (m, 1.0, 1.0), "width": (1.0, m, 1.0), "resolution": (1.0, 1.0, m)}[kind]
+        macs = macs_of(point, 1.0)
+        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
+            best = (point, macs)
+        if macs > 2 * target_macs:
+            break
+    return best[0]
+
+
+def study_points(settings: StudySettings, cfg, num_classes: int) -> list[Point]:
+    """Every (strategy, phi) to train; phi = 0 (the base) is listed once per strategy and trained once."""
+    res0 = cfg.resolution or 0
+    stages = STAGES[: cfg.stages] if cfg.stages else STAGES
+
+    def macs_of(point, phi):
+        a, b, g = point
+        v = Coefficients(alpha=a, beta=b, gamma=g, base=cfg.variant, resolution=res0).variant(phi)
+        spec = resolve(v, num_classes=num_classes, weight_source=cfg.weight_source, stages=stages)
+        return count_macs(spec, v.resolution)
+
+    found = settings.coefficients
+    points = []
+    for strategy in STRATEGIES:
+        points.append(Point(strategy, 0.0, (1.0, 1.0, 1.0), 0.0))
+    for phi in settings.phis:
+        points.append(Point("compound (found)", phi, found, phi))
+        points.append(Point("compound (paper)", phi, (ALPHA, BETA, GAMMA), phi))
+        target = macs_of(found, phi)
+        for kind in ("width", "depth", "resolution"):
+            points.append(Point(kind, phi, _matched(kind, target, macs_of), 1.0))
+    return points
+
+
+def study(settings: StudySettings, out: str, *, parallel: int | None = None, progress: bool = True) -> list[dict]:
+    """Train (or resume) the study in `out`; writes study.jsonl/.md and scaling_study.png; returns the rows."""
+    from . import report
+    from .runner import Job, default_parallel, run_jobs
+    from .search import candidate_overrides
+
+    s = settings
+    if not s.phis or any(not 0 < p <= 8 for p in s.phis):
+        raise ValueError(f"--phi {','.join(f'{p:g}' for p in s.phis)}: expected values in (0, 8]")
+    if not 1 <= s.repeats <= 100:
+        raise ValueError(f"--repeats {s.repeats}: expected 1..100 seeds per point")
+    Coefficients(alpha=s.coefficients[0], beta=s.coefficients[1], gamma=s.coefficients[2])  # >= 1, finite
+    cfg = base_config(s.preset, s.overrides)
+    data = data_identity(cfg)
+    points = study_points(s, cfg, data["num_classes"])
+    claim_dir(out, {"format": FORMAT, "settings": json.loads(json.dumps(dataclasses.asdict(s))), "data": data},
+              kind="scaling study", file="study.json")  # fmt: skip
+    stages = STAGES[: cfg.stages] if cfg.stages else STAGES
+    nets: dict[tuple, dict] = {}  # realised network -> its description and jobs
+    for p in points:
+        a, b, g = p.coefficients
+        v = Coefficients(alpha=a, beta=b, gamma=g, base=cfg.variant, resolution=cfg.resolution).variant(p.train_phi)
+        spec = resolve(v, num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)
+        arch = (v.resolution, spec.stem_ch, spec.head_ch,
+                tuple((x.in_ch, x.mid_ch, x.out_ch, x.kernel, x.stride, x.se_ch) for x in spec.blocks))  # fmt: skip
+        if arch not in nets:
+            key = f"n{len(nets):02d}-d{len(spec.blocks)}-r{v.resolution}"
+            nets[arch] = {"key": key, "point": p, "resolution": v.resolution, "blocks": len(spec.blocks),
+                          "params": count_params(spec), "macs": count_macs(spec, v.resolution)}  # fmt: skip
+        nets[arch].setdefault("points", []).append(p)
+    seeds = [cfg.seed + r for r in range(s.repeats)]
+    jobs = []
+    for net in nets.values():
+        p = net["point"]
+        overrides = candidate_overrides(cfg, s.overrides, p.coefficients, 0)[:-1]  # seed added below
+        overrides = tuple(o if not o.startswith("phi=") else f"phi={p.train_phi:g}" for o in overrides)
+        for seed in seeds:
+            label = f"{p.strategy} phi={p.phi:g} {net['resolution']}px {net['blocks']} blocks"
+            jobs.append(Job(key=f"{net['key']}-s{seed}", preset=s.preset, overrides=(*overrides, f"seed={seed}"),
+                            label=label))  # fmt: skip
+    _note(f"{len(points)} (strategy, phi) points, {len(nets)} distinct networks x {len(seeds)} seed(s) in {out}")
+    results = run_jobs(jobs, os.path.join(out, "runs"), parallel=parallel or default_parallel(), progress=progress)
+    rows = []
+    for net in nets.values():
+        runs = [{"seed": seed, **{k: results[f"{net['key']}-s{seed}"].get(k) for k in _KEYS}} for seed in seeds]
+        for p in net["points"]:
+            rows.append({"key": net["key"], "strategy": p.strategy, "phi": p.phi, "requested": [list(p.coefficients)],
+                         "refs": [], "in_space": True, "resolution": net["resolution"], "blocks": net["blocks"],
+                         "params": net["params"], "macs": net["macs"], "latency_ms": None, "seeds": runs})  # fmt: skip
+    rows = report.summarise(rows)
+    rows.sort(key=lambda r: (STRATEGIES.index(r["strategy"]), r["phi"]))
+    settings_out = {**json.loads(json.dumps(dataclasses.asdict(s))), "data": data}
+    report.write_study(out, rows, settings_out)
+    report.plot_study(out, rows)
+    _note(f"table {os.path.join(out, 'study.md')}, plot {os.path.join(out, 'scaling_study.png')}")
+    return rows
+
+
+_KEYS = ("top1", "top5", "img_per_s", "wall_s", "latency_ms")
