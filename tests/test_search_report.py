@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -154,7 +156,8 @@ def test_results_table_jsonl_and_comparable(tmp_path):
     assert choice["verdict"] in md and choice["rule"] in md and '`{"steps": 200}`' in md
 
     read = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert read == [json.loads(json.dumps(r)) for r in report._flagged(rows, choice)]  # round trip
+    flags = ("pareto", "pareto_latency", "chosen")
+    assert [{k: v for k, v in r.items() if k not in flags} for r in read] == report.summarise(rows)  # round trip
     assert [r["key"] for r in read if r["chosen"]] == ["best"]
     assert [r["key"] for r in read if r["pareto"]] == report.pareto(rows)
     assert json.loads((tmp_path / "choice.json").read_text()) == {"settings": settings, "choice": choice}
@@ -164,12 +167,23 @@ def test_results_table_jsonl_and_comparable(tmp_path):
     for r in rerun:
         r["latency_ms"] = 3.0
         r["seeds"] = [dict(s, img_per_s=999.0, wall_s=1.0, latency_ms=3.0) for s in r["seeds"]]
-    again = report._flagged(rerun, report.choose(rerun))
+    report.write_results(tmp_path, rerun, settings, report.choose(rerun))
+    again = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert again != read
     assert [report.comparable(r) for r in again] == [report.comparable(r) for r in read]
-    assert [r for r in again] != read
     for r in map(report.comparable, read):
         assert not set(report.TIMING_KEYS) & set(r)
         assert all(not set(report.TIMING_KEYS) & set(s) for s in r["seeds"])
+
+
+def test_a_network_without_a_finished_seed_is_listed_but_not_ranked(tmp_path):
+    rows = _rows() + [_row("failed", (), 22e6, requested=[(1.15, 1.1, 1.15)])]
+    assert "failed" not in report.pareto(rows)
+    assert report.choose(rows)["key"] == "best"
+    report.write_results(tmp_path, rows, {}, None)
+    md = (tmp_path / "results.md").read_text()
+    assert "not trained" in next(line for line in md.splitlines() if line.startswith("| (1.15, 1.10, 1.15)"))
+    assert "## Choice" not in md
 
 
 def _png_ok(path):
@@ -284,3 +298,10 @@ def test_study_reading_interpolates_at_matched_macs():
 def test_plot_study(tmp_path):
     path = report.plot_study(tmp_path, _study())
     assert os.path.basename(path) == "scaling_study.png" and _png_ok(path)
+
+
+def test_the_report_imports_neither_jax_nor_matplotlib_until_it_plots():
+    code = "import sys, effnet_jax.search.report; print(sorted(m for m in ('jax', 'matplotlib') if m in sys.modules))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"

@@ -270,7 +270,10 @@ def _verdict(out: dict, best: dict, paper: dict | None) -> str:
     spread = max(best["top1_spread"], paper["top1_spread"])
     out["spread"] = spread
     out["significant"] = lead > spread
-    seeds = f"{_pts(spread)} (the larger sample std over {min(best['n_seeds'], paper['n_seeds'])}+ seeds)"
+    seeds = (
+        f"{_pts(spread)} (the larger of the two networks' sample std over seeds, "
+        f"{best['n_seeds']} and {paper['n_seeds']} seeds)"
+    )
     if abs(lead) <= spread:
         return f"{head}, less than the seeds' spread of {seeds}: on this proxy the two are not distinguishable."
     if lead > 0:
@@ -634,6 +637,17 @@ def write_study(out_dir: str | os.PathLike, rows: list[dict], settings: dict) ->
     )
 
 
+def _plain_log_ticks(ax) -> None:
+    """Tick labels as plain numbers (20, not 2 x 10^1); minor ones too when the axis spans less than a decade and a
+    half, where the major ticks alone would leave it with one or two labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())
+
+
 def plot_study(out_dir: str | os.PathLike, rows: list[dict]) -> str:
     """`scaling_study.png`: val top-1 against MACs (log x), one line per strategy from the shared phi = 0 base,
     a marker per phi with its value, error bars for the seeds' std (the paper's Figures 3 and 8 on this data)."""
@@ -642,7 +656,9 @@ def plot_study(out_dir: str | os.PathLike, rows: list[dict]) -> str:
     styles = {"compound (found)": ("tab:red", "o"), "compound (paper)": ("tab:orange", "D")}
     singles = {"width": ("tab:blue", "s"), "depth": ("tab:green", "^"), "resolution": ("tab:purple", "v")}
     styles.update(singles)
-    for name, curve in _curves(rows).items():
+    curves = _curves(rows)
+    first = next(iter(curves), None)
+    for name, curve in curves.items():
         pts = [r for r in curve if r["top1_mean"] is not None and r.get("macs")]
         if not pts:
             continue
@@ -658,7 +674,7 @@ def plot_study(out_dir: str | os.PathLike, rows: list[dict]) -> str:
             label=label,
         )
         for r in pts:
-            if r["phi"]:
+            if r["phi"] or name == first:  # the shared base is labelled once
                 ax.annotate(
                     f"φ={r['phi']:g}",
                     (r["macs"] / 1e6, 100 * r["top1_mean"]),
@@ -668,6 +684,7 @@ def plot_study(out_dir: str | os.PathLike, rows: list[dict]) -> str:
                     color=colour,
                 )
     ax.set_xscale("log")
+    _plain_log_ticks(ax)
     ax.set_xlabel("MACs (M, log scale)")
     ax.set_ylabel("val top-1 (%), mean ± std over seeds")
     ax.set_title("Scaling study: one dimension at a time against compound scaling")
