@@ -127,7 +127,7 @@ def compound(
     resolution_step: int | None = None,
 ) -> Variant:
     """A variant from the paper's formula: the base's depth times alpha^phi, width times beta^phi, and resolution
-    times gamma^phi rounded to a multiple of `resolution_step`.
+    times gamma^phi rounded to whole `resolution_step`s from the base's side (multiples of 8 from B0's 224).
 
     Defaults: base B0 at 224 px (or the family's phi = 0 member, "lite0"), steps of 8. The dropout follows the
     released table's trend (the base's + 0.05 * phi, capped at 0.5); the rounding step and the dropout are our
@@ -167,7 +167,7 @@ def compound(
         name=name,
         width=base.width * beta**phi,
         depth=base.depth * alpha**phi,
-        resolution=max(step, int(round(side / step)) * step),
+        resolution=max(step, res0 + int(round((side - res0) / step)) * step),  # steps from the base's own side
         dropout=min(0.5, base.dropout + 0.05 * phi),
         family=base.family,
         drop_path=base.drop_path,

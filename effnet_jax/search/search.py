@@ -223,11 +223,11 @@ def search(settings: SearchSettings, out: str, *, parallel: int | None = None, p
     Raises:
         ValueError: bad settings (before anything is written) or a directory of another search.
     """
+    plan = make_plan(settings)
+    claim_dir(out, _identity(plan))
     from . import report
     from .runner import Job, default_parallel, run_jobs
 
-    plan = make_plan(settings)
-    claim_dir(out, _identity(plan))
     s, cfg = plan.settings, plan.cfg
     if s.constraint == "latency":
         measure_latencies(plan, out)
