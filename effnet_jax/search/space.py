@@ -21,6 +21,7 @@ __all__ = [
     "grid",
     "parse_range",
     "realise",
+    "shape",
 ]
 
 PAPER_POINT = (1.2, 1.1, 1.15)
@@ -89,7 +90,7 @@ class Candidate:
     resolution: int
     blocks: int
     depth: float  # realised: blocks over the base's
-    width: float  # realised: mean over stages of output channels over the base's
+    width: float  # realised: mean over stem, stages and head of output channels over the base's
     params: int
     macs: int
     refs: list[str] = field(default_factory=list)
@@ -112,6 +113,15 @@ def formula(point) -> float:
     return a * b * b * g * g
 
 
+def shape(spec, base) -> tuple[float, float]:
+    """Realised (depth, width) of `spec` against `base`: blocks over the base's, and the mean ratio of output
+    channels over the stem, each stage and the head (what rounding left of the requested multipliers)."""
+    channels = (spec.stem_ch, *spec.stage_channels(), spec.head_ch)
+    base_ch = (base.stem_ch, *base.stage_channels(), base.head_ch)
+    width = sum(c / c0 for c, c0 in zip(channels, base_ch)) / len(base_ch)
+    return round(len(spec.blocks) / len(base.blocks), 4), round(width, 4)
+
+
 def realise(points, proxy: Proxy) -> list[Candidate]:
     """Group grid points by the network they build (architecture and realised side), base first."""
     stages = STAGES[: proxy.stages] if proxy.stages else STAGES
@@ -121,7 +131,6 @@ def realise(points, proxy: Proxy) -> list[Candidate]:
         return v, resolve(v, num_classes=proxy.num_classes, weight_source=proxy.weight_source, stages=stages)
 
     _, base = spec_of(BASE_POINT)
-    base_ch = base.stage_channels()
     found: dict[tuple, Candidate] = {}
     for point in points:
         v, spec = spec_of(point)
@@ -130,8 +139,7 @@ def realise(points, proxy: Proxy) -> list[Candidate]:
         if arch in found:
             found[arch].requested.append(point)
             continue
-        width = sum(c / c0 for c, c0 in zip(spec.stage_channels(), base_ch)) / len(base_ch)
-        depth = len(spec.blocks) / len(base.blocks)
+        depth, width = shape(spec, base)
         key = f"d{len(spec.blocks)}-w{width:.3f}-r{v.resolution}"
         taken = {c.key for c in found.values()}
         key = next(f"{key}-{n}" for n in range(2, 10**6) if f"{key}-{n}" not in taken) if key in taken else key
@@ -140,8 +148,8 @@ def realise(points, proxy: Proxy) -> list[Candidate]:
             requested=[point],
             resolution=v.resolution,
             blocks=len(spec.blocks),
-            depth=round(depth, 4),
-            width=round(width, 4),
+            depth=depth,
+            width=width,
             params=count_params(spec),
             macs=count_macs(spec, v.resolution),
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from effnet_spec import ALPHA, BETA, GAMMA, STAGES, Coefficients, count_macs, count_params, resolve
 
 from .search import _note, base_config, claim_dir, data_identity
+from .space import shape
 
 __all__ = ["StudySettings", "STRATEGIES", "study", "study_points"]
 
@@ -97,6 +98,8 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
     claim_dir(out, {"format": FORMAT, "settings": json.loads(json.dumps(dataclasses.asdict(s))), "data": data},
               kind="scaling study", file="study.json")  # fmt: skip
     stages = STAGES[: cfg.stages] if cfg.stages else STAGES
+    base = resolve(Coefficients(base=cfg.variant, resolution=cfg.resolution).variant(0.0),
+                   num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)  # fmt: skip
     nets: dict[tuple, dict] = {}  # realised network -> its description and jobs
     for p in points:
         a, b, g = p.coefficients
@@ -106,7 +109,9 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
                 tuple((x.in_ch, x.mid_ch, x.out_ch, x.kernel, x.stride, x.se_ch) for x in spec.blocks))  # fmt: skip
         if arch not in nets:
             key = f"n{len(nets):02d}-d{len(spec.blocks)}-r{v.resolution}"
+            depth, width = shape(spec, base)
             nets[arch] = {"key": key, "point": p, "resolution": v.resolution, "blocks": len(spec.blocks),
+                          "depth": depth, "width": width,
                           "params": count_params(spec), "macs": count_macs(spec, v.resolution)}  # fmt: skip
         nets[arch].setdefault("points", []).append(p)
     seeds = [cfg.seed + r for r in range(s.repeats)]
@@ -127,6 +132,7 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
         for p in net["points"]:
             rows.append({"key": net["key"], "strategy": p.strategy, "phi": p.phi, "requested": [list(p.coefficients)],
                          "refs": [], "in_space": True, "resolution": net["resolution"], "blocks": net["blocks"],
+                         "depth": net["depth"], "width": net["width"],
                          "params": net["params"], "macs": net["macs"], "latency_ms": None, "seeds": runs})  # fmt: skip
     rows = report.summarise(rows)
     rows.sort(key=lambda r: (STRATEGIES.index(r["strategy"]), r["phi"]))
