@@ -375,8 +375,8 @@ def write_results(out_dir: str | os.PathLike, rows: list[dict], settings: dict, 
     md = ["# effnet search: results\n\n", TABLE_HEAD, *map(_table_line, rows)]
     md.append(
         "\nOne line per distinct network; depth, width and resolution are realised (blocks / base blocks, mean "
-        "channel ratio over stem, stages and head, pixels); top-1 is the mean over seeds ± their sample std; img/s and latency are "
-        "medians over seeds, measured on this device; wall s is summed over seeds.\n"
+        "channel ratio over stem, stages and head, pixels); top-1 is the mean over seeds ± their sample std; img/s "
+        "and latency are medians over seeds, measured on this device; wall s is summed over seeds.\n"
     )
     md.append("\n## Settings\n\n" + _settings_md(settings))
     if choice is not None:
