@@ -1,0 +1,135 @@
+"""`effnet search` and `effnet scaling` end to end on tiny budgets: the table, the choice and the coefficients file;
+a rerun that trains nothing and writes the same table; a search spread over two devices and killed with SIGKILL in
+the middle of a candidate that a rerun completes with the sequential search's table; the scaling study's curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from effnet_jax.search.report import comparable
+from effnet_spec import load_coefficients
+
+pytestmark = pytest.mark.slow
+
+# Three networks (the base, the paper's point, and (1.2, 1.1, 1)) of a 2-stage b0 at 16 px, 6 steps each.
+BUDGET = ["--set", "stages=2", "--set", "steps=6", "--set", "global_batch=16", "--set", "eval_every=0",
+          "--set", "ckpt_every=2", "--set", "log_every=2"]  # fmt: skip
+SPACE = ["--alpha", "1.2", "--beta", "1.1", "--gamma", "1,1.15", "--target", "1.7", "--tolerance", "0.3"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _search(out, *extra, env=ENV, **kw):
+    argv = [sys.executable, "-m", "effnet_jax.cli", "search", "--out", str(out), *BUDGET, *SPACE, "--no-progress"]
+    return subprocess.run([*argv, *extra], env=env, capture_output=True, text=True, timeout=400, **kw)
+
+
+def _table(out) -> list[dict]:
+    return [comparable(json.loads(line)) for line in (Path(out) / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "s"
+    p = _search(out, "--parallel", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, p.stderr
+
+
+def test_a_search_writes_its_table_choice_plots_and_coefficients(searched):
+    out, log = searched
+    rows = _table(out)
+    assert len(rows) == 3 and len(list((out / "runs").iterdir())) == 3
+    refs = {r: row["key"] for row in rows for r in row["refs"]}
+    assert set(refs) == {"base", "paper"}
+    for row in rows:
+        assert 0.0 <= row["top1_mean"] <= 1.0 and row["n_seeds"] == 1 and row["macs"] > 0
+        assert row["seeds"][0]["top1"] == row["top1_mean"]
+    assert not next(r for r in rows if "base" in r["refs"])["in_space"]  # 1.0 is outside 1.7 +- 0.3
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["in_space"]
+    assert chosen[0]["top1_mean"] == max(r["top1_mean"] for r in rows if r["in_space"])
+    c = load_coefficients(str(out / "coefficients.json"))
+    assert (c.base, c.resolution) == ("b0", 16)
+    assert [c.alpha, c.beta, c.gamma] in chosen[0]["requested"]
+    assert c.provenance["search"]["overrides"][:2] == ["stages=2", "steps=6"]
+    md = (out / "results.md").read_text()
+    assert md.count("\n| (") == 3 and "spread is unknown" in md  # one seed: the verdict says so
+    for png in ("accuracy_vs_macs.png", "accuracy_vs_latency.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert log.count("val top1") == 3 and "chosen alpha=" in log
+
+
+def test_a_rerun_of_a_finished_search_trains_nothing_and_writes_the_same_table(searched):
+    out, _ = searched
+    before = _table(out)
+    logs = {p: p.stat().st_size for p in (out / "runs").glob("*/train.log")}
+    p = _search(out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "skipping 3 finished runs" in p.stderr
+    assert {q: q.stat().st_size for q in (out / "runs").glob("*/train.log")} == logs  # no run started
+    assert _table(out) == before
+
+
+def test_a_search_over_two_devices_killed_mid_candidate_resumes_to_the_sequential_table(searched, tmp_path):
+    """The same search, two candidates at a time on a host with two CPU devices, SIGKILLed while a candidate has
+    checkpointed but not finished: its children die with it, the rerun skips what finished, resumes the rest from
+    their checkpoints, and the table equals the sequential one (timing columns aside)."""
+    seq, _ = searched
+    out = tmp_path / "s"
+    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    argv = [sys.executable, "-m", "effnet_jax.cli", "search", "--out", str(out), *BUDGET, *SPACE, "--no-progress"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list((out / "runs").glob("*")) if (out / "runs").exists() else []
+            mid = [r for r in runs if (r / "checkpoints").exists() and any((r / "checkpoints").glob("[0-9]*"))
+                   and not (r / "result.json").exists()]  # fmt: skip
+            if mid:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the search ended before it could be killed mid-candidate"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = {r.name: r.joinpath("result.json").stat().st_mtime_ns for r in (out / "runs").glob("*")
+                if r.joinpath("result.json").exists()}  # fmt: skip
+    time.sleep(1.0)
+    children = subprocess.run(["pgrep", "-f", f"effnet_jax.search.worker {out}"], capture_output=True, text=True)
+    assert children.stdout.strip() == "", "a candidate outlived the killed search"
+    p = _search(out, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in finished} == finished
+    resumed = [r for r in (out / "runs").glob("*") if "resum" in (r / "train.log").read_text().lower()]
+    assert resumed, "no candidate resumed from its checkpoint"
+    assert _table(out) == _table(seq)
+
+
+def test_the_scaling_study_trains_every_strategy_from_the_search_coefficients(searched, tmp_path):
+    seq, _ = searched
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "effnet_jax.cli", "scaling", "--coefficients", str(seq / "coefficients.json"),
+            "--phi", "1", "--out", str(out), "--no-progress", "--parallel", "1"]  # fmt: skip
+    p = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "study.jsonl").read_text().splitlines()]
+    strategies = {"compound (found)", "compound (paper)", "width", "depth", "resolution"}
+    assert {r["strategy"] for r in rows} == strategies
+    assert {(r["strategy"], r["phi"]) for r in rows} == {(s, phi) for s in strategies for phi in (0.0, 1.0)}
+    base = {r["key"] for r in rows if r["phi"] == 0}
+    assert len(base) == 1  # one base network, trained once, shared by every curve
+    # the budget is the search's (read from the coefficients file): 6 steps of a 2-stage b0
+    job = json.loads(next((out / "runs").glob("*/job.json")).read_text())
+    assert "stages=2" in job["overrides"] and "steps=6" in job["overrides"]
+    assert (out / "scaling_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Reading" in (out / "study.md").read_text()
