@@ -40,7 +40,7 @@ def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "s"
     p = _search(out, "--parallel", "1")
     assert p.returncode == 0, p.stderr[-3000:]
-    return out, p.stderr
+    return out, p.stdout + p.stderr
 
 
 def test_a_search_writes_its_table_choice_plots_and_coefficients(searched):
@@ -73,7 +73,7 @@ def test_a_rerun_of_a_finished_search_trains_nothing_and_writes_the_same_table(s
     logs = {p: p.stat().st_size for p in (out / "runs").glob("*/train.log")}
     p = _search(out)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "skipping 3 finished runs" in p.stderr
+    assert "skipping 3 finished runs" in p.stdout + p.stderr
     assert {q: q.stat().st_size for q in (out / "runs").glob("*/train.log")} == logs  # no run started
     assert _table(out) == before
 
