@@ -128,6 +128,14 @@ def test_the_scaling_study_trains_every_strategy_from_the_search_coefficients(se
     assert {(r["strategy"], r["phi"]) for r in rows} == {(s, phi) for s in strategies for phi in (0.0, 1.0)}
     base = {r["key"] for r in rows if r["phi"] == 0}
     assert len(base) == 1  # one base network, trained once, shared by every curve
+    # the base, the paper's and the found network at phi = 1 are runs of the search, reused, not trained again:
+    # only the three single-dimension networks are trained here
+    assert "3 run(s) taken from the search" in p.stderr
+    assert len(list((out / "runs").iterdir())) == 3
+    search_rows = {r["key"]: r for r in _table(seq)}
+    paper = next(r for r in rows if r["strategy"] == "compound (paper)" and r["phi"] == 1)
+    paper_in_search = next(r for r in search_rows.values() if "paper" in r["refs"])
+    assert paper["top1_mean"] == paper_in_search["top1_mean"] and paper["macs"] == paper_in_search["macs"]
     # the budget is the search's (read from the coefficients file): 6 steps of a 2-stage b0
     job = json.loads(next((out / "runs").glob("*/job.json")).read_text())
     assert "stages=2" in job["overrides"] and "steps=6" in job["overrides"]

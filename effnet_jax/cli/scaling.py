@@ -46,7 +46,7 @@ def settings_from_args(args: argparse.Namespace):
         raise ValueError(f"coefficients {args.coefficients} were found on {c.base}, but the budget sets "
                          f"variant={keys['variant']}")  # fmt: skip
     return StudySettings(coefficients=(c.alpha, c.beta, c.gamma), preset=preset, overrides=tuple(overrides),
-                         phis=phis, repeats=args.repeats)  # fmt: skip
+                         phis=phis, repeats=args.repeats, search=c.provenance.get("search_dir", ""))  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:

@@ -252,7 +252,8 @@ def search(settings: SearchSettings, out: str, *, parallel: int | None = None, p
                     "base_resolution": plan.proxy.resolution}  # fmt: skip
     report.write_results(out, rows, settings_out, choice)
     report.plot_search(out, rows, choice)
-    provenance = {"search": settings_out, "rule": choice["rule"], "verdict": choice["verdict"]}
+    provenance = {"search": settings_out, "search_dir": os.path.abspath(out), "rule": choice["rule"],
+                  "verdict": choice["verdict"]}  # fmt: skip
     coeffs = Coefficients(alpha=choice["alpha"], beta=choice["beta"], gamma=choice["gamma"], base=plan.proxy.base,
                           resolution=plan.proxy.resolution, provenance=provenance)  # fmt: skip
     write_atomic(os.path.join(out, "coefficients.json"), coeffs.to_json())

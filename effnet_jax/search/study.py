@@ -9,6 +9,7 @@ It shows the paper's Figure 3 (observation 1: any one dimension helps, with dimi
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class StudySettings:
     overrides: tuple[str, ...] = ()
     phis: tuple[float, ...] = (1.0, 2.0)
     repeats: int = 1
+    search: str = ""  # the search directory the coefficients came from: its runs of the same networks are reused
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,7 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
         a, b, g = p.coefficients
         v = Coefficients(alpha=a, beta=b, gamma=g, base=cfg.variant, resolution=cfg.resolution).variant(p.train_phi)
         spec = resolve(v, num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)
-        arch = (v.resolution, spec.stem_ch, spec.head_ch,
-                tuple((x.in_ch, x.mid_ch, x.out_ch, x.kernel, x.stride, x.se_ch) for x in spec.blocks))  # fmt: skip
+        arch = _arch(v, spec)
         if arch not in nets:
             key = f"n{len(nets):02d}-d{len(spec.blocks)}-r{v.resolution}"
             depth, width = shape(spec, base)
@@ -115,8 +116,12 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
                           "params": count_params(spec), "macs": count_macs(spec, v.resolution)}  # fmt: skip
         nets[arch].setdefault("points", []).append(p)
     seeds = [cfg.seed + r for r in range(s.repeats)]
-    jobs = []
-    for net in nets.values():
+    done = _search_runs(s, cfg, data, stages)
+    jobs, reused = [], {}
+    for arch, net in nets.items():
+        if all(seed in done.get(arch, {}) for seed in seeds):
+            reused.update({f"{net['key']}-s{seed}": done[arch][seed] for seed in seeds})
+            continue
         p = net["point"]
         overrides = candidate_overrides(cfg, s.overrides, p.coefficients, 0)[:-1]  # seed added below
         overrides = tuple(o if not o.startswith("phi=") else f"phi={p.train_phi:g}" for o in overrides)
@@ -124,8 +129,10 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
             label = f"{p.strategy} phi={p.phi:g} {net['resolution']}px {net['blocks']} blocks"
             jobs.append(Job(key=f"{net['key']}-s{seed}", preset=s.preset, overrides=(*overrides, f"seed={seed}"),
                             label=label))  # fmt: skip
-    _note(f"{len(points)} (strategy, phi) points, {len(nets)} distinct networks x {len(seeds)} seed(s) in {out}")
+    _note(f"{len(points)} (strategy, phi) points, {len(nets)} distinct networks x {len(seeds)} seed(s) in {out}"
+          + (f"; {len(reused)} run(s) taken from the search in {s.search}" if reused else ""))  # fmt: skip
     results = run_jobs(jobs, os.path.join(out, "runs"), parallel=parallel or default_parallel(), progress=progress)
+    results.update(reused)
     rows = []
     for net in nets.values():
         runs = [{"seed": seed, **{k: results[f"{net['key']}-s{seed}"].get(k) for k in _KEYS}} for seed in seeds]
@@ -144,3 +151,38 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
 
 
 _KEYS = ("top1", "top5", "img_per_s", "wall_s", "latency_ms")
+
+
+def _arch(v, spec) -> tuple:
+    return (v.resolution, spec.stem_ch, spec.head_ch,
+            tuple((x.in_ch, x.mid_ch, x.out_ch, x.kernel, x.stride, x.se_ch) for x in spec.blocks))  # fmt: skip
+
+
+def _search_runs(s: StudySettings, cfg, data: dict, stages) -> dict[tuple, dict[int, dict]]:
+    """The finished runs of the search the coefficients came from, by network and seed, when that search trained
+    on this study's budget and data (then a network both train is the same run, and is not trained twice)."""
+    if not s.search:
+        return {}
+    try:
+        with open(os.path.join(s.search, "search.json")) as f:
+            ident = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    same = ident.get("settings", {}).get("preset") == s.preset and ident.get("data") == data
+    if not same or tuple(ident["settings"].get("overrides", ())) != tuple(s.overrides):
+        return {}
+    found: dict[tuple, dict[int, dict]] = {}
+    for run in sorted(glob.glob(os.path.join(s.search, "runs", "*", "result.json"))):
+        try:
+            with open(run) as f:
+                result = json.load(f)
+            with open(os.path.join(os.path.dirname(run), "job.json")) as f:
+                sets = dict(o.split("=", 1) for o in json.load(f)["overrides"])
+            a, b, g = (float(x) for x in sets["coefficients"].split(","))
+            coeffs = Coefficients(alpha=a, beta=b, gamma=g, base=cfg.variant, resolution=cfg.resolution)
+            v = coeffs.variant(float(sets["phi"]))
+        except (OSError, ValueError, KeyError):
+            continue
+        spec = resolve(v, num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)
+        found.setdefault(_arch(v, spec), {})[int(sets["seed"])] = result
+    return found
