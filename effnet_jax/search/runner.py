@@ -13,6 +13,7 @@ was never interrupted.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -109,10 +110,10 @@ def run_jobs(jobs, runs_dir: str, *, parallel: int = 1, progress: bool = True, l
 def _finished(job: Job, run_dir: str) -> bool:
     """Whether `job` already finished in `run_dir`; a run dir of another job is refused, before any child starts.
     The job's config is checked here too, so a bad override is one line naming the job, not a failed child."""
-    from ..train.config import from_preset
+    from ..train.config import check_runnable, from_preset
 
     try:
-        from_preset(job.preset, [*job.overrides, f"workdir={run_dir}"])
+        check_runnable(from_preset(job.preset, [*job.overrides, f"workdir={run_dir}"]))
     except ValueError as e:
         raise ValueError(f"job {job.key}: {e}") from None
     saved = read_json(os.path.join(run_dir, JOB_FILE))
@@ -166,10 +167,17 @@ def _probe() -> tuple[str, int]:
     initialised jax, it is asked directly."""
     from jax._src import xla_bridge
 
-    if xla_bridge.backends_are_initialized():
+    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
         import jax
 
         return jax.default_backend(), jax.local_device_count()
+    keys = ("JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS", "XLA_FLAGS")
+    return _probe_process(tuple(os.environ.get(k) for k in keys))
+
+
+@functools.lru_cache
+def _probe_process(_env: tuple) -> tuple[str, int]:
+    """`_probe` in a child process (a couple of seconds: jax's import), once per value of the variables it reads."""
     code = "import jax; print(jax.default_backend(), jax.local_device_count())"
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -216,7 +224,7 @@ class _Child:
     proc: subprocess.Popen
 
 
-def _start(job: Job, run_dir: str, slot: int, env: dict, latency_batch: int) -> _Child:
+def _start(job: Job, run_dir: str, env: dict, latency_batch: int) -> _Child:
     os.makedirs(run_dir, exist_ok=True)
     write_atomic(os.path.join(run_dir, JOB_FILE), json.dumps({**job.identity(), "label": job.label}, indent=2) + "\n")
     cmd = [sys.executable, "-m", "effnet_jax.search.worker", run_dir, str(latency_batch)]
@@ -263,12 +271,12 @@ def _run(todo: list[Job], runs_dir: str, slots: list[dict], total: int, progress
     try:
         with stop:
             stopping = False
-            while queue or running:
+            while (queue and not stopping) or running:
                 free = [i for i in range(len(slots)) if i not in running]
-                while queue and free and not stopping:
+                while queue and free and not (stopping or stop.requested or failed):
                     job, slot = queue.popleft(), free.pop(0)
                     env = _child_env(slots[slot])
-                    running[slot] = _start(job, os.path.join(runs_dir, job.key), slot, env, latency_batch)
+                    running[slot] = _start(job, os.path.join(runs_dir, job.key), env, latency_batch)
                 time.sleep(POLL_S)
                 if (stop.requested or failed) and not stopping:  # each child checkpoints and exits PREEMPTED_EXIT
                     stopping = True

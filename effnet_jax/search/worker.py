@@ -95,9 +95,10 @@ def run(run_dir: str, latency_batch: int = 1) -> dict:
     from ..train.config import from_preset
     from ..train.loop import train
 
-    job = read_json(os.path.join(run_dir, JOB_FILE))
-    if job is None:
-        raise ValueError(f"{os.path.join(run_dir, JOB_FILE)}: no such file; the runner writes it before the worker")
+    path = os.path.join(run_dir, JOB_FILE)
+    job = read_json(path)
+    if not (isinstance(job, dict) and isinstance(job.get("preset"), str) and isinstance(job.get("overrides"), list)):
+        raise ValueError(f"{path}: {'no such file' if job is None else 'not a job (preset, overrides)'}")
     cfg = from_preset(job["preset"], [*job["overrides"], f"workdir={run_dir}", "progress=false"])
     # A checkpoints folder means an earlier attempt: resume. train() resumes from the latest complete checkpoint,
     # or starts from scratch (setting the dead attempt's records aside) when none got finished.
@@ -190,8 +191,10 @@ def main(argv: list[str]) -> int:
     try:
         compilation_cache.enable_from_env()
         run(argv[0], int((argv[1:] or ["1"])[0]))
-    except Preempted as e:
-        print(f"effnet search: {e}", file=sys.stderr)
+    except Preempted as e:  # train's message says --resume; here the next search run resumes it
+        s = e.summary
+        print(f"effnet search: {argv[0]}: stopped by {s['preempted']} after step {s['steps']}, with a checkpoint; "
+              "running the search again continues it", file=sys.stderr)  # fmt: skip
         return PREEMPTED_EXIT
     except (ValueError, OSError, ModuleNotFoundError) as e:  # bad job, config, data: one line, as effnet train
         print(f"effnet search: error: {e}", file=sys.stderr)
