@@ -195,10 +195,13 @@ def _slots(parallel: int) -> list[dict[str, str]]:
     if parallel > len(ids):
         raise ValueError(f"parallel={parallel}, but only {len(ids)} {platform} devices are visible (one per run)")
     if platform == "tpu":
-        # Untested: one chip per process, as Cloud TPU documents for several processes on one host; each process
-        # needs its own ports. A host whose chips hold two devices each (v2, v3) has half as many chips as devices.
-        return [{"TPU_VISIBLE_CHIPS": ids[i], "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1", "TPU_PROCESS_BOUNDS": "1,1,1",
-                 "TPU_PROCESS_PORT": str(8476 + i), "TPU_MESH_CONTROLLER_PORT": str(8476 + i)}
+        # Untested: one chip per process, independent of the others, in the form the JAX team has shown for
+        # several single-chip processes on one TPU VM (TPU_VISIBLE_DEVICES is the older libtpu's name); each
+        # process needs a port of its own. On v2/v3 a chip holds two devices, so there are half as many chips as
+        # jax counts devices, and a slot beyond the chips fails in its child.
+        return [{"TPU_VISIBLE_CHIPS": ids[i], "TPU_VISIBLE_DEVICES": ids[i], "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1",
+                 "TPU_PROCESS_BOUNDS": "1,1,1", "TPU_MESH_CONTROLLER_ADDRESS": f"localhost:{8476 + i}",
+                 "TPU_MESH_CONTROLLER_PORT": str(8476 + i)}
                 for i in range(parallel)]  # fmt: skip
     var = "HIP_VISIBLE_DEVICES" if platform == "rocm" else "CUDA_VISIBLE_DEVICES"
     return [{var: ids[i]} for i in range(parallel)]

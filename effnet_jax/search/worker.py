@@ -41,11 +41,18 @@ def _die_with_parent() -> None:
 
 
 def read_json(path: str) -> dict | None:
+    """The JSON in `path`, or None when there is no such file.
+
+    Raises:
+        ValueError: the file is not JSON, naming it.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
 
 
 class WallClock:
@@ -54,10 +61,13 @@ class WallClock:
 
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, WALL_FILE)
-        saved = read_json(self.path) or {}
+        self.saved = read_json(self.path)
+        saved = self.saved or {}
         self.before, self.attempts = float(saved.get("wall_s", 0.0)), int(saved.get("attempts", 0)) + 1
         self.t0 = time.monotonic()
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # a save of the thread never lands after `discard`
+        self.discarded = False
         self.save()
         threading.Thread(target=self._tick, daemon=True).start()
 
@@ -67,17 +77,31 @@ class WallClock:
     def save(self) -> None:
         from effnet_spec.atomic import write_atomic
 
-        write_atomic(self.path, json.dumps({"wall_s": round(self.total(), 3), "attempts": self.attempts}) + "\n")
+        with self._lock, contextlib.suppress(OSError):  # bookkeeping: a full disk is the train loop's to report
+            if not self.discarded:
+                write_atomic(self.path, json.dumps({"wall_s": round(self.total(), 3), "attempts": self.attempts}))
 
     def _tick(self) -> None:
         while not self._stop.wait(WALL_EVERY_S):
-            with contextlib.suppress(OSError):  # a full disk: the train loop reports it
-                self.save()
+            self.save()
 
     def stop(self) -> float:
         self._stop.set()
         self.save()
         return self.total()
+
+    def discard(self) -> None:
+        """This was no attempt (another process holds the run dir): the total as it was before."""
+        from effnet_spec.atomic import write_atomic
+
+        self._stop.set()
+        with self._lock:
+            self.discarded = True
+            if self.saved is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+            else:
+                write_atomic(self.path, json.dumps(self.saved))
 
 
 def run(run_dir: str, latency_batch: int = 1) -> dict:
@@ -93,6 +117,7 @@ def run(run_dir: str, latency_batch: int = 1) -> dict:
     from effnet_spec.atomic import write_atomic
 
     from ..train.config import from_preset
+    from ..train.guard import WorkdirInUse
     from ..train.loop import train
 
     path = os.path.join(run_dir, JOB_FILE)
@@ -106,6 +131,9 @@ def run(run_dir: str, latency_batch: int = 1) -> dict:
     clock = WallClock(run_dir)
     try:
         summary = train(cfg)
+    except WorkdirInUse:
+        clock.discard()
+        raise
     finally:
         clock.stop()
     step, meta = _latest(run_dir)
