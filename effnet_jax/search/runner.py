@@ -264,27 +264,24 @@ def _line(n: int, total: int, job: Job, r: dict) -> str:
 
 
 def _run(todo: list[Job], runs_dir: str, slots: list[dict], total: int, progress: bool, latency_batch: int) -> dict:
+    """Start jobs into free slots until none is left; on a failure or a stop, start none and stop the others."""
     from tqdm import tqdm
 
     done = total - len(todo)
     queue, running, results = collections.deque(todo), {}, {}
+    halt: str | None = None  # why no job starts any more: the others were sent SIGTERM
     failed: tuple[_Child, int] | None = None
     bar = tqdm(total=total, initial=done, position=0, unit="run", disable=not progress, dynamic_ncols=True)
-    stop = StopSignals()
     try:
-        with stop:
-            stopping = False
-            while (queue and not stopping) or running:
+        with StopSignals() as signals:
+            while (queue and not halt) or running:
                 free = [i for i in range(len(slots)) if i not in running]
-                while queue and free and not (stopping or stop.requested or failed):
-                    job, slot = queue.popleft(), free.pop(0)
-                    env = _child_env(slots[slot])
-                    running[slot] = _start(job, os.path.join(runs_dir, job.key), env, latency_batch)
+                for slot in free[: 0 if halt else len(queue)]:  # no job starts once halted
+                    job = queue.popleft()
+                    running[slot] = _start(job, os.path.join(runs_dir, job.key), _child_env(slots[slot]), latency_batch)
                 time.sleep(POLL_S)
-                if (stop.requested or failed) and not stopping:  # each child checkpoints and exits PREEMPTED_EXIT
-                    stopping = True
-                    for c in running.values():
-                        c.proc.send_signal(signal.SIGTERM)
+                if signals.requested and not halt:
+                    halt = _halt(running, f"stopped by {signals.requested}")
                 for slot, c in list(running.items()):
                     rc = c.proc.poll()
                     if rc is None:
@@ -295,10 +292,9 @@ def _run(todo: list[Job], runs_dir: str, slots: list[dict], total: int, progress
                         done += 1
                         bar.update(1)
                         bar.write(_line(done, total, c.job, results[c.job.key]))
-                    elif rc == PREEMPTED_EXIT and not stopping:  # stopped by a signal sent to it, not to us
-                        stop.requested = stop.requested or f"a signal to run {c.job.key}"
-                    elif not stopping:
-                        failed = (c, rc)
+                    elif not halt:  # exit PREEMPTED_EXIT: a signal sent to the child itself (a scheduler's)
+                        failed = None if rc == PREEMPTED_EXIT else (c, rc)
+                        halt = _halt(running, f"stopped: run {c.job.key} was stopped by a signal")
     finally:
         bar.close()
         for c in running.values():  # only after an exception here (a second Ctrl-C): no child outlives the runner
@@ -309,7 +305,14 @@ def _run(todo: list[Job], runs_dir: str, slots: list[dict], total: int, progress
         log = os.path.join(c.run_dir, LOG_FILE)
         error = ValueError if rc == 2 else RuntimeError
         raise error(f"run {c.job.key} failed ({_exit(rc)}): {_last_line(log)} (log: {log})")
-    if stop.requested:
-        raise SearchStopped(f"stopped by {stop.requested}: {done} of {total} runs finished, the others checkpointed; "
-                            "run the same search again to continue")  # fmt: skip
+    if halt:
+        raise SearchStopped(f"{halt}: {done} of {total} runs finished, the others checkpointed; run the same search "
+                            "again to continue")  # fmt: skip
     return results
+
+
+def _halt(running: dict[int, _Child], why: str) -> str:
+    """Ask every running child to stop (each checkpoints after its step and exits PREEMPTED_EXIT); returns `why`."""
+    for c in running.values():
+        c.proc.send_signal(signal.SIGTERM)
+    return why
