@@ -5,9 +5,9 @@
                              written last by the worker: the job is finished iff it exists.
 
 A child process per job (`worker`), each on one device: a crash, a leak or the device memory of one candidate
-stays its own, and the results do not depend on how many run at once. A rerun skips finished jobs and resumes half-trained
-ones from their checkpoints (train's exact resume), so a killed search ends with the same results as one that
-was never interrupted.
+stays its own, and the results do not depend on how many run at once. A rerun skips finished jobs and resumes
+half-trained ones from their checkpoints (train's exact resume), so a killed search ends with the same results as
+one that was never interrupted.
 """
 
 from __future__ import annotations

@@ -174,8 +174,8 @@ def _latest(run_dir: str) -> tuple[int, dict]:
 def _evaluate(run_dir: str, cfg) -> dict | None:
     from ..train.evaluate import evaluate_checkpoint
 
-    if cfg.data == "synthetic" and not cfg.val_data:
-        return None  # train() evaluates nothing either
+    if not cfg.val_data and cfg.data not in ("digits", "synthetic"):
+        return None  # no val split (train.inputs): train() evaluated nothing either
     return evaluate_checkpoint(run_dir, ema=cfg.ema_decay > 0)
 
 
