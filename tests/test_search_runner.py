@@ -206,3 +206,20 @@ def test_a_changed_job_for_an_existing_run_dir_is_refused_in_one_line(sequential
         Job("c", "digits", ("workdir=/tmp/elsewhere",))
     with pytest.raises(ValueError, match="not a plain directory name"):
         Job("../c", "digits", ())
+
+
+def test_each_child_is_pinned_to_one_device_of_the_parents(monkeypatch):
+    """GPU: the slot's device, named as the parent's CUDA_VISIBLE_DEVICES names it; CPU: one host device."""
+    from effnet_jax.search import runner
+
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    monkeypatch.setattr(runner, "_probe", lambda: ("gpu", 2))
+    assert runner.default_parallel() == 2
+    assert runner._slots(2) == [{"CUDA_VISIBLE_DEVICES": "2"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    with pytest.raises(ValueError, match="parallel=3, but only 2 gpu devices"):
+        runner._slots(3)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true --xla_force_host_platform_device_count=4")
+    assert runner.default_parallel() == 4 and runner._slots(2) == [{}, {}]
+    assert runner._child_env({})["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true"

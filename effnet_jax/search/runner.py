@@ -208,7 +208,10 @@ def _slots(parallel: int) -> list[dict[str, str]]:
 
 
 def _child_env(slot: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **slot, PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    """This process's environment, pinned to the slot's device, finding this same effnet_jax first."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **slot, PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     flags = " ".join(_HOST_DEVICES.sub("", env.get("XLA_FLAGS", "")).split())
     if flags:
         env["XLA_FLAGS"] = flags
