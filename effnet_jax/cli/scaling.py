@@ -50,6 +50,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..search.runner import SearchStopped
     from ..search.study import study
     from ..train.guard import PREEMPTED_EXIT
 
@@ -57,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
         if args.parallel is not None and args.parallel < 1:
             raise ValueError(f"--parallel {args.parallel}: expected 1 or more")
         study(settings_from_args(args), args.out, parallel=args.parallel, progress=not args.no_progress)
+    except SearchStopped as e:
+        print(f"effnet scaling: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print(f"effnet scaling: stopped; rerun the same command to resume ({args.out})", file=sys.stderr)
         return PREEMPTED_EXIT

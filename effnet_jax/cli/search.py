@@ -71,6 +71,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..search.runner import SearchStopped
     from ..search.search import make_plan, search
     from ..train.guard import PREEMPTED_EXIT
 
@@ -82,6 +83,9 @@ def main(args: argparse.Namespace) -> int:
             print(dry_run_table(make_plan(settings)))
             return 0
         search(settings, args.out, parallel=args.parallel, progress=not args.no_progress)
+    except SearchStopped as e:
+        print(f"effnet search: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print(f"effnet search: stopped; rerun the same command to resume ({args.out})", file=sys.stderr)
         return PREEMPTED_EXIT

@@ -94,6 +94,9 @@ def make_plan(settings: SearchSettings) -> Plan:
         if bad or not getattr(s, name):
             raise ValueError(f"--{name[:-1]}: every coefficient must be >= 1 (got {bad[0] if bad else 'none'})")
     cfg = base_config(s.preset, s.overrides)
+    if cfg.data not in ("digits",) and not cfg.val_data:
+        raise ValueError(f"the search compares val top-1, and data={cfg.data} has no validation split: set "
+                         "--set val_data=FOLDER")  # fmt: skip
     if cfg.variant not in VARIANTS:
         raise ValueError(f"the base variant {cfg.variant!r} is not a named variant")
     data = data_identity(cfg)
@@ -195,6 +198,8 @@ def measure_latencies(plan: Plan, out: str) -> None:
     from ..train.modeling import model_options
     from .measure import measure_latency
 
+    # The parent measures in its own process: on a GPU, without preallocation it keeps no memory from the children.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     path = os.path.join(out, "latency.json")
     cache = {}
     if os.path.exists(path):

@@ -210,7 +210,7 @@ def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar) -> di
             t0, seen0 = time.perf_counter(), run.step
         last = run.step == data.steps
         halt = not last and stop is not None and stop.stop_now(run.step, cfg.log_every)
-        if run.step % cfg.log_every == 0 or last or halt:
+        if run.step % cfg.log_every == 0 or last:  # a halt logs nothing: its window is saved with the checkpoint
             _check_finite(pending, run.step)
             window = jax.device_get(run.window)
             mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
