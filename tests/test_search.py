@@ -174,6 +174,7 @@ def test_rounding_makes_grid_points_one_network_and_each_network_is_listed_once(
         (["--repeats", "0"], "--repeats 0"),
         (["--parallel", "0"], "--parallel 0"),
         (["--data", "/nonexistent/images"], "does not exist"),
+        (["--data", "synthetic"], "has no validation split: set --set val_data=FOLDER"),
     ],
 )
 def test_search_refuses_bad_input_in_one_line_writing_nothing(tmp_path, capsys, args, message):

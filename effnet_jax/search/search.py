@@ -94,12 +94,12 @@ def make_plan(settings: SearchSettings) -> Plan:
         if bad or not getattr(s, name):
             raise ValueError(f"--{name[:-1]}: every coefficient must be >= 1 (got {bad[0] if bad else 'none'})")
     cfg = base_config(s.preset, s.overrides)
-    if cfg.data not in ("digits",) and not cfg.val_data:
-        raise ValueError(f"the search compares val top-1, and data={cfg.data} has no validation split: set "
-                         "--set val_data=FOLDER")  # fmt: skip
     if cfg.variant not in VARIANTS:
         raise ValueError(f"the base variant {cfg.variant!r} is not a named variant")
     data = data_identity(cfg)
+    if cfg.data != "digits" and not cfg.val_data:
+        raise ValueError(f"the search compares val top-1, and data={cfg.data} has no validation split: set "
+                         "--set val_data=FOLDER")  # fmt: skip
     proxy = Proxy(base=cfg.variant, resolution=cfg.resolution or VARIANTS[cfg.variant].resolution,
                   resolution_step=0, weight_source=cfg.weight_source, stages=cfg.stages,
                   num_classes=data["num_classes"])  # fmt: skip
