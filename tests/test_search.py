@@ -237,3 +237,28 @@ def test_scaling_matches_single_dimension_networks_to_the_compound_macs():
             best = min(abs(macs(type(p)(kind, phi, g, 1.0)) - target) for g in grid)
             assert abs(macs(p) - target) <= best and abs(macs(p) / target - 1) < 0.25, (kind, phi, macs(p), target)
     assert sum(p.phi == 0 for p in points) == 5  # the base, shared by every curve
+
+
+def test_scaling_refuses_bad_input_in_one_line_writing_nothing(tmp_path, capsys):
+    good = tmp_path / "c.json"
+    good.write_text(Coefficients(alpha=1.2, beta=1.1, gamma=1.1, base="b0", resolution=16).to_json())
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "effnet-coefficients/1", "alpha": 1.2')
+    out = tmp_path / "study"
+    cases = [
+        (["--coefficients", str(bad)], "is not readable JSON"),
+        (["--coefficients", "1.2,0.5,1"], "beta must be"),
+        (["--coefficients", str(good), "--phi", "1,x"], "expected comma-separated numbers"),
+        (["--coefficients", str(good), "--phi", "0"], "expected values in (0, 8]"),
+        (["--coefficients", str(good), "--set", "variant=b1"], "found on b0 at 16 px, but the budget trains b1 at 16"),
+        (
+            ["--coefficients", str(good), "--set", "resolution=32"],
+            "found on b0 at 16 px, but the budget trains b0 at 32",
+        ),
+        (["--coefficients", str(good), "--repeats", "0"], "--repeats 0"),
+    ]
+    for args, message in cases:
+        assert cli(["scaling", "--out", str(out), *args], fast_malloc=False) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+        assert not out.exists()

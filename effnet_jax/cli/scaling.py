@@ -41,10 +41,16 @@ def settings_from_args(args: argparse.Namespace):
         preset = search.get("preset", "digits")
     if overrides is None:
         overrides = list(search.get("overrides", [f"variant={c.base}", f"resolution={c.base_resolution}"]))
-    keys = {o.partition("=")[0].strip(): o.partition("=")[2].strip() for o in overrides}
-    if "," not in args.coefficients and keys.get("variant", c.base) != c.base:  # a file: found on the budget's base
-        raise ValueError(f"coefficients {args.coefficients} were found on {c.base}, but the budget sets "
-                         f"variant={keys['variant']}")  # fmt: skip
+    if "," not in args.coefficients:  # a file: it was found on a base and side, which the budget must train
+        from effnet_spec import VARIANTS
+
+        from ..search.search import base_config
+
+        cfg = base_config(preset, overrides)
+        side = cfg.resolution or VARIANTS[cfg.variant].resolution if cfg.variant in VARIANTS else 0
+        if (cfg.variant, side) != (c.base, c.base_resolution):
+            raise ValueError(f"coefficients {args.coefficients} were found on {c.base} at {c.base_resolution} px, "
+                             f"but the budget trains {cfg.variant or 'its init'} at {side} px")  # fmt: skip
     return StudySettings(coefficients=(c.alpha, c.beta, c.gamma), preset=preset, overrides=tuple(overrides),
                          phis=phis, repeats=args.repeats, search=c.provenance.get("search_dir", ""))  # fmt: skip
 
