@@ -40,9 +40,12 @@ def parse_range(text: str, name: str) -> tuple[float, ...]:
     try:
         if ":" in text:
             lo, hi, step = (float(x) for x in text.split(":"))
-            if not step > 0 or hi < lo:
+            if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(step)) or not step > 0 or hi < lo:
                 raise ValueError
-            n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+            n = (hi - lo) / step + 1e-9  # 1e-320 as a step overflows to inf here
+            if not n < 1000:
+                raise ValueError
+            n = int(math.floor(n)) + 1
             if n > 1000:
                 raise ValueError
             values = [round(lo + i * step, 6) for i in range(n)]
