@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ __all__ = ["SearchSettings", "Plan", "make_plan", "search", "claim_dir", "data_i
 FORMAT = "effnet-search/1"
 # Fields a search sets per candidate; a proxy budget may not set them.
 _OWNED = ("phi", "coefficients", "workdir", "resume", "init", "progress")
+# Realising a grid point resolves a spec (~0.1 ms): 100k points take seconds, a million-point grid a minute or more.
+MAX_GRID = 100_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ def make_plan(settings: SearchSettings) -> Plan:
     s = settings
     if s.constraint not in space.CONSTRAINTS:
         raise ValueError(f"--constraint {s.constraint!r}: expected one of {', '.join(space.CONSTRAINTS)}")
+    for name in ("target", "tolerance", "mnas_w"):  # inf or nan would train every run, then fail writing JSON
+        if not math.isfinite(getattr(s, name)):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be a finite number")
     if not s.tolerance > 0:
         raise ValueError(f"--tolerance {s.tolerance:g}: must be > 0 (the cost ratio's allowed distance from target)")
     if not s.target > 0:
@@ -93,6 +99,10 @@ def make_plan(settings: SearchSettings) -> Plan:
         bad = [v for v in getattr(s, name) if not v >= 1.0]
         if bad or not getattr(s, name):
             raise ValueError(f"--{name[:-1]}: every coefficient must be >= 1 (got {bad[0] if bad else 'none'})")
+    size = len(s.alphas) * len(s.betas) * len(s.gammas)
+    if size > MAX_GRID:
+        raise ValueError(f"the grid has {size:,} points (alpha x beta x gamma); at most {MAX_GRID:,}: use coarser "
+                         "steps")  # fmt: skip
     cfg = base_config(s.preset, s.overrides)
     if cfg.variant not in VARIANTS:
         raise ValueError(f"the base variant {cfg.variant!r} is not a named variant")
@@ -252,7 +262,9 @@ def search(settings: SearchSettings, out: str, *, parallel: int | None = None, p
     rows = [_row(c, s, {seed: results[f"{c.key}-s{seed}"] for seed in seeds}) for c in plan.candidates]
     rows = report.summarise(rows)
     cost = "latency_ms" if s.constraint == "latency" else "macs"
-    choice = report.choose(rows, objective=s.objective, cost=cost, w=s.mnas_w)
+    # The chosen network's (alpha, beta, gamma): among its points, the one whose formula is nearest this search's
+    # target (the default 2 would name a point outside a formula constraint of another target).
+    choice = report.choose(rows, objective=s.objective, cost=cost, w=s.mnas_w, formula_target=s.target)
     settings_out = {**_identity(plan)["settings"], "data": plan.data, "base": plan.proxy.base,
                     "base_resolution": plan.proxy.resolution}  # fmt: skip
     report.write_results(out, rows, settings_out, choice)
