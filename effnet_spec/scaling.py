@@ -31,6 +31,9 @@ __all__ = [
 # Grid-searched on B0 under alpha * beta^2 * gamma^2 ~= 2 (paper, section 3.3).
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
 COEFFICIENTS_FORMAT = "effnet-coefficients/1"
+# The largest depth or width multiplier compound scaling builds (B7 is 3.1 and 2.0, L2 5.3 and 4.3; the paper's
+# constants reach about 270 at the largest side, 16384 px from 224): beyond it resolve would build millions of blocks.
+MAX_MULTIPLIER = 1000.0
 
 
 def round_filters(channels: int, width: float, divisor: int = 8) -> int:
@@ -154,7 +157,13 @@ def compound(
         raise ValueError(f"compound: resolution must be an int >= 1, got {res0!r}")
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"compound: resolution_step must be an int >= 1, got {step!r}")
-    side = res0 * gamma**phi
+    try:
+        side, depth, width = res0 * gamma**phi, base.depth * alpha**phi, base.width * beta**phi
+    except OverflowError:
+        side = depth = width = math.inf
+    if depth > MAX_MULTIPLIER or width > MAX_MULTIPLIER:  # round_repeats/round_filters would build it block by block
+        raise ValueError(f"compound: phi={phi:g} with alpha={alpha:g}, beta={beta:g} scales {base.name}'s depth to "
+                         f"{depth:.3g}x and width to {width:.3g}x; at most {MAX_MULTIPLIER:g}x each")  # fmt: skip
     if side > 16384:
         raise ValueError(f"compound: phi={phi:g} scales {res0} px to {side:.0f} px; the largest side is 16384")
     # The paper's own case keeps the names it always had (phi0, phi1.5, ...); phi = 0 of another base is that base.
@@ -165,8 +174,8 @@ def compound(
     name = f"phi{phi:g}" if default_base else f"{base.name}-{res0}px-phi{phi:g}-a{alpha:g}-b{beta:g}-g{gamma:g}"
     return Variant(
         name=name,
-        width=base.width * beta**phi,
-        depth=base.depth * alpha**phi,
+        width=width,
+        depth=depth,
         resolution=max(step, res0 + int(round((side - res0) / step)) * step),  # steps from the base's own side
         dropout=min(0.5, base.dropout + 0.05 * phi),
         family=base.family,
