@@ -123,12 +123,12 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
             reused.update({f"{net['key']}-s{seed}": done[arch][seed] for seed in seeds})
             continue
         p = net["point"]
-        overrides = candidate_overrides(cfg, s.overrides, p.coefficients, 0)[:-1]  # seed added below
-        overrides = tuple(o if not o.startswith("phi=") else f"phi={p.train_phi:g}" for o in overrides)
         for seed in seeds:
+            # The search's recipe (the base's dropout pinned, as the runs reused from it had), at this phi.
+            overrides = tuple(o if not o.startswith("phi=") else f"phi={p.train_phi:g}"
+                              for o in candidate_overrides(cfg, s.overrides, p.coefficients, seed))  # fmt: skip
             label = f"{p.strategy} phi={p.phi:g} {net['resolution']}px {net['blocks']} blocks"
-            jobs.append(Job(key=f"{net['key']}-s{seed}", preset=s.preset, overrides=(*overrides, f"seed={seed}"),
-                            label=label))  # fmt: skip
+            jobs.append(Job(key=f"{net['key']}-s{seed}", preset=s.preset, overrides=overrides, label=label))
     _note(f"{len(points)} (strategy, phi) points, {len(nets)} distinct networks x {len(seeds)} seed(s) in {out}"
           + (f"; {len(reused)} run(s) taken from the search in {s.search}" if reused else ""))  # fmt: skip
     results = run_jobs(jobs, os.path.join(out, "runs"), parallel=parallel or default_parallel(), progress=progress)
@@ -166,10 +166,11 @@ def _search_runs(s: StudySettings, cfg, data: dict, stages) -> dict[tuple, dict[
     try:
         with open(os.path.join(s.search, "search.json")) as f:
             ident = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    same = ident.get("settings", {}).get("preset") == s.preset and ident.get("data") == data
-    if not same or tuple(ident["settings"].get("overrides", ())) != tuple(s.overrides):
+        settings = ident["settings"]
+        same = settings["preset"] == s.preset and ident["data"] == data
+        if not same or tuple(settings["overrides"]) != tuple(s.overrides):
+            return {}
+    except (OSError, ValueError, TypeError, KeyError):
         return {}
     found: dict[tuple, dict[int, dict]] = {}
     for run in sorted(glob.glob(os.path.join(s.search, "runs", "*", "result.json"))):
@@ -181,8 +182,9 @@ def _search_runs(s: StudySettings, cfg, data: dict, stages) -> dict[tuple, dict[
             a, b, g = (float(x) for x in sets["coefficients"].split(","))
             coeffs = Coefficients(alpha=a, beta=b, gamma=g, base=cfg.variant, resolution=cfg.resolution)
             v = coeffs.variant(float(sets["phi"]))
-        except (OSError, ValueError, KeyError):
+            spec = resolve(v, num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)
+            seed = int(sets["seed"])
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        spec = resolve(v, num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)
-        found.setdefault(_arch(v, spec), {})[int(sets["seed"])] = result
+        found.setdefault(_arch(v, spec), {})[seed] = result
     return found
