@@ -36,12 +36,14 @@ def settings_from_args(args: argparse.Namespace):
         raise ValueError(f"--phi {args.phi!r}: expected comma-separated numbers, e.g. 1,2") from None
     preset, overrides = args.preset, args.set
     c = parse_coefficients(args.coefficients)
-    search = c.provenance.get("search", {})
+    literal = len(args.coefficients.split(",")) == 3 and not any(sep in args.coefficients for sep in "/\\")
+    search, search_dir = _provenance(args.coefficients, c.provenance)
     if preset is None:
         preset = search.get("preset", "digits")
-    if overrides is None:
-        overrides = list(search.get("overrides", [f"variant={c.base}", f"resolution={c.base_resolution}"]))
-    if "," not in args.coefficients:  # a file: it was found on a base and side, which the budget must train
+    if overrides is None:  # ALPHA,BETA,GAMMA: the preset's own base and side; a file: the search's, or its base's
+        found_on = [f"variant={c.base}", f"resolution={c.base_resolution}"]
+        overrides = [] if literal else list(search.get("overrides", found_on))
+    if not literal:  # a file: it was found on a base and side, which the budget must train
         from effnet_spec import VARIANTS
 
         from ..search.search import base_config
@@ -52,7 +54,20 @@ def settings_from_args(args: argparse.Namespace):
             raise ValueError(f"coefficients {args.coefficients} were found on {c.base} at {c.base_resolution} px, "
                              f"but the budget trains {cfg.variant or 'its init'} at {side} px")  # fmt: skip
     return StudySettings(coefficients=(c.alpha, c.beta, c.gamma), preset=preset, overrides=tuple(overrides),
-                         phis=phis, repeats=args.repeats, search=c.provenance.get("search_dir", ""))  # fmt: skip
+                         phis=phis, repeats=args.repeats, search=search_dir)  # fmt: skip
+
+
+def _provenance(path: str, provenance: dict) -> tuple[dict, str]:
+    """The search settings and directory a coefficients file names, checked: a hand-edited file's garbage is one
+    line, not a traceback after the study's directory is claimed."""
+    search, search_dir = provenance.get("search", {}), provenance.get("search_dir", "")
+    ok = isinstance(search, dict) and isinstance(search_dir, str)
+    ok = ok and isinstance(search.get("preset", ""), str)
+    overrides = search.get("overrides", []) if ok else None
+    if not (ok and isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise ValueError(f"coefficients file {path!r}: provenance is not an effnet search's (search: an object "
+                         "with preset and a list of overrides; search_dir: a path); fix it or remove it")  # fmt: skip
+    return search, search_dir
 
 
 def main(args: argparse.Namespace) -> int:
