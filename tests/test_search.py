@@ -262,3 +262,108 @@ def test_scaling_refuses_bad_input_in_one_line_writing_nothing(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "nan"], "--target nan: must be a finite number"),
+        (["--tolerance", "inf"], "--tolerance inf: must be a finite number"),
+        (["--mnas-w", "nan"], "--mnas-w nan: must be a finite number"),
+        (["--alpha", "1:inf:0.1"], "expected LO:HI:STEP"),
+        (["--alpha", "1:2:1e-320"], "expected LO:HI:STEP"),
+        (["--alpha", "1:2:inf"], "expected LO:HI:STEP"),
+        (["--alpha", "1:1.999:0.002", "--beta", "1:1.999:0.002"], "the grid has 1,750,000 points"),
+        (["--alpha", "1e6"], "at most 1000x each"),
+        (["--alpha", "1e300"], "at most 1000x each"),
+    ],
+)
+def test_search_refuses_non_finite_settings_and_huge_grids_or_networks(tmp_path, capsys, args, message):
+    """Each of these once trained every run and then failed writing JSON, hung realising the grid, or tracebacked."""
+    out = tmp_path / "search"
+    assert cli(["search", "--out", str(out), *args], fast_malloc=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_compound_refuses_multipliers_it_cannot_build():
+    with pytest.raises(ValueError, match="at most 1000x each"):
+        resolve(40.0, coefficients="3,1,1")  # 3^40 times the repeats: resolve would never return
+    with pytest.raises(ValueError, match="at most 1000x each"):
+        Coefficients(alpha=1e300, beta=1.1, gamma=1.0).variant(2.0)  # was an OverflowError
+    assert compound(30.0).resolution == 224 + round((224 * 1.15**30 - 224) / 8) * 8  # the paper's range is kept
+
+
+def test_the_search_names_the_point_nearest_its_own_target(tmp_path, monkeypatch):
+    """(1.1, 1, 1.2) and (1.2, 1, 1.2) build one network at 16 px; under alpha*beta^2*gamma^2 = 1.5 +- 0.1 the
+    choice must name the first (1.584), not the one nearest the paper's 2 (1.728, outside the constraint)."""
+    from effnet_jax.search import runner
+    from effnet_jax.search.search import SearchSettings, search
+
+    def fake_runs(jobs, runs_dir, **kw):
+        return {j.key: {"top1": 0.9 if "r19" in j.key else 0.5, "top5": 1.0, "img_per_s": 1.0, "wall_s": 1.0,
+                        "latency_ms": 1.0} for j in jobs}  # fmt: skip
+
+    monkeypatch.setattr(runner, "run_jobs", fake_runs)
+    s = SearchSettings(alphas=(1.1, 1.2), betas=(1.0,), gammas=(1.2,), target=1.5, tolerance=0.1)
+    choice = search(s, str(tmp_path / "search"), parallel=1, progress=False)
+    assert (choice["alpha"], choice["beta"], choice["gamma"]) == (1.1, 1.0, 1.2)
+    assert load_coefficients(str(tmp_path / "search" / "coefficients.json")).alpha == 1.1
+
+
+def test_the_study_trains_with_the_searchs_recipe_one_seed_each(tmp_path, monkeypatch):
+    """The study's runs pin the base's dropout as the search's runs do (so a reused search run is the same
+    training), and carry exactly one seed; a compound phi = 1 job is the search's job for the same point."""
+    from effnet_jax.search import runner
+    from effnet_jax.search.search import base_config, candidate_overrides
+    from effnet_jax.search.study import StudySettings, study
+
+    seen = []
+
+    def fake_runs(jobs, runs_dir, **kw):
+        seen.extend(jobs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "run_jobs", fake_runs)
+    budget = ("dropout=-1", "stages=3")
+    s = StudySettings(coefficients=(1.2, 1.1, 1.15), overrides=budget, phis=(1.0,), repeats=2)
+    with pytest.raises(RuntimeError, match="stop here"):
+        study(s, str(tmp_path / "study"), parallel=1, progress=False)
+    assert seen
+    for job in seen:
+        assert sum(o.startswith("seed=") for o in job.overrides) == 1, job.overrides
+        assert "dropout=0.2" in job.overrides, job.overrides
+    cfg = base_config("digits", budget)
+    paper = [j for j in seen if "compound (paper) phi=1" in j.label or "compound (found) phi=1" in j.label]
+    assert paper and all(
+        j.overrides in {candidate_overrides(cfg, budget, (1.2, 1.1, 1.15), seed) for seed in (0, 1)} for j in paper
+    )
+
+
+@pytest.mark.parametrize(
+    "provenance",
+    ['"x"', '{"search": "x"}', '{"search": {"overrides": [1, 2]}}', '{"search": {"preset": 3}}', '{"search_dir": [1]}'],
+)
+def test_scaling_refuses_a_coefficients_file_with_garbage_provenance(tmp_path, capsys, provenance):
+    path = tmp_path / "c.json"
+    path.write_text('{"format": "effnet-coefficients/1", "alpha": 1.2, "beta": 1.1, "gamma": 1.15, "base": "b0", '
+                    f'"resolution": 16, "provenance": {provenance}}}')  # fmt: skip
+    out = tmp_path / "study"
+    assert cli(["scaling", "--out", str(out), "--coefficients", str(path)], fast_malloc=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "provenance" in err[0], err
+    assert not out.exists()
+
+
+def test_scaling_with_literal_coefficients_trains_the_presets_own_base_and_side():
+    """`--coefficients A,B,G` has no base of its own: the budget is the preset's (digits: b0 at 16 px), not b0
+    at its native 224 px."""
+    import argparse
+
+    from effnet_jax.cli import scaling
+
+    p = argparse.ArgumentParser()
+    scaling.add_arguments(p)
+    s = scaling.settings_from_args(p.parse_args(["--coefficients", "1.3,1.05,1.1"]))
+    assert (s.preset, s.overrides, s.coefficients) == ("digits", (), (1.3, 1.05, 1.1))
