@@ -367,3 +367,23 @@ def test_scaling_with_literal_coefficients_trains_the_presets_own_base_and_side(
     scaling.add_arguments(p)
     s = scaling.settings_from_args(p.parse_args(["--coefficients", "1.3,1.05,1.1"]))
     assert (s.preset, s.overrides, s.coefficients) == ("digits", (), (1.3, 1.05, 1.1))
+
+
+def test_a_latency_constraint_that_leaves_nothing_leaves_no_claim(tmp_path, monkeypatch, capsys):
+    """The refusal says to widen --tolerance; doing so in the same --out must not be 'another search'."""
+    import importlib
+
+    search_mod = importlib.import_module("effnet_jax.search.search")
+
+    def fake_latencies(plan, out):
+        for c in plan.realised:
+            c.latency_ms = 1.0  # every network as fast as the base: ratio 1, never 2 +- 0.1
+        (tmp_path / "search" / "latency.json").write_text("{}")
+
+    monkeypatch.setattr(search_mod, "measure_latencies", fake_latencies)
+    argv = ["search", "--out", str(tmp_path / "search"), "--constraint", "latency", "--alpha", "1,1.2"]
+    argv += ["--beta", "1,1.1", "--gamma", "1,1.15"]
+    assert cli(argv, fast_malloc=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "leaves no candidate" in err[0], err
+    assert not (tmp_path / "search").exists()

@@ -9,6 +9,7 @@ another search is refused) -> latencies when the constraint needs them -> one `e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -248,6 +249,8 @@ def search(settings: SearchSettings, out: str, *, parallel: int | None = None, p
         measure_latencies(plan, out)
         plan.candidates = space.apply_constraint(plan.realised, "latency", s.target, s.tolerance)
         if not any(c.in_space for c in plan.candidates):
+            if not os.path.exists(os.path.join(out, "runs")):  # nothing trained: no claim is left behind, so the
+                _unclaim(out)  # retry this line suggests (a wider --tolerance) is not refused as another search
             lo, hi = min(c.cost for c in plan.realised), max(c.cost for c in plan.realised)
             raise ValueError(f"the latency constraint {s.target:g} +- {s.tolerance:g} leaves no candidate; measured "
                              f"ratios span {lo:.2f}..{hi:.2f}: widen --tolerance or the grid")  # fmt: skip
@@ -279,6 +282,15 @@ def search(settings: SearchSettings, out: str, *, parallel: int | None = None, p
     _note(f"table {os.path.join(out, 'results.md')}; coefficients {os.path.join(out, 'coefficients.json')} "
           f"(effnet train --set phi=1 --set coefficients=...)")  # fmt: skip
     return choice
+
+
+def _unclaim(out: str) -> None:
+    """Undo `claim_dir` and the latency cache of a search that trained nothing."""
+    for name in ("latency.json", "search.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(out)  # only when now empty
 
 
 def _label(c: Candidate) -> str:
