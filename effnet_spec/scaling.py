@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from .tables import VARIANTS, Variant
@@ -221,7 +222,7 @@ def parse_coefficients(text: str, *, base: str = "b0", resolution: int = 0) -> C
         ValueError: one line: not three numbers >= 1, or a file that cannot be read.
     """
     parts = text.split(",")
-    if len(parts) == 3 and not any(sep in text for sep in "/\\"):
+    if len(parts) == 3 and not any(sep in text for sep in "/\\") and not os.path.exists(text):
         try:
             a, b, g = (float(p) for p in parts)
         except ValueError:

@@ -173,6 +173,7 @@ def test_rounding_makes_grid_points_one_network_and_each_network_is_listed_once(
         (["--set", "workdir=x"], "the search sets workdir itself"),
         (["--repeats", "0"], "--repeats 0"),
         (["--parallel", "0"], "--parallel 0"),
+        (["--parallel", "100000"], "--parallel 100000: expected 1.."),
         (["--data", "/nonexistent/images"], "does not exist"),
         (["--data", "synthetic"], "has no validation split: set --set val_data=FOLDER"),
     ],
@@ -387,3 +388,16 @@ def test_a_latency_constraint_that_leaves_nothing_leaves_no_claim(tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "leaves no candidate" in err[0], err
     assert not (tmp_path / "search").exists()
+
+
+def test_summary_usage_errors_are_one_line_exit_2_and_a_file_named_like_numbers_is_a_file(
+    tmp_path, monkeypatch, capsys
+):
+    assert cli(["summary", "--coefficients", "1.2,1.1,1.15", "b0"]) == 2
+    assert "--coefficients needs --phi" in capsys.readouterr().err
+    assert cli(["summary"]) == 2
+    assert "give exactly one of VARIANT or --phi" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "1.3,1.1,1").write_text(Coefficients(alpha=1.4, beta=1.0, gamma=1.0).to_json())
+    assert effnet_spec.parse_coefficients("1.3,1.1,1").alpha == 1.4  # an existing file wins over the numbers
+    assert effnet_spec.parse_coefficients("1.3,1.1,1.05").alpha == 1.3

@@ -9,6 +9,7 @@ The budget defaults to the one the search used (read from the coefficients file)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -76,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
     from ..train.guard import PREEMPTED_EXIT
 
     try:
-        if args.parallel is not None and args.parallel < 1:
-            raise ValueError(f"--parallel {args.parallel}: expected 1 or more")
+        cores = os.cpu_count() or 1
+        if args.parallel is not None and not 1 <= args.parallel <= cores:
+            raise ValueError(f"--parallel {args.parallel}: expected 1..{cores} (the cores; one run per device)")
         study(settings_from_args(args), args.out, parallel=args.parallel, progress=not args.no_progress)
     except SearchStopped as e:
         print(f"effnet scaling: {e}", file=sys.stderr)

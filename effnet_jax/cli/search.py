@@ -12,6 +12,7 @@ Each (network, seed) is an `effnet train` run in OUT/runs/; rerun the same comma
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..train.config import DEFAULT_PRESET, PRESETS
@@ -76,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
     from ..train.guard import PREEMPTED_EXIT
 
     try:
-        if args.parallel is not None and args.parallel < 1:
-            raise ValueError(f"--parallel {args.parallel}: expected 1 or more")
+        cores = os.cpu_count() or 1
+        if args.parallel is not None and not 1 <= args.parallel <= cores:
+            raise ValueError(f"--parallel {args.parallel}: expected 1..{cores} (the cores; one run per device)")
         settings = settings_from_args(args)
         if args.dry_run:
             print(dry_run_table(make_plan(settings)))

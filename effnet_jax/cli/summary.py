@@ -25,10 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    problem = None
     if (args.variant is None) == (args.phi is None):
-        raise SystemExit("effnet summary: give exactly one of VARIANT or --phi")
-    if args.coefficients is not None and args.phi is None:
-        raise SystemExit("effnet summary: --coefficients needs --phi (the step of compound scaling to take)")
+        problem = "give exactly one of VARIANT or --phi"
+    elif args.coefficients is not None and args.phi is None:
+        problem = "--coefficients needs --phi (the step of compound scaling to take)"
+    if problem:
+        print(f"effnet summary: error: {problem}", file=sys.stderr)
+        return 2
     variant = args.variant if args.phi is None else args.phi
     try:
         spec = resolve(

@@ -80,7 +80,9 @@ def make_plan(settings: SearchSettings) -> Plan:
     Raises:
         ValueError: one line: a bad setting, budget or base, or a constraint that leaves no candidate.
     """
-    s = settings
+    s = settings = dataclasses.replace(
+        settings, **{k: tuple(sorted(set(getattr(settings, k)))) for k in ("alphas", "betas", "gammas")}
+    )  # the same grid however it was spelled
     if s.constraint not in space.CONSTRAINTS:
         raise ValueError(f"--constraint {s.constraint!r}: expected one of {', '.join(space.CONSTRAINTS)}")
     for name in ("target", "tolerance", "mnas_w"):  # inf or nan would train every run, then fail writing JSON
@@ -215,7 +217,10 @@ def measure_latencies(plan: Plan, out: str) -> None:
     cache = {}
     if os.path.exists(path):
         with open(path) as f:
-            cache = json.load(f)
+            try:
+                cache = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{path} is damaged ({e}); delete it to measure the latencies again") from None
     for c in plan.realised:
         if c.key not in cache:
             v = plan.proxy.coefficients(c.point).variant(1.0)
@@ -267,7 +272,10 @@ def search(settings: SearchSettings, out: str, *, parallel: int | None = None, p
     cost = "latency_ms" if s.constraint == "latency" else "macs"
     # The chosen network's (alpha, beta, gamma): among its points, the one whose formula is nearest this search's
     # target (the default 2 would name a point outside a formula constraint of another target).
-    choice = report.choose(rows, objective=s.objective, cost=cost, w=s.mnas_w, formula_target=s.target)
+    # MnasNet's target is --target times the base's cost (the constraint's own target), not the paper row's
+    base_cost = next(r[cost] for r in rows if "base" in r["refs"])
+    choice = report.choose(rows, objective=s.objective, cost=cost, w=s.mnas_w, formula_target=s.target,
+                           target=s.target * base_cost if base_cost else None)  # fmt: skip
     settings_out = {**_identity(plan)["settings"], "data": plan.data, "base": plan.proxy.base,
                     "base_resolution": plan.proxy.resolution}  # fmt: skip
     report.write_results(out, rows, settings_out, choice)
