@@ -319,7 +319,8 @@ def _row(c: Candidate, s: SearchSettings, results: dict) -> dict:
         "blocks": c.blocks,
         "params": c.params,
         "macs": c.macs,
-        "formula": round(space.formula(c.point), 4),
+        # of the requested point nearest the target (several points build one network; the table shows one)
+        "formula": round(min((space.formula(p) for p in c.requested), key=lambda f: abs(f - s.target)), 4),
         "cost": round(c.cost, 4),
         "latency_ms": c.latency_ms,
         "seeds": [{"seed": seed, **{k: r.get(k) for k in _SEED_KEYS}} for seed, r in sorted(results.items())],
