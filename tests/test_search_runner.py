@@ -87,20 +87,6 @@ def test_sequential_results_then_a_rerun_trains_nothing(sequential, capsys):
     assert "skipping 2 finished runs" in capsys.readouterr().out
 
 
-def test_two_at_a_time_on_a_two_device_host_gives_the_same_results(sequential, tmp_path):
-    runs, reference = sequential
-    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    out = subprocess.run(_driver(tmp_path / "runs", 2), env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
-    assert _fixed(results) == _fixed(reference)
-    for key in results:
-        assert "mesh: 1 cpu device(s)" in (tmp_path / "runs" / key / "train.log").read_text()  # pinned to one
-        assert _rows(tmp_path / "runs" / key) == _rows(runs / key)
-    starts = [json.loads((tmp_path / "runs" / k / "wall.json").read_text())["attempts"] for k in results]
-    assert starts == [1, 1]
-
-
 def _pid_gone(pid: int, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:

@@ -112,6 +112,8 @@ def test_a_search_over_two_devices_killed_mid_candidate_resumes_to_the_sequentia
     assert {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in finished} == finished
     resumed = [r for r in (out / "runs").glob("*") if "resum" in (r / "train.log").read_text().lower()]
     assert resumed, "no candidate resumed from its checkpoint"
+    for run in (out / "runs").glob("*"):  # each child pinned to one of the two devices
+        assert "mesh: 1 cpu device(s)" in (run / "train.log").read_text(), run.name
     assert _table(out) == _table(seq)
 
 
