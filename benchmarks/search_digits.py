@@ -7,9 +7,13 @@ coefficients file into benchmarks/results/search-digits/. Run from the repo root
 and the 20-minute target are wall-clock):
 
     python benchmarks/search_digits.py [--work runs/search-digits] [--out benchmarks/results]
+    python benchmarks/search_digits.py --work runs/search-digits-p2 --parallel 2 --no-study \
+        --same-as runs/search-digits --name search-digits-p2
 
-Writes search-digits.json and search-digits.md beside the copied outputs. Rerunning resumes (the work folders are
-kept): the commands then only redo what had not finished, and the recorded times are of that rerun.
+Writes NAME.json and NAME.md beside the copied outputs. Rerunning resumes (the work folders are kept): the commands
+then only redo what had not finished, and the recorded times are of that rerun. The second form trains the same
+search again, two candidates at a time, and records whether its table equals the first's (timing columns aside):
+the search's reproducibility and its parallel mode checked at full size.
 """
 
 from __future__ import annotations
@@ -47,21 +51,36 @@ def _allocator(runs: str) -> str:
     return "; ".join(sorted(said)) or "not reported"
 
 
+def _differing(rows: list[dict], other: str, comparable) -> list[str]:
+    """The networks (keys) whose rows differ between this table and the one in `other`, timing columns aside."""
+    with open(other) as f:
+        theirs = {r["key"]: comparable(r) for r in map(json.loads, f)}
+    mine = {r["key"]: comparable(r) for r in rows}
+    return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/search-digits")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="search-digits")
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--no-study", action="store_true")
+    parser.add_argument("--same-as", help="another search folder whose table this one's should equal")
     args = parser.parse_args()
     from effnet_jax.bench.harness import environment
     from effnet_jax.bench.report import write_results
+    from effnet_jax.search.report import comparable
 
     effnet = [sys.executable, "-m", "effnet_jax.cli"]
     search_dir, study_dir = args.work, args.work + "-scaling"
-    steps = [timed([*effnet, "search", "--out", search_dir, *SEARCH, "--parallel", "1", "--no-progress"])]
+    par = str(args.parallel)
+    steps = [timed([*effnet, "search", "--out", search_dir, *SEARCH, "--parallel", par, "--no-progress"])]
     coeffs = os.path.join(search_dir, "coefficients.json")
-    steps.append(timed([*effnet, "scaling", "--coefficients", coeffs, "--phi", PHIS, "--out", study_dir,
-                        "--parallel", "1", "--no-progress"]))  # fmt: skip
-    dest = os.path.join(args.out, "search-digits")
+    if not args.no_study:
+        steps.append(timed([*effnet, "scaling", "--coefficients", coeffs, "--phi", PHIS, "--out", study_dir,
+                            "--parallel", par, "--no-progress"]))  # fmt: skip
+    dest = os.path.join(args.out, args.name)
     os.makedirs(dest, exist_ok=True)
     for name in KEEP:
         src = os.path.join(search_dir if not name.startswith(("study", "scaling")) else study_dir, name)
@@ -77,6 +96,12 @@ def main() -> int:
     met = steps[0]["wall_s"] <= TARGET_S and sum(not r["refs"] for r in rows) >= 8
     result = {"question": __doc__.splitlines()[0], "env": env, "steps": steps, "choice": choice,
               "networks": len(rows), "target": {"wall_s": TARGET_S, "met": met}}  # fmt: skip
+    same = ""
+    if args.same_as:
+        differ = _differing(rows, os.path.join(args.same_as, "results.jsonl"), comparable)
+        result["same_as"] = {"search": args.same_as, "differing_networks": differ}
+        same = (f"Same table as `{args.same_as}` (timing columns aside): "
+                + ("**yes**." if not differ else f"**no**: {', '.join(differ)} differ."))  # fmt: skip
     lines = [
         "# The paper's method on the embedded digits: `effnet search`, then `effnet scaling`",
         "",
@@ -97,10 +122,13 @@ def main() -> int:
         f"Chosen: alpha = {choice['alpha']:g}, beta = {choice['beta']:g}, gamma = {choice['gamma']:g}. "
         + choice["verdict"],
         "",
-        "Tables and plots: [results.md](search-digits/results.md), [study.md](search-digits/study.md), "
-        "`search-digits/*.png`, the coefficients file `search-digits/coefficients.json`.",
+        same,
+        "",
+        f"Tables and plots: [results.md]({args.name}/results.md)"
+        + ("" if args.no_study else f", [study.md]({args.name}/study.md)")
+        + f", `{args.name}/*.png`, the coefficients file `{args.name}/coefficients.json`.",
     ]
-    write_results(args.out, "search-digits", result, "\n".join(lines))
+    write_results(args.out, args.name, result, "\n".join(lines))
     return 0
 
 

@@ -124,6 +124,15 @@ def test_verdict_with_one_seed_says_the_spread_is_unknown():
     assert "spread is unknown" in choice["verdict"]
 
 
+def test_verdict_on_a_tie_with_the_paper_point_says_so_not_a_lead():
+    rows = [r for r in _rows(paper=(0.97,), best=(0.96,)) if r["key"] != "cheap"]
+    rows.append(_row("cheap", (0.97,), 15e6, requested=[(1.1, 1.2, 1.05)]))
+    choice = report.choose(rows)
+    assert choice["key"] == "cheap" and choice["lead"] == 0.0 and not choice["significant"]  # ties go to fewer MACs
+    assert "ties the paper's" in choice["verdict"] and "fewer MACs" in choice["verdict"]
+    assert "leads" not in choice["verdict"]
+
+
 def test_verdict_when_the_paper_point_is_itself_the_best():
     rows = _rows(paper=(0.98, 0.981, 0.982))
     choice = report.choose(rows)

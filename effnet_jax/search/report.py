@@ -262,6 +262,12 @@ def _verdict(out: dict, best: dict, paper: dict | None) -> str:
         )
     lead = best["top1_mean"] - paper["top1_mean"]
     out["lead"] = lead
+    if lead == 0:  # "leads by 0.00 points" would read as a win
+        cheaper = " and costs fewer MACs" if best.get("macs", 0) < paper.get("macs", 0) else ""
+        return (
+            f"{chosen} ties the paper's {_point(PAPER)} at {_pts(best['top1_mean'])}% val top-1{cheaper}: on this "
+            "proxy the two are not distinguishable by accuracy."
+        )
     verb = "leads" if lead >= 0 else "trails"
     head = f"{chosen} {verb} the paper's {_point(PAPER)} by {_pts(abs(lead))} points of val top-1"
     if min(best["n_seeds"], paper["n_seeds"]) < 2:
