@@ -81,6 +81,8 @@ def classify(
     training run directory (its latest EMA weights, with the class names of its data) or an `hf-hub:` id;
     `weight_source` / `model` as there (for timm's TF ports, whose keys do not tell their conventions).
     """
+    if isinstance(image_paths, (str, os.PathLike)) or not len(image_paths):  # a str would be read letter by letter
+        raise ValueError(f"image_paths must be a non-empty list of image files, got {image_paths!r}")
     import jax
     from flax import nnx
 

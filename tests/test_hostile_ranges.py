@@ -173,6 +173,12 @@ def test_predict_top_is_checked_before_any_file_is_read(top, tmp_path):
         predict([tmp_path / "missing.png"], tmp_path / "missing.safetensors", top=top)
 
 
+@pytest.mark.parametrize("paths", [[], "photo.jpg"])
+def test_predict_needs_a_list_of_images(paths, tmp_path):
+    with pytest.raises(ValueError, match="image_paths must be a non-empty list of image files, got"):
+        predict(paths, tmp_path / "missing.safetensors")
+
+
 @pytest.mark.parametrize("batch", [0, -4, True, 2**21])
 def test_evaluate_batch_is_checked_before_the_checkpoint_is_read(batch, tmp_path):
     with pytest.raises(ValueError, match=r"batch must be an int in 1..1048576 \(None: the run's eval_batch\)"):
