@@ -10,6 +10,7 @@ resolution x resolution, scale to [0, 1], normalise with mean/std. ImageNet-1k c
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -57,9 +58,11 @@ def predict(
     """Top-`top` (class name, probability) of each image.
 
     Raises:
-        FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, or a checkpoint
-            without a classifier.
+        FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, a checkpoint without a
+            classifier, or `top` not an int >= 1 (a negative one would slice off the last classes instead).
     """
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+        raise ValueError(f"top must be an int >= 1 (the classes to return per image), got {top!r}")
     names, probs = classify(image_paths, weights, **source)
     order = np.argsort(-probs, axis=-1)[:, :top]
     return [[(names[i], float(p[i])) for i in row] for p, row in zip(probs, order)]
@@ -78,6 +81,8 @@ def classify(
     training run directory (its latest EMA weights, with the class names of its data) or an `hf-hub:` id;
     `weight_source` / `model` as there (for timm's TF ports, whose keys do not tell their conventions).
     """
+    if isinstance(image_paths, (str, os.PathLike)) or not len(image_paths):  # a str would be read letter by letter
+        raise ValueError(f"image_paths must be a non-empty list of image files, got {image_paths!r}")
     import jax
     from flax import nnx
 

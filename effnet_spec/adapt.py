@@ -20,7 +20,7 @@ from typing import Any
 
 from .contract import tensors
 from .header import Preprocessing, _per_channel
-from .resolve import ModelSpec, resolve
+from .resolve import MAX_CLASSES, MAX_IN_CHANNELS, ModelSpec, check_count, resolve
 
 __all__ = [
     "HUB_PREFIX",
@@ -114,11 +114,10 @@ def adapt(
     Raises:
         ValueError: a bad count, or a channel change from a source without 3 input channels.
     """
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    if in_channels == 0:
-        raise ValueError("in_channels must be >= 1, got 0")
+    if num_classes is not None:
+        num_classes = check_count("num_classes", num_classes, 0, MAX_CLASSES)
+    if in_channels is not None:
+        in_channels = check_count("in_channels", in_channels, 1, MAX_IN_CHANNELS)
     target = adapt_spec(spec, num_classes=num_classes, in_channels=in_channels)
     new_head = target.num_classes != spec.num_classes
     out = dict(state_dict)

@@ -5,13 +5,45 @@ Both twins only *read* a `ModelSpec`; they compute no channel, repeat, stride, S
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, replace
 
 from .conventions import Conventions, conventions_for
 from .scaling import Coefficients, compound, parse_coefficients, round_filters, round_repeats
 from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant
 
-__all__ = ["BlockSpec", "FeatureInfo", "ModelSpec", "resolve", "get_variant"]
+__all__ = ["BlockSpec", "FeatureInfo", "ModelSpec", "MAX_CLASSES", "MAX_IN_CHANNELS", "check_count", "resolve",
+           "get_variant"]  # fmt: skip
+
+# The largest classifier and input a model is built with: a million classes (beyond the largest published image
+# label sets) on b7's 2560 features is 10 GB of float32 already; 1024 channels is beyond any hyperspectral sensor.
+# Past these a typo (an extra zero, a bool) would be met as a MemoryError or an XLA error deep inside a library.
+MAX_CLASSES = 1_000_000
+MAX_IN_CHANNELS = 1024
+
+
+def check_count(name: str, value: object, low: int, high: int) -> int:
+    """`value` as a Python int in low..high: the one check of the count arguments of both twins' public API. A
+    numpy integer is taken; a bool, float or string is not (True would build a one-class head).
+
+    Raises:
+        ValueError: naming the argument, the range and what was given.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        text = repr(value)
+        text = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f"{name} must be an int >= {low}, got {type(value).__name__} {text}")
+    value = int(value)
+    shown = (
+        f"{value:,}"
+        if value.bit_length() <= 64
+        else f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    )
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {shown}")
+    if value > high:
+        raise ValueError(f"{name} must be at most {high:,}, got {shown}")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,10 +179,8 @@ def resolve(
             drop_path=v.drop_path if drop_path is None else drop_path,
             dropout=v.dropout if dropout is None else dropout,
         )
-    if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
+    num_classes = check_count("num_classes", num_classes, 0, MAX_CLASSES)
+    in_channels = check_count("in_channels", in_channels, 1, MAX_IN_CHANNELS)
     if not stages:
         raise ValueError("stages must hold at least one StageRow")
 

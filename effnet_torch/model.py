@@ -17,6 +17,7 @@ from torch import nn
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
 from effnet_spec.forward import block_masks, check_input, run_blocks
+from effnet_spec.resolve import MAX_CLASSES, check_count
 
 from .layers import ConvBN, DropPath, SqueezeExcite, apply_keep_mask
 
@@ -51,8 +52,13 @@ class MBConv(nn.Module):
         return y
 
 
+# Input dtypes torch.autocast casts for the convolutions, whatever the parameters' dtype (float64 is not cast).
+_AUTOCAST_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
+
+
 class EfficientNet(nn.Module):
-    """EfficientNet from a resolved spec (NCHW float input).
+    """EfficientNet from a resolved spec (NCHW input of the parameters' dtype: float32 unless converted with
+    `.to(dtype)`; under `torch.autocast`, float32, float16 or bfloat16).
 
     Use `EfficientNet.from_name("b0", num_classes=10)` or `EfficientNet(resolve(...))`.
     `forward(x)` returns logits, or pooled features when `spec.num_classes == 0`.
@@ -124,8 +130,7 @@ class EfficientNet(nn.Module):
 
         A new head has no class names: `preprocessing` keeps everything else and drops them.
         """
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        num_classes = check_count("num_classes", num_classes, 0, MAX_CLASSES)
         old = self.classifier
         self.spec = replace(self.spec, num_classes=num_classes)
         self.classifier = self._make_classifier(num_classes)
@@ -145,6 +150,14 @@ class EfficientNet(nn.Module):
         )
         got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
         check_input(self.spec, ok, "NCHW", got)
+        want = self.stem.conv.weight.dtype
+        if x.dtype != want and not (torch.is_autocast_enabled(x.device.type) and x.dtype in _AUTOCAST_INPUTS):
+            # Unlike the JAX twin (which casts to its compute dtype), torch's conv refuses a mixed pair deep inside
+            # F.conv2d; say it here, naming both dtypes, instead of casting behind the caller's back.
+            raise TypeError(
+                f"EfficientNet({self.spec.name}): input dtype {x.dtype}, but the model's parameters are {want}: "
+                f"pass x.to({want}), convert the model with .to({x.dtype}), or run under torch.autocast"
+            )
 
     def _run_blocks(self, x: torch.Tensor, masks: DropPathMasks | None, keep: set[int]) -> dict[int, torch.Tensor]:
         """Stem and blocks up to the last one in `keep`; returns the outputs of the blocks in `keep`."""

@@ -189,7 +189,7 @@ def test_bad_inputs_are_one_line_and_touch_nothing(folder, clean, tmp_path, caps
     assert "is empty" in _refused(capsys, [tmp_path / "empty", out], tmp_path)
     assert "inside FOLDER" in _refused(capsys, [folder, folder / "shards"], folder)
     assert "--shards 39: expected 1 to 38" in _refused(capsys, [folder, out, "--shards", "39"], tmp_path)
-    assert "--workers 0: expected 1 or more" in _refused(capsys, [folder, out, "--workers", "0"], tmp_path)
+    assert "--workers 0: expected an integer in 1..1024" in _refused(capsys, [folder, out, "--workers", "0"], tmp_path)
     (tmp_path / "file").write_text("x")
     assert "exists and is not a directory" in _refused(capsys, [folder, tmp_path / "file"], tmp_path)
     (tmp_path / "busy").mkdir()

@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..train.config import MAX_BATCH, MAX_STEPS
+    from ._flags import out_of_range
+
+    problem = out_of_range(args, {"batch": (1, MAX_BATCH), "step": (0, MAX_STEPS)})
+    if problem:
+        print(f"effnet eval: error: {problem}", file=sys.stderr)
+        return 2
     from ..train.evaluate import evaluate_checkpoint
 
     try:

@@ -25,8 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        print(f"effnet predict: --top must be >= 1, got {args.top}", file=sys.stderr)
+    from effnet_spec.resolve import MAX_CLASSES
+
+    from ._flags import out_of_range
+
+    problem = out_of_range(args, {"top": (1, MAX_CLASSES)})
+    if problem:
+        print(f"effnet predict: error: {problem}", file=sys.stderr)
         return 2
     from ..predict import predict
 

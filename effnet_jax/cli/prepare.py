@@ -31,11 +31,12 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(args: argparse.Namespace) -> int:
-    for flag in ("shards", "per_shard", "workers"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            print(f"effnet prepare: --{flag.replace('_', '-')} {value}: expected 1 or more", file=sys.stderr)
-            return 2
+    from ._flags import MAX_WORKERS, out_of_range
+
+    problem = out_of_range(args, {"shards": (1, 2**31 - 1), "per_shard": (1, 2**31 - 1), "workers": (1, MAX_WORKERS)})
+    if problem:
+        print(f"effnet prepare: {problem}", file=sys.stderr)
+        return 2
     from ..train.prepare import prepare
 
     warnings.showwarning = _warning_line  # an empty class folder is one line, not a source location

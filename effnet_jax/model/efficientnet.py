@@ -20,6 +20,7 @@ from flax import nnx
 
 from effnet_spec import BlockSpec, Conventions, ModelSpec, resolve
 from effnet_spec.forward import block_masks, check_input, run_blocks
+from effnet_spec.resolve import MAX_CLASSES, check_count
 
 from .. import _hooks
 from ..ops import allocator
@@ -202,8 +203,7 @@ class EfficientNet(nnx.Module):
 
         A new head has no class names: `preprocessing` keeps everything else and drops them.
         """
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        num_classes = check_count("num_classes", num_classes, 0, MAX_CLASSES)
         self.spec = replace(self.spec, num_classes=num_classes)
         self.classifier = nnx.data(self._make_classifier(num_classes, rngs))
         if self.preprocessing is not None:

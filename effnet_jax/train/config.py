@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass
 
 from effnet_spec import SOURCES, STAGES, VARIANTS, parse_coefficients
+from effnet_spec.resolve import MAX_CLASSES
 
 from ..env import FALSE, TRUE
 from ..model.options import DTYPE_CHOICES, REMATS
@@ -54,6 +56,51 @@ def parse_freeze(text: str) -> tuple[str, int]:
 
 
 AUGMENTS = ("autoaugment", "randaugment", "none")
+
+# The range of each int field, so that no value reaches numpy or XLA only to overflow there (an int64
+# `OverflowError`, a JAX traceback) or asks for what no machine holds. The loop counts steps in int32 on the device
+# (`jnp.int32(step)`, `jax.random.fold_in`), so step counts stop at int32; `jax.random.key(seed)` and
+# `nnx.Rngs(seed + 1)` keep a seed's low 32 bits without x64 (seed 2^32 would silently be seed 0; `seed` + 1 must
+# fit too) and numpy's seed sequence takes no negative one;
+# batches stop at 2^20 images (16 times the largest EfficientNet batch published, 65,536); resolution at export's
+# 4096 px (8x b7's native side). An int field missing here is held to int64.
+INT32_MAX = 2**31 - 1
+MAX_STEPS = INT32_MAX
+MAX_SEED = 2**32 - 2
+MAX_BATCH = 2**20
+MAX_RESOLUTION = 4096
+MAX_EPOCHS = 1e6  # epochs and warmup_epochs: far past any schedule; more only overflows the step arithmetic
+INT_RANGES = {  # field: (lowest, highest); checked after the checks in `__post_init__` that give their own reasons
+    "resolution": (0, MAX_RESOLUTION),
+    "stages": (0, 7),
+    "num_classes": (0, MAX_CLASSES),
+    "num_workers": (0, 1024),
+    "randaugment_n": (0, 100),
+    "randaugment_m": (0, 30),
+    "global_batch": (1, MAX_BATCH),
+    "eval_batch": (1, MAX_BATCH),
+    "steps": (0, MAX_STEPS),
+    "seed": (0, MAX_SEED),
+    "ckpt_every": (0, MAX_STEPS),
+    "keep": (1, 1_000_000),
+    "eval_every": (0, MAX_STEPS),
+    "log_every": (1, MAX_STEPS),
+    "num_processes": (0, 1_000_000),
+    "process_id": (-1, 1_000_000),
+}
+
+
+def _brief(value: object, limit: int = 40) -> str:
+    """`value` for an error line, shortened: a 100-digit number by its first digits and its length."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr of a huge int is slow, or refused past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _range(name: str) -> str:
+    low, high = INT_RANGES.get(name, (-(2**63), 2**63 - 1))
+    return f"{low}..{high}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +175,7 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"TrainConfig: {what}")
 
+        _check_types(self)
         for f in dataclasses.fields(self):  # nan/inf would pass every range check below (or be silently replaced)
             value = getattr(self, f.name)
             if isinstance(value, float):
@@ -185,6 +233,63 @@ class TrainConfig:
         need(self.keep >= 1, f"keep must be >= 1; got {self.keep}")
         need(min(self.ckpt_every, self.eval_every, self.num_workers) >= 0, "ckpt_every, eval_every, num_workers >= 0")
         need(self.log_every >= 1, f"log_every must be >= 1; got {self.log_every}")
+        for name, (low, high) in INT_RANGES.items():  # after the checks above, which give their own reasons
+            value = getattr(self, name)
+            need(low <= value <= high, f"{name} must lie in {_range(name)}; got {_brief(value)}")
+        for name in ("epochs", "warmup_epochs"):
+            value = getattr(self, name)
+            need(value <= MAX_EPOCHS, f"{name} must be at most {MAX_EPOCHS:g}; got {value:g}")
+        self._check_processes(need)
+
+    def _check_processes(self, need) -> None:
+        """The multi-host fields are read only with distributed=true: set without it, they would be ignored."""
+        given = [k for k in ("coordinator", "num_processes", "process_id") if getattr(self, k) != _DEFAULTS[k]]
+        need(
+            self.distributed or not given,
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} read only with distributed=true (a multi-host "
+            f"job); set distributed=true, or leave {'it' if len(given) == 1 else 'them'} unset",
+        )
+        if self.num_processes and self.process_id >= 0:
+            need(
+                self.process_id < self.num_processes,
+                f"process_id must lie in 0..{self.num_processes - 1} (num_processes={self.num_processes}); got "
+                f"{self.process_id}",
+            )
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field holds its declared type (a Python API caller or a hand-edited config.json may pass anything): a
+    bool is not an int, a string is not a number. numpy ints and floats, and ints for floats, are taken as the
+    declared Python type.
+
+    Raises:
+        ValueError: naming the field, the type it needs and what it got.
+    """
+    for f in dataclasses.fields(cfg):
+        value, typ = getattr(cfg, f.name), _HINTS[f.name]
+        if typ is bool:
+            ok = isinstance(value, bool)
+        elif typ is int:
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if ok and type(value) is not int:
+                object.__setattr__(cfg, f.name, value := int(value))
+            if ok and value.bit_length() > 63:  # before any check below formats it (4300+ digits cannot be)
+                raise ValueError(f"TrainConfig: {f.name} must lie in {_range(f.name)}; got {_brief(value)}")
+        elif typ is float:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if ok and type(value) is not float:
+                try:
+                    object.__setattr__(cfg, f.name, float(value))
+                except OverflowError:  # an int past float's range
+                    raise ValueError(f"TrainConfig: {f.name} must be a finite number; got {_brief(value)}") from None
+        elif typ is str:
+            ok = isinstance(value, str)
+        else:  # a field of another type checks itself in `__post_init__`
+            ok = True
+        if not ok:
+            raise ValueError(
+                f"TrainConfig: {f.name} must be {typ.__name__}; got {type(value).__name__} {_brief(value)}"
+            )
 
 
 def check_runnable(cfg: TrainConfig) -> None:
@@ -201,6 +306,8 @@ def check_runnable(cfg: TrainConfig) -> None:
         )
 
 
+_HINTS = typing.get_type_hints(TrainConfig)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 BASE = TrainConfig()
 
 # Per-variant ImageNet presets: the paper's recipe at each variant's native resolution. Global batch 4096
@@ -332,7 +439,9 @@ def _parse(key: str, raw: str, typ: object) -> object:
         try:
             value = float(raw) if typ is float else int(raw)
         except ValueError:
-            raise ValueError(f"config key {key!r} expects {typ.__name__}, got {raw!r}") from None
+            if typ is int and raw.lstrip("+-").isdigit():  # over Python's 4300-digit limit for int()
+                raise ValueError(f"config key {key!r} must lie in {_range(key)}; got {_brief(raw)}") from None
+            raise ValueError(f"config key {key!r} expects {typ.__name__}, got {_brief(raw)}") from None
         return value
     return raw
 

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import data as data_lib
 from .augment import EvalTransform
+from .config import MAX_BATCH
 from .mesh import to_global
 from .modeling import WEIGHTS
 from .runs import restore_model
@@ -72,14 +73,16 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
       data: "digits", "synthetic" or an image folder; None = the run's val data.
       ema: evaluate the EMA weights (the run's raw weights if False or if the run kept no EMA).
       step: which checkpoint (default the latest).
-      batch: global eval batch (default the run's).
+      batch: global eval batch (default the run's); 0 is refused, not taken as the default.
 
     Raises:
       FileNotFoundError: no checkpoint there.
       ValueError: the data has a different number of classes than the model.
     """
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH):
+        raise ValueError(f"batch must be an int in 1..{MAX_BATCH} (None: the run's eval_batch), got {batch!r}")
     r = restore_model(ckpt_dir, ema=ema, step=step)
-    cfg = dataclasses.replace(r.config, eval_batch=batch) if batch else r.config
+    cfg = dataclasses.replace(r.config, eval_batch=batch) if batch is not None else r.config
     model, pre = r.model, r.model.preprocessing
     num_classes = model.spec.num_classes
     mesh = Mesh(np.array(jax.devices()), ("data",))

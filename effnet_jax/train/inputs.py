@@ -13,7 +13,7 @@ from effnet_spec import Preprocessing
 
 from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
-from .config import TrainConfig
+from .config import MAX_STEPS, TrainConfig
 from .metrics import note
 
 __all__ = ["Data", "make_data"]
@@ -47,6 +47,9 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
         raise ValueError(f"num_classes={num_classes} but {cfg.data!r} has {len(train_src.class_names)} classes")
     steps_per_epoch = len(train_src) / cfg.global_batch
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if steps > MAX_STEPS:  # the step counter is int32 on the device
+        raise ValueError(f"epochs={cfg.epochs:g} of {len(train_src)} images at global_batch={cfg.global_batch} is "
+                         f"{steps} steps; at most {MAX_STEPS} fit: lower epochs or raise global_batch")  # fmt: skip
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
     norm = dict(size=size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation)
     flip = cfg.flip and getattr(train_src, "mirror_invariant", True)

@@ -18,11 +18,17 @@ __all__ = ["init_distributed", "make_mesh", "to_global"]
 
 
 def init_distributed(cfg: TrainConfig) -> None:
-    """Join the multi-host job: auto-detected on TPU pods/SLURM, or from coordinator/num_processes/process_id."""
-    kwargs = {}
-    if cfg.coordinator:
-        kwargs = dict(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes, process_id=cfg.process_id)
-    jax.distributed.initialize(**kwargs)
+    """Join the multi-host job: auto-detected on TPU pods/SLURM, or from coordinator/num_processes/process_id.
+
+    Each of the three that is set is passed on, and the cluster detection fills in the others (`TrainConfig`
+    refuses them without distributed=true, so none is ever silently ignored).
+    """
+    kwargs = {
+        "coordinator_address": cfg.coordinator or None,
+        "num_processes": cfg.num_processes or None,
+        "process_id": cfg.process_id if cfg.process_id >= 0 else None,
+    }
+    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
 def make_mesh(cfg: TrainConfig) -> Mesh:

@@ -84,7 +84,53 @@ def read_json(path: str, what: str) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{what} {path}: format/version {got}; expected ({FORMAT!r}, {VERSION})")
+    problem = _layout_problem(meta, complete=os.path.basename(path).startswith(METADATA))
+    if problem:
+        raise ValueError(f"{what} {path}: {problem}; the file is damaged: rerun `effnet prepare` into a new OUT")
     return meta
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(value)} entries)"
+
+
+def _layout_problem(meta: dict, *, complete: bool) -> str | None:
+    """What in a plan (or, `complete`, a metadata file) is missing, of the wrong type or inconsistent, as
+    "key 'K' ..."; None when every key training and `prepare` read is there and agrees with the others."""
+    for key, typ in (("source", str), ("fingerprint", str), ("writer_options", str), ("class_names", list),
+                     ("class_counts", list), ("num_records", int), ("shards", list)):  # fmt: skip
+        if key not in meta:
+            return f"key {key!r} is missing"
+        if not isinstance(meta[key], typ) or isinstance(meta[key], bool):
+            return f"key {key!r} must be {typ.__name__}; got {type(meta[key]).__name__}"
+    names, counts, n, shards = meta["class_names"], meta["class_counts"], meta["num_records"], meta["shards"]
+    if not names or not all(isinstance(c, str) and c for c in names):
+        return "key 'class_names' must be a non-empty list of non-empty strings"
+    if len(set(names)) != len(names):
+        return f"key 'class_names' names a class twice ({next(c for c in names if names.count(c) > 1)!r})"
+    if len(counts) != len(names) or not all(_is_int(c) for c in counts):
+        return f"key 'class_counts' must hold one int >= 0 per class ({len(names)}); got {_short(counts)}"
+    if n < 0 or sum(counts) != n:
+        return f"key 'num_records' is {n}, but 'class_counts' sum to {sum(counts)}"
+    want = ("file", "first", "count", "bytes") if complete else ("file", "first", "count")
+    first = 0
+    for k, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not all(w in shard for w in want):
+            return f"key 'shards' entry {k} must be an object with {', '.join(want)}"
+        if shard["file"] != shard_name(k, len(shards)):  # also keeps a damaged file from naming a path elsewhere
+            return f"key 'shards' entry {k} names {shard['file']!r}; expected {shard_name(k, len(shards))!r}"
+        if not (_is_int(shard["count"]) and _is_int(shard.get("bytes", 0)) and _is_int(shard["first"])
+                and shard["first"] == first):  # fmt: skip
+            return f"key 'shards' entry {k} ({shard['file']}): first/count/bytes are not the shard's"
+        first += shard["count"]
+    if not shards or first != n:
+        return f"key 'shards' holds {first} records in {len(shards)} shards; 'num_records' says {n}"
+    return None
 
 
 def read_metadata(root: str) -> dict:
