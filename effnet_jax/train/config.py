@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -188,17 +189,29 @@ class TrainConfig:
 
 
 def check_runnable(cfg: TrainConfig) -> None:
-    """What a preset may leave open but a run may not: an empty variant or weight source needs init weights.
+    """What a preset may leave open but a run may not: an empty variant or weight source needs init weights; a
+    workdir inside an image folder it reads (on the next run, the workdir would be read as a class).
 
     Raises:
         ValueError: one line saying what to set.
     """
+    for key in ("data", "val_data"):
+        folder = getattr(cfg, key)
+        if folder and os.path.isdir(folder) and _inside(cfg.workdir, folder):
+            raise ValueError(f"workdir {cfg.workdir!r} is inside {key} {folder!r}: the next run would read it as a "
+                             "class of that data; give a workdir outside it")  # fmt: skip
     if not cfg.init and (not cfg.variant or not cfg.weight_source):
         empty = "variant" if not cfg.variant else "weight_source"
         raise ValueError(
             f"{empty} is empty, which means the init weights', but init is not set: pass --set init=SOURCE "
             f"(weights file, run directory or hf-hub: id) or --set {empty}=..."
         )
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or below it, symlinks resolved (`path` need not exist yet)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 BASE = TrainConfig()
