@@ -19,7 +19,7 @@ import numpy as np
 from effnet_spec import Preprocessing
 from effnet_spec.classes import imagenet_class_names
 
-from .images import eight_bit
+from .images import open_image
 
 __all__ = ["class_names", "classify", "imagenet_class_names", "predict", "preprocess"]
 
@@ -89,7 +89,7 @@ def classify(
     from .weights import from_pretrained
 
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401 - checked before the weights are read
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("effnet predict needs Pillow to read images: pip install pillow") from e
 
@@ -99,20 +99,7 @@ def classify(
         raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")
     batch = []
     for path in image_paths:
-        try:
-            with Image.open(path) as im:
-                image = eight_bit(im)
-                image.load()  # read now: the file closes here
-        except ValueError as e:
-            raise ValueError(f"{os.fspath(path)}: {e}") from None
-        except UnidentifiedImageError as e:
-            raise ValueError(f"{os.fspath(path)}: not an image Pillow can read") from e
-        except Image.DecompressionBombError as e:  # Pillow's guard against huge images (a DoS), not an OSError
-            raise ValueError(f"{os.fspath(path)}: refused by Pillow's decompression-bomb guard ({e})") from None
-        except OSError as e:
-            if not os.path.exists(path):
-                raise
-            raise ValueError(f"{os.fspath(path)}: cannot read the image ({e})") from None
+        image = open_image(path)  # the reader training and eval use: upright, 8-bit RGB
         batch.append(preprocess(image, pre, spec.in_channels))
     graphdef, state = nnx.split(net)
     logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))

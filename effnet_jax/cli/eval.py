@@ -39,5 +39,6 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(r))
     else:
         print(f"step {r['step']} ({r['weights']} weights) on {r['data']}: top-1 {r['top1']:.4f}  "
-              f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  ({int(r['count'])} images)")  # fmt: skip
+              f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  ({int(r['count'])} images"
+              f"{': ' + r['files'] if r['files'] else ''})")  # fmt: skip
     return 0

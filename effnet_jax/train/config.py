@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -293,11 +294,17 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def check_runnable(cfg: TrainConfig) -> None:
-    """What a preset may leave open but a run may not: an empty variant or weight source needs init weights.
+    """What a preset may leave open but a run may not: an empty variant or weight source needs init weights; a
+    workdir inside an image folder it reads (on the next run, the workdir would be read as a class).
 
     Raises:
         ValueError: one line saying what to set.
     """
+    for key in ("data", "val_data"):
+        folder = getattr(cfg, key)
+        if folder and os.path.isdir(folder) and _inside(cfg.workdir, folder):
+            raise ValueError(f"workdir {cfg.workdir!r} is inside {key} {folder!r}: the next run would read it as a "
+                             "class of that data; give a workdir outside it")  # fmt: skip
     if not cfg.init and (not cfg.variant or not cfg.weight_source):
         empty = "variant" if not cfg.variant else "weight_source"
         raise ValueError(
@@ -308,6 +315,14 @@ def check_runnable(cfg: TrainConfig) -> None:
 
 _HINTS = typing.get_type_hints(TrainConfig)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or below it, symlinks resolved (`path` need not exist yet)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
 BASE = TrainConfig()
 
 # Per-variant ImageNet presets: the paper's recipe at each variant's native resolution. Global batch 4096

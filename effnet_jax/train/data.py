@@ -15,6 +15,7 @@ Eval batches are the split in order, padded to a multiple of the eval batch with
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import logging
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
-from ..images import eight_bit
+from .. import images
 from . import records
 from .augment import EvalTransform, TrainTransform
 
@@ -34,12 +35,15 @@ __all__ = [
     "DIGITS_SIDE",
     "DIGITS_VAL_SHARE",
     "Batches",
+    "PlaceholderNames",
     "DigitsSource",
     "EncodedImages",
     "ImageFolderSource",
     "RecordsSource",
     "SyntheticSource",
+    "check_classes",
     "decode_image",
+    "describe",
     "digits_split",
     "eval_dataset",
     "make_source",
@@ -48,7 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DIGITS_SIDE = 32  # digits are stored upscaled from 8x8 to this side (bicubic), then cropped/resized per model
 DIGITS_VAL_SHARE = 0.2  # fixed stratified split: 1,437 train / 360 val of scikit-learn's 1,797 digits
 DIGITS_SPLIT_SEED = 0  # the split never depends on the run's seed, so every run validates on the same 360
@@ -105,7 +108,7 @@ class SyntheticSource:
         rng = np.random.default_rng(seed)
         self.images = rng.integers(0, 256, (length, size, size, 3), dtype=np.uint8)
         self.labels = rng.integers(0, num_classes, length).astype(np.int32)
-        self.class_names = tuple(str(c) for c in range(num_classes))
+        self.class_names = PlaceholderNames.of(num_classes)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,13 +117,14 @@ class SyntheticSource:
         return self.images[i], int(self.labels[i])
 
 
-def decode_image(file) -> np.ndarray:
-    """An encoded image (a path or a binary file object) as uint8 RGB (H, W, 3): the one decode path of every
-    source of encoded images, so a folder and its ArrayRecord shards give identical arrays."""
-    from PIL import Image
+def decode_image(file, name: str | None = None) -> np.ndarray:
+    """An encoded image (a path or a binary file object) as uint8 RGB (H, W, 3), upright: `images.read_image`, the
+    one decode path of every reader (folder, shards, eval, predict), so all give identical arrays.
 
-    with Image.open(file) as im:
-        return np.asarray(eight_bit(im).convert("RGB"))
+    Raises:
+      ValueError: not an image Pillow decodes (the message starts with `name`). OSError: the path cannot be opened.
+    """
+    return images.read_image(file, name)
 
 
 class EncodedImages:
@@ -148,24 +152,24 @@ class EncodedImages:
         for i in picks:
             file, _, name = self._item(i)
             try:
-                decode_image(file)
+                decode_image(file, name)
                 return
             except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; each means "unreadable"
                 errors.append((name, e))
         name, e = errors[0]
         raise ValueError(
             f"{self.kind} {self.root!r}: none of the {len(picks)} images tried could be read (first: {name!r}: "
-            f"{type(e).__name__}: {e})"
+            f"{type(e).__name__}: {_without(e, name)})"
         )
 
     def _read(self, i: int) -> tuple[np.ndarray, int] | None:
         file, label, name = self._item(i)  # outside the try: a source that cannot deliver the bytes is an error
         try:
-            return decode_image(file), label
-        except Exception as e:  # PIL raises many types for a bad file; any of them means "skip it"
+            return decode_image(file, name), label
+        except Exception as e:  # noqa: BLE001 - any error decoding one file means "skip it"
             self.skipped += 1
             warnings.warn(
-                f"skipping unreadable image {name!r} ({type(e).__name__}: {e}); "
+                f"skipping unreadable image {name!r} ({type(e).__name__}: {_without(e, name)}); "
                 f"{self.skipped} skipped so far in this process",
                 stacklevel=2,
             )
@@ -182,8 +186,17 @@ class EncodedImages:
         )
 
 
+def _without(e: Exception, name: str) -> str:
+    """The message of `e` without the leading "NAME: " the reader puts in (the caller names the file itself)."""
+    text = str(e)
+    return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
+
+
 class ImageFolderSource(EncodedImages):
-    """`root/<class>/<image>.{jpg,jpeg,png}`; classes are the sorted sub-folder names, images sorted by path.
+    """`root/<class>/.../<image>`; classes are the sorted sub-folder names, images sorted by path. An image is a
+    file with an extension Pillow decodes (`images.image_extensions`: .jpg, .png, .webp, .bmp, .gif, .tif, ...);
+    hidden files and folders (`.name`) are not read. `found` counts the images by extension, `ignored` the files
+    not used (other extensions, hidden, or outside any class folder), for the data line.
 
     Raises:
       ValueError: root missing, no images, fewer than two classes, or none of the probed images readable.
@@ -194,29 +207,37 @@ class ImageFolderSource(EncodedImages):
     def __init__(self, root: str):
         if not os.path.isdir(root):
             raise ValueError(f"image folder {root!r} does not exist or is not a directory")
-        classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        entries = list(os.scandir(root))
+        classes = sorted(d.name for d in entries if d.is_dir() and not d.name.startswith("."))
         files: list[tuple[str, int]] = []
-        empty = []
+        found, ignored = collections.Counter(), collections.Counter()
+        empty = {}
         for label, name in enumerate(classes):
-            found = sorted(
-                os.path.join(dirpath, f)
-                for dirpath, _, names in os.walk(os.path.join(root, name))
-                for f in names
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-            if not found:
-                empty.append(name)
-            files.extend((f, label) for f in found)
-        loose = [f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            kept, other = [], collections.Counter()
+            for dirpath, dirnames, names in os.walk(os.path.join(root, name)):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .ipynb_checkpoints, .thumbnails
+                for f in names:
+                    if images.is_image_name(f):
+                        kept.append(os.path.join(dirpath, f))
+                    else:
+                        other["hidden" if f.startswith(".") else images.extension(f)] += 1
+            if not kept:
+                empty[name] = other
+            ignored.update(other)
+            found.update(images.extension(f) for f in kept)
+            files.extend((f, label) for f in sorted(kept))
+        loose = [e.name for e in entries if e.is_file() and images.is_image_name(e.name)]
         if not classes and loose:
             raise ValueError(
                 f"image folder {root!r} holds {len(loose)} images directly; expected one sub-folder per class "
                 f"({os.path.join(root, '<class>', '<image>')}), whose names become the class names"
             )
         if not files:
+            what = f" (their files: {images.tally(ignored)})" if ignored else ""
             raise ValueError(
-                f"image folder {root!r} is empty: expected one sub-folder per class holding "
-                f"{'/'.join(IMAGE_EXTENSIONS)} files, found {len(classes)} sub-folders and no images"
+                f"image folder {root!r} is empty: expected one sub-folder per class holding image files (any "
+                f"format Pillow decodes: .jpg, .png, .webp, .bmp, .gif, .tif, ...), found {len(classes)} "
+                f"sub-folders{what} and no images"
             )
         if len(classes) - len(empty) < 2:
             raise ValueError(
@@ -224,12 +245,24 @@ class ImageFolderSource(EncodedImages):
                 "classification needs at least two class sub-folders"
             )
         if empty:
-            warnings.warn(f"image folder {root!r}: class folders without images: {empty}", stacklevel=2)
+            held = {c: images.tally(other) for c, other in empty.items() if other}
+            warnings.warn(
+                f"image folder {root!r}: class folders without images: {list(empty)}"
+                + (f" (they hold {'; '.join(f'{c}: {t}' for c, t in held.items())})" if held else ""),
+                stacklevel=2,
+            )
+        if loose:  # next to the class folders: not an example of any class
+            ignored["outside class folders"] += len(loose)
         self.root = root
         self.files = files
         self.class_names = tuple(classes)
+        self.found, self.ignored = found, ignored
         self.skipped = 0
         self._probe()
+
+    def describe(self) -> str:
+        """What was used and what was not, by extension: "120 .jpg, 3 .webp; not used: 2 .txt, 1 hidden"."""
+        return images.describe_files(self.found, self.ignored)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -266,8 +299,13 @@ class RecordsSource(EncodedImages):
         self.root = root
         self.source = meta["source"]
         self.class_names = tuple(meta["class_names"])
+        self._files = meta.get("files") or {}  # absent in shards written before it was recorded
         self.skipped = 0
         self._probe()
+
+    def describe(self) -> str:
+        """The source folder's files, by extension, as `effnet prepare` counted them (empty if not recorded)."""
+        return images.describe_files(self._files.get("used", {}), self._files.get("not_used", {}))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -296,6 +334,71 @@ def make_source(data: str, split: str, *, size: int = 32, num_classes: int = 0):
     if records.is_records_dir(data):
         return RecordsSource(data)
     return ImageFolderSource(data)
+
+
+def describe(source) -> str:
+    """What an image folder (or its shards) gave, by extension, for the data line; "" for embedded data."""
+    return source.describe() if hasattr(source, "describe") else ""
+
+
+def _short(names) -> str:
+    """A class list for one line: the first four and the last when there are more than six."""
+    shown = [repr(n) for n in names]
+    if len(shown) > 6:
+        shown = [*shown[:4], "...", shown[-1]]
+    return "[" + ", ".join(shown) + "]"
+
+
+def check_classes(names, expected, *, what: str, against: str) -> str | None:
+    """Whether examples labelled by position in `names` (the classes of `what`) can be scored against a model or
+    training data whose classes are `expected` (`against`'s). `PlaceholderNames` (synthetic data, a head without
+    names) say only how many classes there are: then only the counts are compared.
+
+    Labels are positions in the sorted class list, so:
+    - different counts: refused (labels beyond the head, or every label after a missing class shifted);
+    - a name in both lists at different positions: refused (that class would be scored as another);
+    - the same count and no such name (every folder renamed, `cat`/`dog` vs `cats`/`dogs`, WordNet ids vs words):
+      allowed, since pairing by position is the only pairing there is and refusing would leave no way to score
+      such data; the returned line says so, naming both lists, for the caller to show.
+
+    Raises:
+      ValueError: one line naming both lists (shortened) and what is expected.
+    """
+    n, m = len(names), len(expected)
+    named = _named(names) and _named(expected)
+    have = f"{what} has {n} classes" + (f" {_short(names)}" if _named(names) else "")
+    want = f"{against} has {m}" + (f" {_short(expected)}" if _named(expected) else "")
+    if n != m:
+        diff = ""
+        if named:
+            extra = [c for c in names if c not in set(expected)]
+            missing = [c for c in expected if c not in set(names)]
+            diff = "".join(f"; {k}: {_short(v)}" for k, v in (("missing", missing), ("extra", extra)) if v)
+        raise ValueError(f"{have}; {want}{diff}: labels are positions in the sorted class list, so both need the "
+                         "same classes (an empty sub-folder keeps a class without images in its place)")  # fmt: skip
+    if not named or tuple(names) == tuple(expected):
+        return None
+    where = {c: j for j, c in enumerate(expected)}
+    moved = [(c, i, where[c]) for i, c in enumerate(names) if c in where and where[c] != i]
+    if moved:
+        c, i, j = moved[0]
+        raise ValueError(f"{have}; {want}: {c!r} is label {i} of {what} but label {j} of {against}, so it would be "
+                         f"scored as {expected[i]!r}; give both the same class folders")  # fmt: skip
+    pairs = [(a, b) for a, b in zip(names, expected) if a != b]
+    return (f"{have}; {want}: {len(pairs)} names differ and none is at another position, so classes are paired by "
+            f"position ({pairs[0][0]!r} scored as {pairs[0][1]!r}{', ...' if len(pairs) > 1 else ''})")  # fmt: skip
+
+
+def _named(names) -> bool:
+    return not isinstance(names, PlaceholderNames)
+
+
+class PlaceholderNames(tuple):
+    """Class names that say nothing but their count (synthetic data's "0", "1", ...; a head without names)."""
+
+    @classmethod
+    def of(cls, n: int) -> PlaceholderNames:
+        return cls(str(c) for c in range(n))
 
 
 @dataclass(frozen=True)

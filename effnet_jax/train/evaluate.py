@@ -20,6 +20,7 @@ from . import data as data_lib
 from .augment import EvalTransform
 from .config import MAX_BATCH
 from .mesh import to_global
+from .metrics import note
 from .modeling import WEIGHTS
 from .runs import restore_model
 
@@ -77,7 +78,8 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
 
     Raises:
       FileNotFoundError: no checkpoint there.
-      ValueError: the data has a different number of classes than the model.
+      ValueError: the data's classes do not agree with the model's (`data.check_classes`: another count, or a
+        class at another position).
     """
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH):
         raise ValueError(f"batch must be an int in 1..{MAX_BATCH} (None: the run's eval_batch), got {batch!r}")
@@ -85,17 +87,18 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
     cfg = dataclasses.replace(r.config, eval_batch=batch) if batch is not None else r.config
     model, pre = r.model, r.model.preprocessing
     num_classes = model.spec.num_classes
+    source_name = data or cfg.val_data or cfg.data
+    source = data_lib.make_source(source_name, "val", size=pre.resolution, num_classes=num_classes)
+    # the head's names (the run's training classes) when they name every output; else only the count is compared
+    head = pre.class_names if pre.class_names is not None and len(pre.class_names) == num_classes else None
+    paired = data_lib.check_classes(source.class_names, head or data_lib.PlaceholderNames.of(num_classes),
+                                    what=repr(source_name), against="the checkpoint's model")  # fmt: skip
+    if paired:
+        note(paired)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     eval_graphdef, weights, rest = nnx.split(model, WEIGHTS, ...)
-
-    source_name = data or cfg.val_data or cfg.data
-    source = data_lib.make_source(source_name, "val", size=pre.resolution, num_classes=cfg.num_classes)
-    if len(source.class_names) != num_classes and source_name not in ("synthetic",):
-        raise ValueError(
-            f"{source_name!r} has {len(source.class_names)} classes; the checkpoint's model has {num_classes}"
-        )
     tf = EvalTransform(pre.resolution, pre.mean, pre.std, pre.interpolation, crop_pct=pre.crop_pct)
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
     ds = data_lib.eval_dataset(source, tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
     result = evaluate_split(make_eval_step(eval_graphdef, mesh), weights, rest, iter(ds), mesh)
-    return {**result, "weights": r.weights, "step": r.step, "data": source_name}
+    return {**result, "weights": r.weights, "step": r.step, "data": source_name, "files": data_lib.describe(source)}

@@ -42,6 +42,11 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
         val_src = data_lib.make_source(cfg.data, "val", size=size, num_classes=cfg.num_classes)
     else:
         val_src = None
+    if cfg.val_data:  # labels are positions in each source's class list: they must mean the same classes
+        paired = data_lib.check_classes(val_src.class_names, train_src.class_names, what=f"val_data {cfg.val_data!r}",
+                                        against=f"data {cfg.data!r}")  # fmt: skip
+        if paired:
+            note(paired)
     num_classes = cfg.num_classes or len(train_src.class_names)
     if num_classes < len(train_src.class_names):
         raise ValueError(f"num_classes={num_classes} but {cfg.data!r} has {len(train_src.class_names)} classes")
@@ -76,8 +81,9 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
     if val_src is not None:
         val_tf = EvalTransform(**norm, crop_pct=pre.crop_pct)
         val = data_lib.eval_dataset(val_src, val_tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
+    files = [f" ({d})" if d else "" for d in (data_lib.describe(train_src), data_lib.describe(val_src))]
     note(
-        f"data: {cfg.data}: {len(train_src)} train / {len(val_src) if val_src else 0} val images, "
+        f"data: {cfg.data}: {len(train_src)} train{files[0]} / {len(val_src) if val_src else 0} val{files[1]} images, "
         f"{num_classes} classes, {size}px; {steps} steps of {cfg.global_batch} (= {steps / steps_per_epoch:.1f} epochs)"
     )
     return Data(train_src, val_src, train, val, num_classes, tuple(train_src.class_names), steps, steps_per_epoch)

@@ -44,6 +44,7 @@ class Prepared:
     kept: int  # shards an earlier run had completed
     bytes: int  # of all shards
     unreadable: tuple[str, ...]  # files in the shards written now whose header no decoder recognises
+    files: str = ""  # what of FOLDER was packed and what not, by extension ("120 .jpg, 3 .webp; not used: 2 .txt")
 
 
 def make_plan(folder: str, *, shards: int | None = None, per_shard: int | None = None) -> tuple[dict, list]:
@@ -77,6 +78,7 @@ def make_plan(folder: str, *, shards: int | None = None, per_shard: int | None =
         "source": os.path.abspath(folder),
         "class_names": list(src.class_names),
         "class_counts": [per_class[c] for c in range(len(src.class_names))],
+        "files": {"used": dict(src.found), "not_used": dict(src.ignored)},  # by extension, for the data line
         "num_records": n,
         "fingerprint": "sha256:" + digest.hexdigest(),
         "writer_options": records.WRITER_OPTIONS,
@@ -86,6 +88,18 @@ def make_plan(folder: str, *, shards: int | None = None, per_shard: int | None =
         ],  # fmt: skip
     }
     return plan, items
+
+
+def _files(plan: dict) -> str:
+    from ..images import describe_files
+
+    files = plan.get("files") or {}
+    return describe_files(files.get("used", {}), files.get("not_used", {}))
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _cumulative(counts: list[int]) -> list[int]:
@@ -183,14 +197,10 @@ def _open_writer(path: str):
 
 
 def _looks_like_an_image(payload: bytes) -> bool:
-    """Whether a decoder recognises the header (cheap: no pixels decoded)."""
-    from PIL import Image
+    """Whether a decoder recognises the header (cheap: no pixels decoded), as the reader training uses does."""
+    from ..images import is_image
 
-    try:
-        with Image.open(io.BytesIO(payload)):
-            return True
-    except Exception:  # noqa: BLE001 - PIL raises many types; each means "not an image it reads"
-        return False
+    return is_image(io.BytesIO(payload))
 
 
 def _fsync(path: str) -> None:
@@ -313,12 +323,15 @@ def prepare(
     """Write (or complete) the shards of `folder` in `out`; see the module docstring.
 
     Raises:
-      ValueError: a folder training would refuse, an OUT that is not writable, holds something else, or is being
+      ValueError: a folder training would refuse, an OUT inside it, not writable, holding something else, or being
         written by another prepare; checked before anything is written.
       OSError: a file that cannot be read, a full disk (the shards complete so far are kept for the rerun).
     """
+    if os.path.isdir(folder) and _inside(out, folder):  # its shards would be read as a class of FOLDER next time
+        raise ValueError(f"OUT {out!r} is inside FOLDER {folder!r}: give an OUT outside the image folder")
     plan, items = make_plan(folder, shards=shards, per_shard=per_shard)
     _check_out(folder, out, plan)
+    log(f"{folder}: {plan['num_records']} images ({_files(plan)}) of {len(plan['class_names'])} classes")
     os.makedirs(out, exist_ok=True)
     with _locked(out):
         state = _check_out(folder, out, plan)  # again, under the lock
@@ -338,4 +351,4 @@ def prepare(
         if state != "complete":
             write_atomic(os.path.join(out, records.METADATA), json.dumps({**plan, "shards": shards_meta}, indent=1))
     return Prepared(out, plan["num_records"], tuple(plan["class_names"]), len(plan["shards"]), len(todo), len(kept),
-                    total, tuple(unreadable))  # fmt: skip
+                    total, tuple(unreadable), _files(plan))  # fmt: skip
