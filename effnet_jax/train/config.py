@@ -117,11 +117,12 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept (the oldest are deleted)
     eval_every: int = 0  # evaluate every this many steps (and at the end); 0 = only at the end
     log_every: int = 50  # fetch metrics to the host, log and update the bar every this many steps
-    progress: bool = True  # show a tqdm progress bar (process 0 only)
+    progress: bool = True  # a progress bar on a terminal, a line every 30 s in a redirected log (process 0 only)
     distributed: bool = False  # call jax.distributed.initialize() (multi-host: TPU pods, SLURM, or the 3 below)
     coordinator: str = ""  # host:port of process 0, when the cluster is not auto-detected
     num_processes: int = 0  # processes in the job, when not auto-detected
     process_id: int = -1  # this process's index, when not auto-detected
+    init_timeout: int = 300  # distributed: seconds to wait for the coordinator and every process to join
 
     def __post_init__(self) -> None:
         def need(cond: bool, what: str) -> None:
@@ -185,6 +186,7 @@ class TrainConfig:
         need(self.keep >= 1, f"keep must be >= 1; got {self.keep}")
         need(min(self.ckpt_every, self.eval_every, self.num_workers) >= 0, "ckpt_every, eval_every, num_workers >= 0")
         need(self.log_every >= 1, f"log_every must be >= 1; got {self.log_every}")
+        need(1 <= self.init_timeout <= 86400, f"init_timeout must lie in 1..86400 seconds; got {self.init_timeout}")
 
 
 def check_runnable(cfg: TrainConfig) -> None:
