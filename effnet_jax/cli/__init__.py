@@ -58,13 +58,14 @@ def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> i
     fast_malloc = argv is None if fast_malloc is None else fast_malloc
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command in COMPUTE and fast_malloc:
-        try:  # re-executes this process with the allocator preloaded, unless asked not to or none is installed
+    try:  # both switches are read before anything runs: a bad value is one line, as the other switches'
+        retain = host_memory.wanted()
+        if command in COMPUTE and fast_malloc:  # re-executes with the allocator preloaded, unless asked not to
             print(f"[effnet] {allocator.preload(sys.orig_argv)}", file=sys.stderr)
-        except ValueError as e:
-            print(f"effnet: error: {e}", file=sys.stderr)
-            return 2
-    if host_memory.wanted() and not host_memory.retain_host_memory():
+    except ValueError as e:
+        print(f"effnet: error: {e}", file=sys.stderr)
+        return 2
+    if retain and not host_memory.retain_host_memory():
         print(f"effnet: {host_memory.ENV}=1 ignored: it needs glibc's malloc", file=sys.stderr)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     if command in COMPUTE and not getattr(args, "print_config", False):  # printing the config needs no jax
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> i
         except ValueError as e:
             print(f"effnet: error: {e}", file=sys.stderr)
             return 2
-    return int(importlib.import_module(args._module).main(args) or 0)
+    from effnet_jax.logs import one_line_warnings
+
+    with one_line_warnings():  # a warning is one line, not a source location and a line of our code
+        return int(importlib.import_module(args._module).main(args) or 0)
 
 
 if __name__ == "__main__":

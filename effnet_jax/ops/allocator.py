@@ -107,7 +107,8 @@ def preload(argv: list[str]) -> str:
     where it re-executes. `argv` is the command line to run again (`sys.orig_argv`).
 
     Raises:
-        ValueError: a bad EFFNET_ALLOCATOR value.
+        ValueError: a bad EFFNET_ALLOCATOR value (a path the dynamic linker would refuse included), or a bad
+            EFFNET_RETAIN_HOST_MEMORY one.
     """
     choice = _choice()
     running = active()
@@ -115,13 +116,21 @@ def preload(argv: list[str]) -> str:
     if running:
         how = "re-executed with LD_PRELOAD" if reexecuted else "already preloaded"
         return f"allocator: {running} ({how}; {ENV}=glibc keeps glibc's malloc)"
-    if reexecuted:  # preloaded, yet not in our maps: the dynamic linker refused it
-        return f"allocator: glibc malloc ({os.environ.get('LD_PRELOAD', '')} could not be preloaded)"
-    if choice == "glibc" or not _glibc_linux() or os.environ.get(env.RETAIN_HOST_MEMORY):
+    if reexecuted and _mapped(reexecuted):  # a library of the user's own that `active` does not know by name
+        return f"allocator: {reexecuted} (re-executed with LD_PRELOAD; {ENV}=glibc keeps glibc's malloc)"
+    if reexecuted:  # preloaded, yet not in our maps: the dynamic linker refused it (and said so, once)
+        rest = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p and p != reexecuted]
+        if rest:  # the processes this one starts must not repeat the linker's complaint
+            os.environ["LD_PRELOAD"] = ":".join(rest)
+        else:
+            os.environ.pop("LD_PRELOAD", None)
+        return f"allocator: glibc malloc ({reexecuted} could not be preloaded)"
+    if choice == "glibc" or not _glibc_linux() or env.flag(env.RETAIN_HOST_MEMORY, default=False):
         return "allocator: glibc malloc (as asked)" if choice == "glibc" else "allocator: the platform's malloc"
     if os.path.sep in choice:
-        if not os.path.isfile(choice):
-            raise ValueError(f"{ENV}={choice!r}: no such file")
+        problem = _not_preloadable(choice)
+        if problem:
+            raise ValueError(f"{ENV}={choice!r}: {problem}")
         found = (os.path.basename(choice), choice)
     else:
         found = find(choice)
@@ -132,11 +141,45 @@ def preload(argv: list[str]) -> str:
             "glibc's: install tcmalloc (Debian/Ubuntu: apt install libtcmalloc-minimal4)"
         )
     preloads = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p]
-    environ = {**os.environ, "LD_PRELOAD": ":".join([found[1], *preloads]), _REEXEC: "1"}
+    environ = {**os.environ, "LD_PRELOAD": ":".join([found[1], *preloads]), _REEXEC: found[1]}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _mapped(path: str) -> bool:
+    """Whether the shared library at `path` is loaded in this process (in its memory map)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return os.path.realpath(path) in f.read()
+    except OSError:
+        return False
+
+
+def _not_preloadable(path: str) -> str | None:
+    """Why the dynamic linker would refuse `path` in LD_PRELOAD (it would say so in every process this one starts,
+    and go on without it), or None: a missing file, a folder, no ELF shared object, or one built for another
+    machine than this interpreter."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+        with open(sys.executable, "rb") as f:
+            ours = f.read(20)
+    except IsADirectoryError:
+        return "is a folder, not a shared library"
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return "not a shared library (no ELF header)"
+    order = "little" if head[5] == 1 else "big"
+    if int.from_bytes(head[16:18], order) != 3:  # e_type ET_DYN: a shared object
+        return "an ELF file but not a shared library"
+    if ours[:4] == b"\x7fELF" and (head[4:6] != ours[4:6] or head[18:20] != ours[18:20]):  # class, byte order, machine
+        return f"built for another machine than this Python ({sys.executable})"
+    return None
 
 
 def allocator_hint() -> str | None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from effnet_spec.atomic import write_atomic
 
 from ..train.guard import PREEMPTED_EXIT, StopSignals
+from ..train.progress import is_terminal
 from .worker import JOB_FILE, PARENT_ENV, RESULT_FILE, read_json
 
 __all__ = ["Job", "SearchStopped", "default_parallel", "run_jobs"]
@@ -274,7 +275,9 @@ def _run(todo: list[Job], runs_dir: str, slots: list[dict], total: int, progress
     queue, running, results = collections.deque(todo), {}, {}
     halt: str | None = None  # why no job starts any more: the others were sent SIGTERM
     failed: tuple[_Child, int] | None = None
-    bar = tqdm(total=total, initial=done, position=0, unit="run", disable=not progress, dynamic_ncols=True)
+    # a bar only on a terminal: in a redirected log each finished run's own line says the same, without frames
+    bar = tqdm(total=total, initial=done, position=0, unit="run", disable=not (progress and is_terminal(sys.stderr)),
+               dynamic_ncols=True)  # fmt: skip
     try:
         with StopSignals() as signals:
             while (queue and not halt) or running:

@@ -72,6 +72,7 @@ MAX_BATCH = 2**20
 MAX_RESOLUTION = 4096
 MAX_EPOCHS = 1e6  # epochs and warmup_epochs: far past any schedule; more only overflows the step arithmetic
 INT_RANGES = {  # field: (lowest, highest); checked after the checks in `__post_init__` that give their own reasons
+    "init_timeout": (1, 86400),  # seconds
     "resolution": (0, MAX_RESOLUTION),
     "stages": (0, 7),
     "num_classes": (0, MAX_CLASSES),
@@ -165,11 +166,12 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept (the oldest are deleted)
     eval_every: int = 0  # evaluate every this many steps (and at the end); 0 = only at the end
     log_every: int = 50  # fetch metrics to the host, log and update the bar every this many steps
-    progress: bool = True  # show a tqdm progress bar (process 0 only)
+    progress: bool = True  # a progress bar on a terminal, a line every 30 s in a redirected log (process 0 only)
     distributed: bool = False  # call jax.distributed.initialize() (multi-host: TPU pods, SLURM, or the 3 below)
     coordinator: str = ""  # host:port of process 0, when the cluster is not auto-detected
     num_processes: int = 0  # processes in the job, when not auto-detected
     process_id: int = -1  # this process's index, when not auto-detected
+    init_timeout: int = 300  # distributed: seconds to wait for the coordinator and every process to join
 
     def __post_init__(self) -> None:
         def need(cond: bool, what: str) -> None:

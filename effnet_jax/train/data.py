@@ -28,6 +28,7 @@ import grain
 import numpy as np
 
 from .. import images
+from ..logs import install_one_line_warnings, skip_warning, skipped_summary
 from . import records
 from .augment import EvalTransform, TrainTransform
 
@@ -168,11 +169,7 @@ class EncodedImages:
             return decode_image(file, name), label
         except Exception as e:  # noqa: BLE001 - any error decoding one file means "skip it"
             self.skipped += 1
-            warnings.warn(
-                f"skipping unreadable image {name!r} ({type(e).__name__}: {_without(e, name)}); "
-                f"{self.skipped} skipped so far in this process",
-                stacklevel=2,
-            )
+            skip_warning(self, name, f"{type(e).__name__}: {_without(e, name)}")  # one line, once per file
             return None
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
@@ -182,7 +179,7 @@ class EncodedImages:
                 return got
         raise ValueError(
             f"{self.kind} {self.root!r}: {MAX_SUBSTITUTES} consecutive images from {self._item(i)[2]!r} on are "
-            "unreadable; fix or remove them"
+            f"unreadable ({skipped_summary(self)}); fix or remove them"
         )
 
 
@@ -479,6 +476,7 @@ def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
+    install_one_line_warnings()  # a skipped image is one line from a worker too (spawned: the parent's is not kept)
 
 
 def train_dataset(

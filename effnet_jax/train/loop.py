@@ -30,6 +30,7 @@ from .inputs import Data, make_data
 from .mesh import init_distributed, make_mesh, to_global
 from .metrics import Logger, best_logged, note, plot_curves
 from .modeling import model_options, run_preprocessing
+from .progress import progress_bar
 from .start import Start, model_start, run_spec
 from .state import Run, make_model_and_optimizer, restore_or_init, save
 from .step import make_train_step
@@ -181,10 +182,8 @@ def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_st
          stop: StopSignals | None = None) -> dict:  # fmt: skip
     """Step until data.steps: metrics to the host every log_every steps, eval and checkpoints on schedule; when
     `stop` asks (SIGTERM/SIGINT), after the step in progress: its metrics, a checkpoint, and out."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=data.steps, initial=run.step, disable=not (cfg.progress and jax.process_index() == 0),
-               unit="step", dynamic_ncols=True)  # fmt: skip
+    # a bar on a terminal, plain lines now and then in a redirected log
+    bar = progress_bar(data.steps, run.step, enabled=cfg.progress and jax.process_index() == 0)
     try:
         return _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar)
     finally:
