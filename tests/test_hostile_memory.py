@@ -146,6 +146,12 @@ def test_a_bad_memory_limit_is_named(monkeypatch, value):
         memory.check(_Compiled(1, 1, 1, 0), what="the step", fits="less")
 
 
+def test_the_commands_name_a_bad_memory_limit_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(memory.ENV, "lots")
+    rc, err, _ = _run(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "w.safetensors")], capsys)
+    assert rc == 2 and err == ["effnet: error: EFFNET_MEMORY_LIMIT='lots': expected a size such as 512M or 8G (or off)"]
+
+
 def test_eval_pads_no_further_than_its_data():
     from effnet_jax.train.data import eval_batch_for
 
