@@ -7,6 +7,7 @@ EFFNET_RETAIN_HOST_MEMORY=1                the `effnet` command keeps freed host
 EFFNET_ALLOCATOR=auto|tcmalloc|jemalloc|mimalloc|glibc|PATH   the malloc the `effnet` command re-executes with
 EFFNET_COMPILATION_CACHE=DIR               the `effnet` command keeps compiled executables in DIR (compilation_cache)
 EFFNET_COMPILATION_CACHE_MIN_S=SECONDS     ... those that took at least this long to compile (default 1)
+EFFNET_MEMORY_LIMIT=SIZE|off               the memory a compiled step may use (ops.memory); off: no preflight
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
-    "ALLOCATOR", "CACHE_DIR", "COMPILATION_CACHE", "COMPILATION_CACHE_MIN_S", "DEPTHWISE", "NATIVE",
+    "ALLOCATOR", "CACHE_DIR", "COMPILATION_CACHE", "COMPILATION_CACHE_MIN_S", "DEPTHWISE", "MEMORY_LIMIT", "NATIVE",
     "RETAIN_HOST_MEMORY", "flag", "text",
 ]  # fmt: skip
 
@@ -26,6 +27,7 @@ RETAIN_HOST_MEMORY = "EFFNET_RETAIN_HOST_MEMORY"
 ALLOCATOR = "EFFNET_ALLOCATOR"
 COMPILATION_CACHE = "EFFNET_COMPILATION_CACHE"
 COMPILATION_CACHE_MIN_S = "EFFNET_COMPILATION_CACHE_MIN_S"
+MEMORY_LIMIT = "EFFNET_MEMORY_LIMIT"
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

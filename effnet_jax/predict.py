@@ -101,8 +101,14 @@ def classify(
     for path in image_paths:
         image = open_image(path)  # the reader training and eval use: upright, 8-bit RGB
         batch.append(preprocess(image, pre, spec.in_channels))
+    from .ops import memory
+
     graphdef, state = nnx.split(net)
-    logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))
+    x = np.stack(batch)
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    memory.check(forward, what=f"the forward pass of {len(batch)} image{'s' * (len(batch) != 1)}", held=state,
+                 fits=f"fewer images per call, or weights of a lower resolution (now {pre.resolution})")  # fmt: skip
+    logits = forward(state, x)
     return class_names(pre, spec.num_classes), softmax(np.asarray(logits))
 
 

@@ -24,6 +24,9 @@ FORMAT = "effnet/1"
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
+MAX_RESOLUTION = 16384  # the largest image side anything reads (compound scaling's too): 3 GiB per float32 image
+
+
 def _number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -43,8 +46,14 @@ class Preprocessing:
     class_names: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.resolution, int) or isinstance(self.resolution, bool) or self.resolution < 1:
-            raise ValueError(f"Preprocessing: resolution must be an int >= 1, got {reprlib.repr(self.resolution)}")
+        if (
+            not isinstance(self.resolution, int)
+            or isinstance(self.resolution, bool)
+            or not 1 <= self.resolution <= MAX_RESOLUTION
+        ):
+            raise ValueError(
+                f"Preprocessing: resolution must be an int in 1..{MAX_RESOLUTION}, got {reprlib.repr(self.resolution)}"
+            )
         if not _number(self.crop_pct) or not 0 < self.crop_pct <= 1:
             raise ValueError(f"Preprocessing: crop_pct must be a number in (0, 1], got {reprlib.repr(self.crop_pct)}")
         if not isinstance(self.interpolation, str) or self.interpolation not in _INTERPOLATIONS:

@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None, *, fast_malloc: bool | None = None) -> i
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     if command in COMPUTE and not getattr(args, "print_config", False):  # printing the config needs no jax
         from effnet_jax import compilation_cache
+        from effnet_jax.ops import memory
 
         try:
             compilation_cache.enable_from_env()
+            memory.stated_limit()  # an unusable EFFNET_MEMORY_LIMIT is one line before any work, not after a compile
         except ValueError as e:
             print(f"effnet: error: {e}", file=sys.stderr)
             return 2

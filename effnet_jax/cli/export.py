@@ -56,11 +56,11 @@ def main(args: argparse.Namespace) -> int:
     except ExportMismatchError as e:
         print(f"effnet export: {e}; nothing was written", file=sys.stderr)
         return 1
+    except MemoryError as e:  # refused before the work (it says how to fit), or an allocation that failed anyway
+        print(f"effnet export: {e or 'out of memory; try a smaller --size'}; nothing was written", file=sys.stderr)
+        return 1
     except (OSError, ValueError, ModuleNotFoundError) as e:
         print(f"effnet export: {e}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print(f"effnet export: out of memory exporting at --size {args.size}; try a smaller size", file=sys.stderr)
         return 1
     check = "not verified" if r.max_abs_diff is None else f"verified: max |diff| {r.max_abs_diff:.2g} vs effnet_jax"
     print(f"wrote {r.path} ({r.format}, {r.size[0]}x{r.size[1]}, dynamic batch; {check}) and {r.meta_path}")

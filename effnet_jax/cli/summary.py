@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effnet_spec import SOURCES, VARIANTS, resolve, summary
+from effnet_spec import MAX_RESOLUTION, SOURCES, VARIANTS, resolve, summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +30,8 @@ def main(args: argparse.Namespace) -> int:
         problem = "give exactly one of VARIANT or --phi"
     elif args.coefficients is not None and args.phi is None:
         problem = "--coefficients needs --phi (the step of compound scaling to take)"
+    elif args.size is not None and not 1 <= args.size <= MAX_RESOLUTION:
+        problem = f"--size must lie in 1..{MAX_RESOLUTION} pixels, got {args.size}"
     if problem:
         print(f"effnet summary: error: {problem}", file=sys.stderr)
         return 2

@@ -132,12 +132,26 @@ def export(
     _check_not_the_source(source, out)
     net = _eval_model(source, weight_source, model, ema)
     size = common.parse_size(size, net.preprocessing.resolution)
-    data = fmt.serialize(net, size, **options)
-    diff = tol = None
-    if verify:
-        x = common.sample_input(net.spec.in_channels, size)
-        want = _reference(net, x)
-        diff, tol = common.compare(format, fmt.run(data, _to_layout(x, fmt.LAYOUT)), want), common.tolerance(want)
+    # The model runs at `size` in the check and, for onnx and torch-export, in the trace: refused at once when its
+    # forward pass cannot fit (the JAX one stands for the other runtimes'), and an allocation that fails anyway is
+    # a MemoryError, not a runtime's own error.
+    reference = _reference_fn(net, size) if verify or format != "stablehlo" else None
+    try:
+        data = fmt.serialize(net, size, **options)
+        diff = tol = None
+        if verify:
+            x = common.sample_input(net.spec.in_channels, size)
+            want = reference(x)
+            diff, tol = common.compare(format, fmt.run(data, _to_layout(x, fmt.LAYOUT)), want), common.tolerance(want)
+    except Exception as e:
+        from ..ops.memory import is_out_of_memory
+
+        if not is_out_of_memory(e) or isinstance(e, ValueError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MemoryError(
+            f"out of memory exporting at {size[0]}x{size[1]} ({first[:200]}); try a smaller --size"
+        ) from e
     names = (fmt.NAMES[0], fmt.NAMES[1] if net.spec.num_classes else "features")
     meta = common.metadata(net, format, size, names, fmt.LAYOUT, diff, tol)
     meta.update(fmt.describe(data) if hasattr(fmt, "describe") else {})
@@ -145,17 +159,28 @@ def export(
     return Exported(out, meta_path, format, size, diff)
 
 
-def _reference(net, x: np.ndarray) -> np.ndarray:
-    """The JAX model's outputs (float64 for the comparison), on the CPU: full float32 precision on any machine (a
-    GPU's default matmul precision, TF32, would be off by more than the tolerance)."""
+def _reference_fn(net, size: tuple[int, int]):
+    """x -> the JAX model's outputs (float64 for the comparison) on `common.sample_input`'s batch, on the CPU: full
+    float32 precision on any machine (a GPU's default matmul precision, TF32, would be off by more than the
+    tolerance). Compiled now and refused when it cannot fit in memory (`ops.memory.check`)."""
     import jax
     from flax import nnx
 
+    from ..ops import memory
+
     cpu = jax.devices("cpu")[0]
     graphdef, state = nnx.split(net)
-    with jax.default_device(cpu):
-        out = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))(jax.device_put(state, cpu), x)
-    return np.asarray(out, dtype=np.float64)
+    state = jax.device_put(state, cpu)
+    shape = jax.ShapeDtypeStruct((common.SAMPLE_BATCH, *size, net.spec.in_channels), np.float32,
+                                 sharding=jax.sharding.SingleDeviceSharding(cpu))  # fmt: skip
+    compiled = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v)).lower(state, shape).compile()
+    memory.check(compiled, what=f"the model's forward pass at {size[0]}x{size[1]}", held=state,
+                 fits=f"a smaller --size (now {size[0]}x{size[1]})")  # fmt: skip
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return np.asarray(compiled(state, jax.device_put(x, cpu)), dtype=np.float64)
+
+    return reference
 
 
 def export_stablehlo(source, out: str | os.PathLike, *, platforms=("cpu",), **kwargs) -> Exported:

@@ -73,7 +73,10 @@ def parse_size(size, default: int) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def sample_input(in_channels: int, size: tuple[int, int], batch: int = 2, seed: int = 0) -> np.ndarray:
+SAMPLE_BATCH = 2  # images in the verification input
+
+
+def sample_input(in_channels: int, size: tuple[int, int], batch: int = SAMPLE_BATCH, seed: int = 0) -> np.ndarray:
     """The fixed verification input: NHWC float32 standard normal (what a normalised image looks like)."""
     return np.random.default_rng(seed).standard_normal((batch, *size, in_channels), dtype=np.float32)
 

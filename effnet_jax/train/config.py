@@ -226,7 +226,6 @@ class TrainConfig:
         need(self.drop_path < 1 and self.dropout < 1, f"drop_path and dropout must be < 1 (< 0: the variant's); got "
              f"{self.drop_path}, {self.dropout}")  # fmt: skip
         need(self.num_classes >= 0 and self.randaugment_n >= 0, "num_classes and randaugment_n must be >= 0")
-        need(self.resolution >= 0, f"resolution must be >= 0; got {self.resolution}")
         need(0 <= self.stages <= 7, f"stages must lie in 0..7; got {self.stages}")
         need(0 < self.crop_min_area <= 1, f"crop_min_area must lie in (0, 1]; got {self.crop_min_area}")
         need(0 <= self.eval_crop <= 1, f"eval_crop must lie in (0, 1] (0: the init weights'); got {self.eval_crop}")

@@ -501,6 +501,12 @@ def eval_steps(n: int, global_batch: int) -> int:
     return max(1, math.ceil(n / global_batch))
 
 
+def eval_batch_for(n: int, requested: int, multiple: int) -> int:
+    """The global eval batch for a split of `n` examples: `requested`, but no larger than the split rounded up to a
+    multiple of `multiple` (the devices): padding beyond the data only costs memory."""
+    return min(requested, max(1, math.ceil(n / multiple)) * multiple)
+
+
 def eval_dataset(source, transform: EvalTransform, *, batches: Batches, num_workers: int = 0) -> grain.IterDataset:
     """The whole split in order, padded to full batches; rows with mask 0 are padding."""
     steps = eval_steps(len(source), batches.global_batch)

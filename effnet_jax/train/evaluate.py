@@ -97,8 +97,18 @@ def evaluate_checkpoint(ckpt_dir: str, *, data: str | None = None, ema: bool = T
         note(paired)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     eval_graphdef, weights, rest = nnx.split(model, WEIGHTS, ...)
+    weights, rest = jax.device_put((weights, rest), NamedSharding(mesh, P()))  # where the compiled step wants them
     tf = EvalTransform(pre.resolution, pre.mean, pre.std, pre.interpolation, crop_pct=pre.crop_pct)
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
-    ds = data_lib.eval_dataset(source, tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
-    result = evaluate_split(make_eval_step(eval_graphdef, mesh), weights, rest, iter(ds), mesh)
+    rows = data_lib.eval_batch_for(len(source), cfg.eval_batch, mesh.devices.size)
+    if rows % mesh.devices.size:
+        raise ValueError(f"eval batch {rows} must be a multiple of the {mesh.devices.size} devices")
+    ds = data_lib.eval_dataset(source, tf, batches=data_lib.Batches(rows, **hosts))
+    from .preflight import batch_shapes, compile_checked, input_bytes  # the step before any batch is read
+
+    shapes = batch_shapes(mesh, rows, pre.resolution, mask=True)
+    step = compile_checked(make_eval_step(eval_graphdef, mesh), (weights, rest, shapes), what="the eval step",
+                           fits=f"a smaller --batch (now {rows})", held=(weights, rest),
+                           host_extra=input_bytes(shapes, 0))  # fmt: skip
+    result = evaluate_split(step, weights, rest, iter(ds), mesh)
     return {**result, "weights": r.weights, "step": r.step, "data": source_name, "files": data_lib.describe(source)}

@@ -29,6 +29,7 @@ class Data:
     class_names: tuple[str, ...]
     steps: int  # total optimizer steps of the run
     steps_per_epoch: float
+    eval_batch: int = 0  # global rows of each val batch: cfg.eval_batch, or the val split padded to the devices
 
 
 def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
@@ -77,13 +78,15 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
         batches=data_lib.Batches(cfg.global_batch, **hosts),
         num_workers=cfg.num_workers,
     )
-    val = None
+    val, eval_batch = None, 0
     if val_src is not None:
         val_tf = EvalTransform(**norm, crop_pct=pre.crop_pct)
-        val = data_lib.eval_dataset(val_src, val_tf, batches=data_lib.Batches(cfg.eval_batch, **hosts))
+        eval_batch = data_lib.eval_batch_for(len(val_src), cfg.eval_batch, jax.device_count())
+        val = data_lib.eval_dataset(val_src, val_tf, batches=data_lib.Batches(eval_batch, **hosts))
     files = [f" ({d})" if d else "" for d in (data_lib.describe(train_src), data_lib.describe(val_src))]
     note(
         f"data: {cfg.data}: {len(train_src)} train{files[0]} / {len(val_src) if val_src else 0} val{files[1]} images, "
         f"{num_classes} classes, {size}px; {steps} steps of {cfg.global_batch} (= {steps / steps_per_epoch:.1f} epochs)"
     )
-    return Data(train_src, val_src, train, val, num_classes, tuple(train_src.class_names), steps, steps_per_epoch)
+    return Data(train_src, val_src, train, val, num_classes, tuple(train_src.class_names), steps, steps_per_epoch,
+                eval_batch)  # fmt: skip

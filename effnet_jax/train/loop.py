@@ -30,6 +30,7 @@ from .inputs import Data, make_data
 from .mesh import init_distributed, make_mesh, to_global
 from .metrics import Logger, best_logged, note, plot_curves
 from .modeling import model_options, run_preprocessing
+from .preflight import compiled_steps
 from .progress import progress_bar
 from .start import Start, model_start, run_spec
 from .state import Run, make_model_and_optimizer, restore_or_init, save
@@ -92,18 +93,26 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
         return {"steps": run.step, "preempted": stop.requested or "a signal on another host"}
     if run.step >= data.steps:
         return _already_finished(cfg, run)
-    if jax.process_index() == 0:
-        if run.step == 0:
-            set_aside_records(cfg.workdir)
-        write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
-    train_step, eval_step = make_steps(cfg, mesh, run)
-    logger = Logger(cfg.workdir, resumed_at=run.step)
     options = model_options(cfg)  # "auto" resolved for this backend
     how = (f", remat={cfg.remat}" if cfg.remat != "none" else "") + (", scanned stages" if cfg.scan else "")
     note(f"model: {run.spec.name}{f' ({cfg.stages} stages)' if cfg.stages else ''}, {options.dtype} compute{how}; "
          "compiling")  # fmt: skip
+    started = time.perf_counter()
+    try:  # compiled once, here; a step that cannot fit in memory is refused before any record is written
+        train_step, eval_step = compiled_steps(cfg, mesh, data, run, *make_steps(cfg, mesh, run))
+    except BaseException:
+        run.ckpt.close()
+        with contextlib.suppress(OSError):  # the checkpoint folder this fresh run made, still empty: a refusal
+            if run.step == 0:  # leaves the workdir as it was
+                os.rmdir(os.path.join(cfg.workdir, "checkpoints"))
+        raise
+    if jax.process_index() == 0:
+        if run.step == 0:
+            set_aside_records(cfg.workdir)
+        write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
+    logger = Logger(cfg.workdir, resumed_at=run.step)
     try:
-        stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop)
+        stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop, started=started)
         return finish(cfg, run, data, stats, logger)
     except CheckpointWriteError:
         logger.close()
@@ -179,20 +188,27 @@ def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
 
 
 def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_step, logger: Logger,
-         stop: StopSignals | None = None) -> dict:  # fmt: skip
+         stop: StopSignals | None = None, started: float | None = None) -> dict:  # fmt: skip
     """Step until data.steps: metrics to the host every log_every steps, eval and checkpoints on schedule; when
-    `stop` asks (SIGTERM/SIGINT), after the step in progress: its metrics, a checkpoint, and out."""
+    `stop` asks (SIGTERM/SIGINT), after the step in progress: its metrics, a checkpoint, and out. `started`: when
+    compiling began (the first step's time counts it)."""
     # a bar on a terminal, plain lines now and then in a redirected log
     bar = progress_bar(data.steps, run.step, enabled=cfg.progress and jax.process_index() == 0)
     try:
-        return _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar)
+        return _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar, started)
     finally:
         bar.close()  # an error is printed on its own line, not after the bar
 
 
-def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar) -> dict:
+def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar, started=None) -> dict:
     pending, t0, seen0 = [], time.perf_counter(), run.step
-    stats = {"start": time.perf_counter(), "first_step_s": None, "images": 0, "val": None, "resumed_at": run.step}
+    stats = {
+        "start": started or time.perf_counter(),
+        "first_step_s": None,
+        "images": 0,
+        "val": None,
+        "resumed_at": run.step,
+    }
     # A resumed run's best counts the evaluations before the interruption too.
     stats["best_top1"] = best_logged(logger.path, "val", "top1", up_to_step=run.step) if run.step else None
     while run.step < data.steps:
