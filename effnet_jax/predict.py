@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,8 +58,8 @@ def predict(
     """Top-`top` (class name, probability) of each image.
 
     Raises:
-        FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, or a checkpoint
-            without a classifier.
+        FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, a checkpoint without a
+            classifier or whose outputs are not finite (inf or NaN).
     """
     names, probs = classify(image_paths, weights, **source)
     order = np.argsort(-probs, axis=-1)[:, :top]
@@ -81,14 +82,18 @@ def classify(
     import jax
     from flax import nnx
 
-    from .weights import from_pretrained
+    from .weights import build_adapted, read_pretrained
 
     try:
         from PIL import Image, UnidentifiedImageError
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("effnet predict needs Pillow to read images: pip install pillow") from e
 
-    net = from_pretrained(weights, weight_source=weight_source, model=model)
+    p = read_pretrained(weights, weight_source=weight_source, model=model)
+    if p.note:  # the file does not say its conventions (a plain timm file): classify, but not without a word
+        warnings.warn(p.note, stacklevel=2)
+    net = build_adapted(p)
+    net.eval()
     spec, pre = net.spec, net.preprocessing
     if spec.num_classes == 0:
         raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")
@@ -110,8 +115,14 @@ def classify(
             raise ValueError(f"{os.fspath(path)}: cannot read the image ({e})") from None
         batch.append(preprocess(image, pre, spec.in_channels))
     graphdef, state = nnx.split(net)
-    logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch))
-    return class_names(pre, spec.num_classes), softmax(np.asarray(logits))
+    logits = np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, np.stack(batch)))
+    bad = [os.fspath(p) for p, row in zip(image_paths, logits) if not np.isfinite(row).all()]
+    if bad:  # weights that pass the load checks can still overflow on an image: refuse, never rank NaN
+        raise ValueError(
+            f"{os.fspath(weights)}: the model's outputs are not finite (inf or NaN) for {bad[0]}"
+            f"{f' and {len(bad) - 1} more image(s)' if len(bad) > 1 else ''}: its weights overflow float32"
+        )
+    return class_names(pre, spec.num_classes), softmax(logits)
 
 
 def class_names(pre: Preprocessing, num_classes: int) -> list[str]:
