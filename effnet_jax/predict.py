@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,7 +60,8 @@ def predict(
 
     Raises:
         FileNotFoundError: a missing image or checkpoint. ValueError: an unreadable image, a checkpoint without a
-            classifier, or `top` not an int >= 1 (a negative one would slice off the last classes instead).
+            classifier or whose outputs are not finite (inf or NaN), or `top` not an int >= 1 (a negative one would
+            slice off the last classes instead).
     """
     if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
         raise ValueError(f"top must be an int >= 1 (the classes to return per image), got {top!r}")
@@ -86,14 +88,18 @@ def classify(
     import jax
     from flax import nnx
 
-    from .weights import from_pretrained
+    from .weights import build_adapted, read_pretrained
 
     try:
         import PIL  # noqa: F401 - checked before the weights are read
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("effnet predict needs Pillow to read images: pip install pillow") from e
 
-    net = from_pretrained(weights, weight_source=weight_source, model=model)
+    p = read_pretrained(weights, weight_source=weight_source, model=model)
+    if p.note:  # the file does not say its conventions (a plain timm file): classify, but not without a word
+        warnings.warn(p.note, stacklevel=2)
+    net = build_adapted(p)
+    net.eval()
     spec, pre = net.spec, net.preprocessing
     if spec.num_classes == 0:
         raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")
@@ -108,8 +114,14 @@ def classify(
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
     memory.check(forward, what=f"the forward pass of {len(batch)} image{'s' * (len(batch) != 1)}", held=state,
                  fits=f"fewer images per call, or weights of a lower resolution (now {pre.resolution})")  # fmt: skip
-    logits = forward(state, x)
-    return class_names(pre, spec.num_classes), softmax(np.asarray(logits))
+    logits = np.asarray(forward(state, x))
+    bad = [os.fspath(p) for p, row in zip(image_paths, logits) if not np.isfinite(row).all()]
+    if bad:  # weights that pass the load checks can still overflow on an image: refuse, never rank NaN
+        raise ValueError(
+            f"{os.fspath(weights)}: the model's outputs are not finite (inf or NaN) for {bad[0]}"
+            f"{f' and {len(bad) - 1} more image(s)' if len(bad) > 1 else ''}: its weights overflow float32"
+        )
+    return class_names(pre, spec.num_classes), softmax(logits)
 
 
 def class_names(pre: Preprocessing, num_classes: int) -> list[str]:

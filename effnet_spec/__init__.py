@@ -4,7 +4,15 @@ from .classes import imagenet_class_names
 from .contract import CheckpointMismatchError, Tensor, tensors
 from .conventions import SOURCES, Conventions, conventions_for
 from .counting import block_resolutions, count_macs, count_params
-from .header import FORMAT, MAX_RESOLUTION, Preprocessing, default_preprocessing, make_header, read_header
+from .header import (
+    FORMAT,
+    MAX_RESOLUTION,
+    Preprocessing,
+    contradiction,
+    default_preprocessing,
+    make_header,
+    read_header,
+)
 from .padding import out_size, pad_amounts, same_pad, symmetric_pad
 from .resolve import BlockSpec, FeatureInfo, ModelSpec, get_variant, resolve
 from .scaling import (
@@ -33,6 +41,7 @@ __all__ = [
     "MAX_RESOLUTION",
     "Preprocessing",
     "default_preprocessing",
+    "contradiction",
     "make_header",
     "read_header",
     "BETA",

@@ -50,6 +50,7 @@ class Pretrained:
     state_dict: dict[str, Any]
     preprocessing: Preprocessing
     origin: str  # what was read, for messages and logs
+    note: str = ""  # what reading assumed that the file and the names given did not say ("" when nothing)
 
 
 def adapt_spec(

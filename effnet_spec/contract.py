@@ -11,10 +11,12 @@ that fixes its layout; the JAX twin maps a role to its own leaf name and axis or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .resolve import ModelSpec
+from .resolve import ModelSpec, resolve
+from .tables import VARIANTS
 
 __all__ = [
     "ROLES",
@@ -22,7 +24,10 @@ __all__ = [
     "Got",
     "Module",
     "Tensor",
+    "MAX_WEIGHT",
     "check_tensors",
+    "float_got",
+    "header_mismatch",
     "mismatch_error",
     "modules",
     "shapes",
@@ -156,6 +161,21 @@ class Got:
     dtype: str = ""  # the framework's dtype name, for the message
     value: int | None = None  # the value of an integer scalar (the BN counter), to range-check it
     finite: bool | None = None  # a float tensor: whether every value is finite (no NaN or inf); None: not known
+    low: float | None = None  # a float tensor's smallest and largest value; None: not known (or empty)
+    high: float | None = None
+
+
+# No trained weight or BN statistic comes near this; values beyond it make the forward pass overflow float32 (the
+# logits become inf or NaN), so they are refused where they are read, as NaN is.
+MAX_WEIGHT = 1e8
+
+
+def float_got(shape: tuple[int, ...], dtype: str, low: float | None, high: float | None) -> Got:
+    """The `Got` of a float tensor from its smallest and largest value (NaN in either: not finite)."""
+    if low is None or high is None:
+        return Got(shape, "float", dtype, finite=True)
+    finite = math.isfinite(low) and math.isfinite(high)
+    return Got(shape, "float", dtype, finite=finite, low=low if finite else None, high=high if finite else None)
 
 
 def check_tensors(
@@ -167,8 +187,9 @@ def check_tensors(
     """Problem lines between a contract and what was given: `- missing`, `+ unexpected`, `shape`, `dtype`, `value`.
 
     `got` maps key -> `Got` (or a bare shape, which skips the dtype and value checks). `note` adds text to a key's
-    shape line (the JAX twin names its own layout there). A `value` line is a counter that does not fit int32 or a
-    float tensor holding NaN or inf (`Got.finite` False). Empty when everything matches.
+    shape line (the JAX twin names its own layout there). A `value` line is a counter that does not fit int32, a
+    float tensor holding NaN or inf (`Got.finite` False) or a value beyond `MAX_WEIGHT`, or a negative BN running
+    variance (its square root is NaN). Empty when everything matches.
     """
     want = {t.name: t for t in expected}
     lines = [f"- {k}" for k in sorted(want.keys() - got.keys())]
@@ -187,6 +208,11 @@ def check_tensors(
             lines.append(f"value {k}: {g.value} does not fit the int32 counter")
         elif isinstance(g, Got) and not t.integer and g.finite is False:
             lines.append(f"value {k}: holds NaN or inf")
+        elif isinstance(g, Got) and t.role == "bn_var" and g.low is not None and g.low < 0:
+            lines.append(f"value {k}: a negative running variance ({g.low:.3g}); a variance is >= 0")
+        elif isinstance(g, Got) and not t.integer and max(abs(g.low or 0.0), abs(g.high or 0.0)) > MAX_WEIGHT:
+            big = g.high if abs(g.high or 0.0) >= abs(g.low or 0.0) else g.low
+            lines.append(f"value {k}: holds {big:.3g}, beyond {MAX_WEIGHT:.0e} in magnitude (logits would overflow)")
     return lines
 
 
@@ -216,9 +242,39 @@ def _grouped(lines: list[str], limit: int | None) -> list[str]:
     return out
 
 
+SHOWN = 6  # problem lines a report shows before "... and N more": a wrong variant differs in hundreds of tensors
+
+
 def mismatch_error(
-    what: str, lines: list[str], *, limit: int | None = None, cls: type[CheckpointMismatchError] | None = None
+    what: str, lines: list[str], *, limit: int | None = SHOWN, cls: type[CheckpointMismatchError] | None = None
 ) -> CheckpointMismatchError:
-    """The error for `lines` (from `check_tensors`): a first line `what: N problem(s)`, then one line per module."""
+    """The error for `lines` (from `check_tensors`): a first line `what: N problem(s)`, then one line per module,
+    the first `limit` of them (None: all)."""
     shown = _grouped(lines, limit)
     return (cls or CheckpointMismatchError)(f"{what}: {len(lines)} problem(s)\n  " + "\n  ".join(shown))
+
+
+def _named_variant(spec: ModelSpec, got: Mapping[str, Got | tuple[int, ...]]) -> str | None:
+    """The named variant whose tensor names and shapes `got` has (with `spec`'s classes and input channels)."""
+    shapes = {k: tuple(g.shape if isinstance(g, Got) else g) for k, g in got.items()}
+    for name in VARIANTS:
+        other = resolve(name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+        if not check_tensors(tensors(other), shapes):
+            return name
+    return None
+
+
+def header_mismatch(
+    source: str, spec: ModelSpec, got: Mapping[str, Got], *, cls: type[CheckpointMismatchError] | None = None
+) -> CheckpointMismatchError | None:
+    """The error for tensors that do not fit their own file's header (None when they fit).
+
+    A header that names another variant than its tensors says which one they are, rather than only listing the
+    hundreds of tensors in which the two differ.
+    """
+    problems = check_tensors(tensors(spec), got)
+    if not problems:
+        return None
+    other = _named_variant(spec, got)
+    hint = f" (the header names {spec.name!r}; the tensors fit {other!r})" if other and other != spec.name else ""
+    return mismatch_error(f"{source}: tensors do not match its own header{hint}", problems, cls=cls)

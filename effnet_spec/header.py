@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import reprlib
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .conventions import Conventions
+from .conventions import Conventions, conventions_for
 from .resolve import ModelSpec, resolve
 from .tables import STAGES, StageRow, Variant
 
-__all__ = ["FORMAT", "Preprocessing", "default_preprocessing", "make_header", "read_header"]
+__all__ = [
+    "EXPORT_PREFIX",
+    "FORMAT",
+    "Preprocessing",
+    "contradiction",
+    "default_preprocessing",
+    "make_export_header",
+    "make_header",
+    "read_export_header",
+    "read_header",
+]
 
 FORMAT = "effnet/1"
 
@@ -203,4 +214,70 @@ def _read_preprocessing(spec: ModelSpec, text: object) -> Preprocessing:
     problem = _channel_problem(spec, preprocessing.mean, preprocessing.std)  # an absent one took the RGB default
     if problem:
         raise malformed(problem)
+    names = preprocessing.class_names
+    if names is not None and spec.num_classes and len(names) != spec.num_classes:  # as make_header refuses them
+        raise malformed(f"preprocessing.class_names has {len(names)} name(s) for {spec.num_classes} classes")
     return _per_channel(spec, preprocessing)
+
+
+# --- another library's layout, written by effnet ----------------------------------------------------------------
+
+# `effnet convert --to timm` writes the library's key layout, which carries no conventions: timm reads TF SAME and
+# symmetric padding weights alike. The header goes along under these keys (safetensors metadata, which the other
+# libraries ignore), so that effnet reads its own exports back as they were written, not as the layout's default.
+EXPORT_PREFIX = "effnet."
+
+
+def make_export_header(spec: ModelSpec, preprocessing: Preprocessing | None, layout: str) -> dict[str, str]:
+    """The metadata for `spec`'s weights written in `layout` (a weight source's key layout, e.g. "timm")."""
+    header = {"layout": layout, **make_header(spec, preprocessing)}
+    return {EXPORT_PREFIX + k: v for k, v in header.items()}
+
+
+def read_export_header(meta: dict[str, str] | None) -> tuple[str, ModelSpec, Preprocessing] | None:
+    """(layout, spec, preprocessing) of a file effnet exported to another library's layout; None for any other.
+
+    Raises:
+        ValueError: an export header that is malformed (one line naming the field, as `read_header`).
+    """
+    if not meta or EXPORT_PREFIX + "layout" not in meta:
+        return None
+    inner = {k.removeprefix(EXPORT_PREFIX): v for k, v in meta.items() if k.startswith(EXPORT_PREFIX)}
+    spec, pre = read_header(inner)
+    return inner["layout"], spec, pre
+
+
+# --- what a caller says about a file against what its header says -----------------------------------------------
+
+_MODEL_NAME = re.compile(r"^(?P<tf>tf_)?(?:efficientnet[_-]?)?(?P<variant>[a-z]+\d*)(?:\..*)?$")
+
+
+def _conventions(c: Conventions) -> str:
+    return f"padding {c.padding}, bn eps {c.bn_eps:g}, decay {c.bn_decay:g}"
+
+
+def contradiction(spec: ModelSpec, *, weight_source: str | None = None, model: str | None = None) -> str | None:
+    """Why a weight source or model name given for a file contradicts its header's `spec`, or None.
+
+    A header names the variant and conventions the weights were written with; a caller's name that agrees with them
+    is redundant, one that does not would read the weights with another padding or BN eps (or as another variant),
+    so it is refused rather than either one silently winning. "effnet" names this library's layout, not conventions.
+    """
+    if weight_source not in (None, "", "effnet"):
+        want = conventions_for(weight_source, spec.name)
+        if (want.padding, want.bn_eps, want.bn_decay) != (spec.conv.padding, spec.conv.bn_eps, spec.conv.bn_decay):
+            return (
+                f"its header says {_conventions(spec.conv)}, but weight source {weight_source!r} means "
+                f"{_conventions(want)}; drop the weight source (the header names the conventions)"
+            )
+    if model:
+        m = _MODEL_NAME.match(model.strip().lower())
+        variant = m["variant"] if m else model
+        if variant != spec.name:
+            return f"its header says {spec.name!r}, not {model!r}"
+        if m["tf"] and spec.conv.padding != "tf_same":
+            return (
+                f"its header says {_conventions(spec.conv)}, but {model!r} names TF-ported weights (TF SAME "
+                f"padding); pass the bare variant {spec.name!r} or drop the model name"
+            )
+    return None

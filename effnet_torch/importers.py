@@ -17,7 +17,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -30,10 +30,12 @@ from effnet_spec.contract import (
     CheckpointMismatchError,
     Tensor,
     check_tensors,
+    header_mismatch,
     mismatch_error,
     modules,
     tensors,
 )
+from effnet_spec.header import EXPORT_PREFIX, contradiction, make_export_header, read_export_header
 
 from . import sources
 from .sources.base import ImportError_, ModelName, parse_model_name
@@ -45,8 +47,11 @@ __all__ = [
     "ImportResult",
     "ModelName",
     "export_checkpoint",
+    "export_file",
     "export_state_dict",
     "import_checkpoint",
+    "import_exported",
+    "import_file",
     "import_own",
     "import_state_dict",
     "infer_variant",
@@ -55,6 +60,9 @@ __all__ = [
     "read_state_dict",
     "source_preprocessing",
 ]
+
+
+_EXPORT_LAYOUT = EXPORT_PREFIX + "layout"  # the metadata key that marks a file effnet wrote in another layout
 
 
 class ImportMismatchError(ImportError_, CheckpointMismatchError):
@@ -137,7 +145,6 @@ def infer_variant(shapes: Mapping[str, tuple[int, ...]], weight_source: str, con
         f"the checkpoint's shapes match no EfficientNet variant in the {sources.get(weight_source).layout} layout; "
         f"closest is {closest!r}",
         problems,
-        limit=40,
         cls=ImportMismatchError,
     )
 
@@ -227,6 +234,7 @@ class ImportResult:
     state_dict: dict[str, torch.Tensor]  # the twin's keys, float32 / int64, contiguous
     preprocessing: Preprocessing
     weight_source: str
+    note: str = ""  # what the import assumed that the file and the names given did not say ("" when nothing)
 
 
 def _mismatch_hint(keys: Sequence[str], shapes: Mapping[str, tuple[int, ...]], weight_source: str, conv: str) -> str:
@@ -277,14 +285,23 @@ def import_state_dict(
     sd_shapes = {k: tuple(v.shape) for k, v in sd.items()}
     variant = name.variant or infer_variant(sd_shapes, weight_source, conv)
     spec = _spec_for(variant, sd_shapes, weight_source, conv)
-    expected = _expected(spec, weight_source)  # the contract under the source's names, in the contract's order
-    problems = _problems(expected, sd_shapes)
+    what = f"checkpoint does not match {variant!r} in the {layout} layout"
+    out = _twin_state(sd, spec, layout, what, lambda: _mismatch_hint(list(sd), sd_shapes, weight_source, conv))
+    pre = preprocessing or selected.source.preprocessing(spec, replace(name, variant=variant))
+    return ImportResult(spec, out, pre, weight_source, "" if model else selected.unnamed_note)
+
+
+def _twin_state(
+    sd: Mapping[str, torch.Tensor], spec: ModelSpec, layout: str, what: str, hint: Callable[[], str] = lambda: ""
+) -> dict[str, torch.Tensor]:
+    """`sd`, in `layout`'s names, as the twin's state_dict of `spec`: float32 / int64, or refused with every problem.
+
+    `hint` adds to the first line of a shape mismatch (why the file may not fit).
+    """
+    expected = _expected(spec, layout)  # the contract under the source's names, in the contract's order
+    problems = _problems(expected, {k: tuple(v.shape) for k, v in sd.items()})
     if problems:
-        hint = _mismatch_hint(list(sd), sd_shapes, weight_source, conv)
-        raise mismatch_error(
-            f"checkpoint does not match {variant!r} in the {layout} layout{hint}", problems,
-            cls=ImportMismatchError,
-        )  # fmt: skip
+        raise mismatch_error(f"{what}{hint()}", problems, cls=ImportMismatchError)
     pairs = list(zip(tensors(spec), expected))  # (twin tensor, the same tensor under the source's name)
     out = {}
     for t, theirs in pairs:
@@ -295,32 +312,93 @@ def import_state_dict(
     # The values, in the contract's dtypes now: NaN or inf (or a value float32 cannot hold) is refused, by its key.
     problems = check_tensors(expected, {theirs.name: tensor_info(out[t.name]) for t, theirs in pairs})
     if problems:
-        raise mismatch_error(f"checkpoint does not match {variant!r} in the {layout} layout", problems,
-                             cls=ImportMismatchError)  # fmt: skip
-    pre = preprocessing or selected.source.preprocessing(spec, replace(name, variant=variant))
-    return ImportResult(spec, out, pre, weight_source)
+        raise mismatch_error(what, problems, cls=ImportMismatchError)
+    return out
 
 
 def import_own(
-    state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, str], src: str | os.PathLike, *, model: str | None = None
+    state_dict: Mapping[str, torch.Tensor],
+    meta: Mapping[str, str],
+    src: str | os.PathLike,
+    *,
+    model: str | None = None,
+    weight_source: str | None = None,
 ) -> ImportResult:
     """An effnet checkpoint's tensors checked against its own header (spec and preprocessing come from there).
 
     Raises:
-        ImportError_: a malformed header, or `model` naming another variant; `ImportMismatchError` for tensors that
-            do not fit the header.
+        ImportError_: a malformed header, a `model` or `weight_source` that contradicts it (another variant, other
+            conventions); `ImportMismatchError` for tensors that do not fit the header.
     """
+    src = os.fspath(src)
     try:
         spec, pre = read_header(dict(meta))
     except ValueError as e:
-        raise ImportError_(f"{os.fspath(src)}: {e}") from None
-    if model and parse_model_name(model).variant != spec.name:
-        raise ImportError_(f"{os.fspath(src)}: its header says {spec.name!r}, not {model!r}")
-    problems = check_tensors(tensors(spec), {k: tensor_info(v) for k, v in state_dict.items()})
-    if problems:
-        raise mismatch_error(f"{os.fspath(src)}: tensors do not match its own header", problems,
-                             cls=ImportMismatchError)  # fmt: skip
+        raise ImportError_(f"{src}: {e}") from None
+    problem = contradiction(spec, weight_source=weight_source, model=model)
+    if problem:
+        raise ImportError_(f"{src}: {problem}")
+    error = header_mismatch(src, spec, {k: tensor_info(v) for k, v in state_dict.items()}, cls=ImportMismatchError)
+    if error:
+        raise error
     return ImportResult(spec, {k: v.contiguous() for k, v in state_dict.items()}, pre, "effnet")
+
+
+def import_exported(
+    state_dict: Mapping[str, torch.Tensor],
+    meta: Mapping[str, str],
+    src: str | os.PathLike,
+    *,
+    model: str | None = None,
+    weight_source: str | None = None,
+) -> ImportResult:
+    """A file effnet wrote in another library's layout (`effnet convert --to`), read back with the spec, conventions
+    and preprocessing it was written with (its export header), not the layout's defaults.
+
+    Raises:
+        ImportError_: a malformed export header, a `weight_source` of another layout or conventions, a `model` of
+            another variant; `ImportMismatchError` for tensors that do not fit the header.
+    """
+    src = os.fspath(src)
+    try:
+        layout, spec, pre = read_export_header(dict(meta))
+        sources.get(layout)
+    except ValueError as e:
+        raise ImportError_(f"{src}: its effnet export header: {e}") from None
+    if weight_source and sources.get(weight_source).layout != layout:
+        raise ImportError_(
+            f"{src}: effnet wrote it in the {layout} layout (its header says so), not {weight_source}'s; "
+            "drop the weight source"
+        )
+    problem = contradiction(spec, weight_source=weight_source, model=model)
+    if problem:
+        raise ImportError_(f"{src}: {problem}")
+    what = f"{src}: tensors do not match its own header ({spec.name} in the {layout} layout)"
+    return ImportResult(spec, _twin_state(state_dict, spec, layout, what), pre, layout)
+
+
+def import_file(
+    state_dict: Mapping[str, torch.Tensor],
+    meta: Mapping[str, str] | None,
+    src: str | os.PathLike,
+    *,
+    weight_source: str | None = None,
+    model: str | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> ImportResult:
+    """A file's tensors (from `read_state_dict`) as the twin's: by its effnet header, by the header effnet wrote
+    beside another library's layout, or else by that library's layout and the names given.
+
+    A header names the model and conventions, so a weight source or model name given for such a file must agree
+    with it (`effnet_spec.header.contradiction`); `preprocessing` replaces the file's or the source's.
+    """
+    if meta and "format" in meta:
+        r = import_own(state_dict, meta, src, model=model, weight_source=weight_source)
+    elif meta and _EXPORT_LAYOUT in meta:
+        r = import_exported(state_dict, meta, src, model=model, weight_source=weight_source)
+    else:
+        return import_state_dict(state_dict, weight_source, model=model, preprocessing=preprocessing)
+    return replace(r, preprocessing=preprocessing or r.preprocessing)
 
 
 def import_checkpoint(
@@ -334,15 +412,11 @@ def import_checkpoint(
     """Read a checkpoint of any weight source in `sources.names()` and write an effnet checkpoint.
 
     `src` is safetensors or a `.pth`/`.pt` read with `weights_only=True`; `out` is written atomically as
-    safetensors with the effnet header. An effnet checkpoint keeps its own header (spec and preprocessing).
+    safetensors with the effnet header. An effnet checkpoint keeps its own header (spec and preprocessing), and so
+    does one effnet exported to another layout (`import_file`).
     """
     sd, meta = read_state_dict(src)
-    layout = sources.get(weight_source).layout if weight_source else sources.detect(sd)
-    if layout == "effnet" and meta and "format" in meta:
-        result = import_own(sd, meta, src, model=model)
-        result = replace(result, preprocessing=preprocessing or result.preprocessing)
-    else:
-        result = import_state_dict(sd, weight_source, model=model, preprocessing=preprocessing)
+    result = import_file(sd, meta, src, weight_source=weight_source, model=model, preprocessing=preprocessing)
     write_atomic(out, st_save(result.state_dict, metadata=make_header(result.spec, result.preprocessing)))
     return result
 
@@ -369,13 +443,26 @@ def export_state_dict(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, t
     return {theirs: state_dict[twin] for twin, theirs in source_keys(spec, target).items()}
 
 
-def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, target: str) -> ModelSpec:
-    """Write an effnet checkpoint's weights as `target`'s state_dict (safetensors, atomically)."""
+def export_file(
+    out: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+    preprocessing: Preprocessing | None,
+    target: str,
+) -> None:
+    """Write the twin's `state_dict` as `target`'s (safetensors, atomically), with the effnet header under
+    `effnet.*` metadata keys, which the target library ignores and effnet reads back (`import_exported`)."""
+    exported = export_state_dict(state_dict, spec, target)
+    meta = make_export_header(spec, preprocessing, sources.get(target).layout)
+    write_atomic(out, st_save({k: v.contiguous() for k, v in exported.items()}, metadata=meta))
+
+
+def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, target: str) -> tuple[ModelSpec, Preprocessing]:
+    """Write an effnet checkpoint's weights as `target`'s state_dict (safetensors, atomically); see `export_file`.
+
+    Returns the checkpoint's spec and preprocessing (what the target library must build and feed).
+    """
     sd, meta = read_state_dict(src)
-    try:
-        spec, _ = read_header(meta)
-    except ValueError as e:
-        raise ImportError_(f"{os.fspath(src)}: {e}") from None
-    exported = export_state_dict(sd, spec, target)
-    write_atomic(out, st_save({k: v.contiguous() for k, v in exported.items()}))
-    return spec
+    r = import_own(sd, meta or {}, src)  # the header read, and the tensors checked against it
+    export_file(out, r.state_dict, r.spec, r.preprocessing, target)
+    return r.spec, r.preprocessing

@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 
 from effnet_spec import Preprocessing, make_header, read_header
 from effnet_spec.atomic import write_atomic
-from effnet_spec.contract import CheckpointMismatchError
+from effnet_spec.contract import CheckpointMismatchError, header_mismatch
 
 from .model import EfficientNet
 from .strict import load_state_dict_checked, tensor_info
@@ -63,6 +63,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     with safe_open(os.fspath(path), framework="pt", device=str(map_location)) as f:
         spec, pre = read_header(f.metadata())
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    error = header_mismatch(os.fspath(path), spec, {k: tensor_info(v) for k, v in state.items()})
+    if error:  # named by the file, with the variant its tensors are when the header names another
+        raise error
     model = EfficientNet(spec)
     load_state_dict_checked(model, state)
     model.preprocessing = pre

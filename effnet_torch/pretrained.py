@@ -17,7 +17,7 @@ from torch import nn
 from effnet_spec.adapt import SOURCES_HELP, Pretrained, adapt, adapt_preprocessing
 
 from . import hub
-from .importers import ImportError_, import_own, import_state_dict, read_state_dict
+from .importers import ImportError_, import_file, import_state_dict, read_state_dict
 from .strict import load_state_dict_checked
 
 __all__ = ["SOURCES_HELP", "Pretrained", "from_pretrained", "read_pretrained"]
@@ -48,11 +48,9 @@ def read_pretrained(
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file; expected {SOURCES_HELP}")
     sd, meta = read_state_dict(path)
-    if meta and "format" in meta and weight_source in (None, "effnet"):  # an effnet checkpoint: its header rules
-        r = import_own(sd, meta, path, model=model)
-        return Pretrained(r.spec, r.state_dict, r.preprocessing, f"effnet checkpoint {path}")
-    r = import_state_dict(sd, weight_source, model=model)
-    return Pretrained(r.spec, r.state_dict, r.preprocessing, f"{r.weight_source} weights {path}")
+    r = import_file(sd, meta, path, weight_source=weight_source, model=model)  # a header rules; names must agree
+    origin = f"effnet checkpoint {path}" if r.weight_source == "effnet" else f"{r.weight_source} weights {path}"
+    return Pretrained(r.spec, r.state_dict, r.preprocessing, origin, f"{path}: {r.note}" if r.note else "")
 
 
 def _from_hub(source: str, weight_source: str | None, model: str | None) -> Pretrained:

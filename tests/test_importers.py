@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from effnet_jax.cli import main as cli_main
 from effnet_spec import SOURCES, VARIANTS, Preprocessing, resolve
-from effnet_spec.contract import CheckpointMismatchError, shapes, tensors
+from effnet_spec.contract import SHOWN, CheckpointMismatchError, shapes, tensors
 from effnet_torch import EfficientNet, importers, load_checkpoint, load_state_dict_checked, save_checkpoint, sources
 from effnet_torch.importers import (
     ImportError_,
@@ -138,7 +138,9 @@ def test_wrong_variant_names_problems_and_the_matching_variant(b0):
     sd = export_state_dict(b0.state_dict(), b0.spec, "timm")
     with pytest.raises(ImportError_, match=r"does not match 'b1' in the timm layout; its shapes match 'b0'") as e:
         import_state_dict(sd, "timm", model="b1")
-    assert "- blocks.1.2.conv_pw.weight" in str(e.value)  # b1 has a third stage-1 block that b0 lacks
+    lines = str(e.value).splitlines()  # the count and the first few of the 128 differences, not all of them
+    assert lines[0].endswith(": 128 problem(s)") and lines[-1] == "  ... and 48 more" and len(lines) == 2 + SHOWN
+    assert "  - blocks.0.1.se.conv_expand.{bias,weight}" in lines  # b1 has a second stage-0 block that b0 lacks
 
 
 def test_mismatches_are_also_checkpoint_mismatch_errors(b0):

@@ -17,6 +17,7 @@ docs/design.md, "Weight sources"): `timm_tf` is the timm layout with TF conventi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import replace
@@ -84,19 +85,14 @@ def convert(
     Raises:
         effnet_torch.importers.ImportError_ (a ValueError): unreadable/unsafe file, or shapes matching no variant.
     """
-    from effnet_torch.importers import import_checkpoint, import_state_dict, read_state_dict
+    from effnet_torch.importers import import_checkpoint, import_file, read_state_dict
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not overrides:
         return import_checkpoint(src, out, weight_source=weight_source, model=model)
     # Overrides apply on top of the source's own preprocessing, so read it first.
     sd, meta = read_state_dict(src)
-    if meta and "format" in meta:
-        from effnet_spec import read_header
-
-        pre = read_header(meta)[1]
-    else:
-        pre = import_state_dict(sd, weight_source, model=model).preprocessing
+    pre = import_file(sd, meta, src, weight_source=weight_source, model=model).preprocessing
     for k in ("mean", "std"):
         if k in overrides:
             overrides[k] = tuple(overrides[k])
@@ -137,12 +133,9 @@ def convert_run(run_dir: str, out: str, *, raw: bool = False, target: str | None
             raise ModuleNotFoundError(
                 f"--to {target} writes another library's layout, which needs PyTorch: pip install 'effnet[torch]'"
             ) from None
-        from safetensors.torch import save as st_save
+        from effnet_torch.importers import export_file
 
-        from effnet_torch.importers import export_state_dict
-
-        exported = export_state_dict({k: torch.from_numpy(v) for k, v in p.state_dict.items()}, p.spec, target)
-        write_atomic(out, st_save({k: v.contiguous() for k, v in exported.items()}))
+        export_file(out, {k: torch.from_numpy(v) for k, v in p.state_dict.items()}, p.spec, p.preprocessing, target)
     else:
         write_atomic(out, save(p.state_dict, metadata=make_header(p.spec, p.preprocessing)))
     return p
@@ -166,7 +159,28 @@ def _main_run(args: argparse.Namespace, overrides: dict) -> int:
     shown = f"; classes {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else ""
     layout = f" in the {args.target} layout" if args.target else ""
     print(f"wrote {args.out}{layout}: {p.spec.name} from {p.origin}, {p.spec.num_classes} classes{shown}")
+    if args.target:
+        _print_loading(args.target, p.spec, p.preprocessing)
     return 0
+
+
+def _preprocessing_line(p) -> str:
+    """How images must be prepared for the weights, as another library's user needs it spelled out."""
+    resize = math.floor(p.resolution / p.crop_pct + 1e-6)
+    mean, std = (tuple(round(v, 4) for v in x) for x in (p.mean, p.std))
+    return (
+        f"resize the short side to {resize} ({p.interpolation}), center-crop {p.resolution}x{p.resolution}, "
+        f"scale to [0, 1], normalise with mean {mean} std {std}"
+    )
+
+
+def _print_loading(target: str, spec, pre) -> None:
+    """What another library needs to compute what these weights compute: its model (name, conventions) and the
+    preprocessing; the file carries them too (effnet reads them back), but the other library ignores that."""
+    loader = _sources().get(target).source.loader
+    if loader:
+        print(f"  load it in {target} as {loader(spec)}")
+    print(f"  input: {_preprocessing_line(pre)}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -204,8 +218,9 @@ def main(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            spec = export_checkpoint(args.src, args.out, args.target)
-            print(f"wrote {args.out}: {spec.name} in the {args.target} layout")
+            spec, pre = export_checkpoint(args.src, args.out, args.target)
+            print(f"wrote {args.out}: {spec.name} in the {args.target} layout, {spec.num_classes} classes")
+            _print_loading(args.target, spec, pre)
             return 0
         r = convert(args.src, args.out, weight_source=args.weight_source, model=args.model, overrides=overrides)
     except ValueError as e:  # ImportError_, a bad header or override: the message names the problem
@@ -214,9 +229,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:  # the disk filled up or went read-only mid-write; write_atomic left OUT as it was
         print(f"effnet convert: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    note = _sources().get(r.weight_source).unnamed_note
-    if note and not args.model:
-        print(f"effnet convert: note: {note}", file=sys.stderr)
+    if r.note:
+        print(f"effnet convert: note: {r.note}", file=sys.stderr)
     c, p = r.spec.conv, r.preprocessing
     print(
         f"wrote {args.out}: {r.spec.name} from {r.weight_source}, {r.spec.num_classes} classes; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="as in `effnet convert`: a variant or library model name (tf_efficientnet_b3)")
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"effnet predict: note: {message}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     from effnet_spec.resolve import MAX_CLASSES
 
@@ -36,7 +41,11 @@ def main(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     try:
-        results = predict(args.images, args.weights, top=args.top, weight_source=args.weight_source, model=args.model)
+        with warnings.catch_warnings():  # a note on what was assumed is one line, not a source location
+            warnings.showwarning = _warning_line
+            results = predict(
+                args.images, args.weights, top=args.top, weight_source=args.weight_source, model=args.model
+            )
     except (OSError, ValueError, ModuleNotFoundError) as e:
         print(f"effnet predict: {e}", file=sys.stderr)
         return 1

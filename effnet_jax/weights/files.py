@@ -13,9 +13,10 @@ from flax import nnx
 
 from effnet_spec import ModelSpec, Preprocessing, make_header, read_header
 from effnet_spec.atomic import write_atomic
+from effnet_spec.contract import header_mismatch
 
 from ..model import EfficientNet, ModelOptions
-from .state import _check_model, model_from_state_dict, state_dict_from_model
+from .state import _check_model, _got, model_from_state_dict, state_dict_from_model
 
 __all__ = ["load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
@@ -38,6 +39,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, np.nd
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a safetensors file, or a missing/malformed header.
+        CheckpointMismatchError: tensors that do not fit the header (or hold NaN, inf or values beyond reason).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -50,7 +52,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, np.nd
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
     except SafetensorError as e:
         raise ValueError(f"{path}: not a readable safetensors checkpoint: {e}") from e
-    spec, pre = read_header(meta)
+    try:
+        spec, pre = read_header(meta)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    error = header_mismatch(path, spec, {k: _got(np.asarray(v)) for k, v in state.items()})
+    if error:  # checked on reading, so every command refuses a file that contradicts itself before it writes
+        raise error
     return spec, state, pre
 
 

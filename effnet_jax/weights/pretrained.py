@@ -11,19 +11,18 @@ without a random init (a new classifier starts at zero; docs/design.md, "Pretrai
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import replace
 
 import numpy as np
 from flax import nnx
 
 from effnet_spec.adapt import HUB_PREFIX, SOURCES_HELP, Pretrained, adapt, adapt_preprocessing, adapt_spec
-from effnet_spec.contract import check_tensors, mismatch_error, tensors
+from effnet_spec.header import contradiction
 
 from .. import _hooks
 from ..model import EfficientNet, ModelOptions
 from .files import read_checkpoint
-from .state import _got, model_from_state_dict
+from .state import model_from_state_dict
 
 __all__ = ["HUB_PREFIX", "Pretrained", "build_adapted", "from_pretrained", "read_pretrained", "source_kind"]
 
@@ -57,11 +56,6 @@ def source_kind(source: str | os.PathLike) -> str:
     return "effnet" if _has_effnet_header(text) else "library"
 
 
-def _variant(model: str) -> str:
-    """The variant a model name names: "b0", "efficientnet_b0", "tf_efficientnet_b0.ns_jft_in1k" -> "b0"."""
-    return re.sub(r"^(tf_)?(efficientnet[_-]?)?", "", model.strip().lower()).split(".")[0]
-
-
 def read_pretrained(
     source: str | os.PathLike,
     *,
@@ -91,13 +85,11 @@ def read_pretrained(
         open(text, "rb").close()
     except OSError as e:
         raise OSError(e.errno, f"{text}: cannot read it ({e.strerror})") from None
-    if weight_source in (None, "effnet") and _has_effnet_header(text):
-        spec, state, pre = read_checkpoint(text)
-        if model and _variant(model) != spec.name:
-            raise ValueError(f"{text}: its header says {spec.name!r}, not {model!r}")
-        problems = check_tensors(tensors(spec), {k: _got(np.asarray(v)) for k, v in state.items()})
-        if problems:  # checked here, on reading, so a run refuses bad init weights before it writes anything
-            raise mismatch_error(f"{text}: tensors do not match its own header", problems)
+    if _has_effnet_header(text):  # its header names the model: a weight source or model name may only agree
+        spec, state, pre = read_checkpoint(text)  # tensors checked against the header, on reading
+        problem = contradiction(spec, weight_source=weight_source, model=model)
+        if problem:
+            raise ValueError(f"{text}: {problem}")
         return Pretrained(spec, state, pre, f"effnet checkpoint {text}")
     return _via_torch(text, weight_source, model)
 

@@ -16,7 +16,15 @@ import numpy as np
 from flax import nnx
 
 from effnet_spec import ModelSpec
-from effnet_spec.contract import CheckpointMismatchError, Got, Tensor, check_tensors, mismatch_error, tensors
+from effnet_spec.contract import (
+    CheckpointMismatchError,
+    Got,
+    Tensor,
+    check_tensors,
+    float_got,
+    mismatch_error,
+    tensors,
+)
 
 from ..model import EfficientNet, ModelOptions
 
@@ -115,15 +123,18 @@ def state_dict_from_model(model: EfficientNet) -> dict[str, np.ndarray]:
 
 def _got(a: np.ndarray) -> Got:
     kind = "int" if np.issubdtype(a.dtype, np.integer) else "float" if np.issubdtype(a.dtype, np.floating) else "other"
+    if kind == "float":
+        low, high = (float(a.min()), float(a.max())) if a.size else (None, None)
+        return float_got(tuple(a.shape), str(a.dtype), low, high)
     value = int(a) if kind == "int" and a.ndim == 0 else None
-    finite = bool(np.isfinite(a).all()) if kind == "float" else None
-    return Got(tuple(a.shape), kind, str(a.dtype), value, finite)
+    return Got(tuple(a.shape), kind, str(a.dtype), value)
 
 
 def load_state_dict(model: EfficientNet, state_dict: Mapping[str, np.ndarray]) -> None:
     """Load an interchange-format state_dict into `model`, strictly: every key, shape and dtype kind must match.
 
-    Every float value must be finite too (NaN or inf is refused). Nothing is changed unless everything matches.
+    Every float value must be finite and within `MAX_WEIGHT`, every BN running variance >= 0. Nothing is changed
+    unless everything matches.
 
     Raises:
         CheckpointMismatchError: one message listing sorted missing (-) and unexpected (+) keys, shape or dtype

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from effnet_spec import VARIANTS, BlockSpec, ModelSpec, Preprocessing, default_preprocessing, resolve
+from effnet_spec import STAGES, VARIANTS, BlockSpec, ModelSpec, Preprocessing, default_preprocessing, resolve
 from effnet_spec.classes import imagenet_class_names
 from effnet_spec.contract import Module, modules
 
@@ -23,8 +23,11 @@ __all__ = [
     "Selected",
     "WeightSource",
     "any_spec",
+    "call",
     "class_names",
+    "differences",
     "layout",
+    "named",
     "native_preprocessing",
     "parse_model_name",
     "tf_eval_preprocessing",
@@ -61,6 +64,8 @@ class WeightSource:
     tf_conventions: str | None = None
     exports: Callable[[ModelSpec], str | None] | None = None  # None: not an export target; else why a spec is refused
     unnamed_note: str = ""  # what an import without a model name assumed, where names pick the conventions
+    # How to build the library's model for an exported spec, and where it would compute otherwise (`loads_as`).
+    loader: Callable[[ModelSpec], str] | None = None
     order: int = 5  # place in the registry: CLI choices and error messages list sources by it, then by name
 
     @property
@@ -131,6 +136,33 @@ def layout(
         return block(spec.blocks[m.block], repeat, m.part)
 
     return module_name
+
+
+def named(spec: ModelSpec) -> bool:
+    """Whether `spec` is a named variant's architecture (any classes or input channels): what libraries build."""
+    v = VARIANTS.get(spec.name)
+    ours = spec.variant
+    return (
+        v is not None
+        and (v.width, v.depth, v.family) == (ours.width, ours.depth, ours.family)
+        and (spec.stages == STAGES)
+    )
+
+
+def call(function: str, *args: str, **kwargs: object) -> str:
+    """`function('a', x=1)`, the way a user types it."""
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{function}({', '.join(parts)})"
+
+
+def differences(spec: ModelSpec, padding: str, bn_eps: float) -> str:
+    """What a library model with `padding` and `bn_eps` computes otherwise than `spec`'s weights need ("" if none)."""
+    out = []
+    if padding != spec.conv.padding:
+        out.append(f"it pads {padding}, these weights need {spec.conv.padding}")
+    if bn_eps != spec.conv.bn_eps:
+        out.append(f"its BN eps is {bn_eps:g}, these weights' {spec.conv.bn_eps:g}")
+    return f" (its outputs will differ: {'; '.join(out)})" if out else ""
 
 
 def any_spec(spec: ModelSpec) -> str | None:

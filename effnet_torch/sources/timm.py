@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from effnet_spec import BlockSpec, ModelSpec, Preprocessing
 
-from .base import ModelName, WeightSource, any_spec, class_names, layout, tf_eval_preprocessing
+from .base import ModelName, WeightSource, any_spec, call, class_names, layout, named, tf_eval_preprocessing
 
 _TOP = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head", "head.bn": "bn2",
         "classifier": "classifier"}  # fmt: skip
@@ -63,6 +63,21 @@ def _preprocessing(spec: ModelSpec, name: ModelName) -> Preprocessing:
                          class_names=class_names(spec))  # fmt: skip
 
 
+def _loader(spec: ModelSpec) -> str:
+    """The timm model these weights load into: `tf_*` for TF SAME padding, with `bn_eps` where its default differs."""
+    if not named(spec):
+        return "timm has no model of this architecture (not a named variant's); build a timm EfficientNet of its blocks"
+    tf = spec.conv.padding == "tf_same"
+    kwargs: dict[str, object] = {}
+    if spec.num_classes != 1000:
+        kwargs["num_classes"] = spec.num_classes
+    if spec.in_channels != 3:
+        kwargs["in_chans"] = spec.in_channels
+    if spec.conv.bn_eps != (1e-3 if tf else 1e-5):
+        kwargs["bn_eps"] = spec.conv.bn_eps
+    return call("timm.create_model", ("tf_" if tf else "") + f"efficientnet_{spec.name}", **kwargs)
+
+
 SOURCE = WeightSource(
     name="timm",
     order=1,
@@ -71,6 +86,7 @@ SOURCE = WeightSource(
     tf_conventions="timm_tf",
     preprocessing=_preprocessing,
     exports=any_spec,
+    loader=_loader,
     unnamed_note="assumed timm efficientnet_* conventions (symmetric padding, eps 1e-5); "
     "for TF-ported weights pass --weight-source timm_tf or --model tf_efficientnet_<variant>",
 )

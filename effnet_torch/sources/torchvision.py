@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 
-from effnet_spec import ModelSpec, Preprocessing
+from effnet_spec import ModelSpec, Preprocessing, conventions_for
 from effnet_spec.contract import Module, modules
 
-from .base import ModelName, WeightSource, class_names, native_preprocessing
+from .base import ModelName, WeightSource, call, class_names, differences, native_preprocessing
 
 # torchvision's DEFAULT weights (models/efficientnet.py, torchvision 0.29): (crop_size, resize_size, interpolation).
 TORCHVISION_PREPROCESSING: dict[str, tuple[int, int, str]] = {
@@ -61,6 +61,14 @@ def _exports(spec: ModelSpec) -> str | None:
     return f"torchvision has no EfficientNet {spec.name!r}; it offers b0..b7"
 
 
+def _loader(spec: ModelSpec) -> str:
+    """torchvision's builder for the variant; it pads symmetrically and fixes BN eps per variant."""
+    kwargs = {"num_classes": spec.num_classes} if spec.num_classes != 1000 else {}
+    eps = conventions_for("torchvision", spec.name).bn_eps
+    extra = " (torchvision takes 3-channel input only)" if spec.in_channels != 3 else ""
+    return call(f"torchvision.models.efficientnet_{spec.name}", **kwargs) + differences(spec, "symmetric", eps) + extra
+
+
 SOURCE = WeightSource(
     name="torchvision",
     order=0,
@@ -68,4 +76,5 @@ SOURCE = WeightSource(
     conventions="torchvision",
     preprocessing=_preprocessing,
     exports=_exports,
+    loader=_loader,
 )
