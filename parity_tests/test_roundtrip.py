@@ -47,7 +47,9 @@ def _torch_model(name: str, weights: str) -> torch.nn.Module:
             m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
             m.num_batches_tracked.fill_(1000 * i + int(torch.randint(1, 999, (1,), generator=g)))
         # signed zero, subnormal, huge, smallest normal: a value-based comparison would miss a lost sign or flush
-        tm.stem.bn.running_mean[:4] = torch.tensor([-0.0, 1e-40, -3.0e38, 2.0**-126])
+        tm.stem.bn.running_mean[:4] = torch.tensor(
+            [-0.0, 1e-40, -3.0e7, 2.0**-126]
+        )  # big, not absurd: |x| > 1e8 is refused on load
     return tm
 
 

@@ -121,8 +121,9 @@ def test_predict_reads_upright(folder, monkeypatch):
     from effnet_jax import predict, weights
 
     pre = Preprocessing(resolution=16)
-    net = SimpleNamespace(spec=SimpleNamespace(num_classes=2, in_channels=3), preprocessing=pre)
-    monkeypatch.setattr(weights, "from_pretrained", lambda *a, **k: net)
+    net = SimpleNamespace(spec=SimpleNamespace(num_classes=2, in_channels=3), preprocessing=pre, eval=lambda: None)
+    monkeypatch.setattr(weights, "read_pretrained", lambda *a, **k: SimpleNamespace(note=None))
+    monkeypatch.setattr(weights, "build_adapted", lambda p: net)
     seen = []
 
     def spy(image, pre, in_channels=3):

@@ -212,7 +212,7 @@ def test_preprocessing_takes_lists_as_tuples_and_checks_types():
     pre = Preprocessing(resolution=8, mean=[0.5, 0.5, 0.5], std=[0.25] * 3, class_names=["a", "b"])
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25,) * 3 and pre.class_names == ("a", "b")
     hash(pre)
-    with pytest.raises(ValueError, match="Preprocessing: resolution must be an int >= 1, got '8'"):
+    with pytest.raises(ValueError, match="Preprocessing: resolution must be an int in 1..16384, got '8'"):
         Preprocessing(resolution="8")
 
 
