@@ -182,7 +182,7 @@ def test_no_readable_step_is_one_line_and_moves_nothing(run_copy, capsys, damage
     before = _tree(run_copy)
     rc, lines = _cli(run_copy, capsys=capsys)
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("effnet train: error: "), lines
-    assert f"{ckpts}/4 cannot be read" in lines[0] and "nor can the 1 before it" in lines[0], lines
+    assert f"{ckpts}/4 cannot be read" in lines[0] and "nor can the 1 step before it" in lines[0], lines
     assert _tree(run_copy) == before and sorted(os.listdir(ckpts)) == ["2", "4"]
 
 

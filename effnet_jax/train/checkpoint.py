@@ -24,6 +24,7 @@ import contextlib
 import errno
 import gc
 import glob
+import json
 import os
 import re
 import shutil
@@ -135,6 +136,7 @@ def quiet_failed_writes() -> None:
 
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(from_orbax)
+    _drop_failed_read_reports()
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
@@ -145,10 +147,12 @@ _NOT_DAMAGE = (MemoryError, KeyboardInterrupt, SystemExit)
 def _read_reason(e: BaseException) -> str:
     """The first cause of a failed read, in one line: TensorStore's words for a truncated file ("OUT_OF_RANGE: Error
     reading "<array>": Requested byte range [a, b) is not valid for value of size n"), Orbax's for a missing item."""
-    while (e.__cause__ or e.__context__) is not None:
-        e = e.__cause__ or e.__context__
+    while e.__cause__ is not None:  # the explicit causes (an implicit context can be a library's inner detail)
+        e = e.__cause__
     if isinstance(e, OSError) and e.strerror:
         text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    elif isinstance(e, json.JSONDecodeError):
+        text = f"a JSON file of it is cut short or garbled ({e})"
     else:
         text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     text = re.sub(r' in OCDBT database at [^:]*"(?=:)', "", (text.splitlines() or [""])[0])
@@ -170,21 +174,34 @@ def _unreadable():
         raise _Unreadable(reason) from e
 
 
-def _collect_failed_reads() -> None:
-    """Orbax leaves the reads of a failed restore as suspended coroutines whose closing raises again; they are
-    collected now, with those reports (a traceback per array, at some later moment) kept off stderr."""
+def _is_failed_read_report(u) -> bool:
+    """An "Exception ignored" report left by a failed Orbax read or write: its reads, suspended coroutines whose
+    closing raises again, and TensorStore completions arriving after Orbax closed the event loop they report to."""
+    code = getattr(u.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True
+    return u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed"
+
+
+def _drop_failed_read_reports() -> None:
+    """Keep those reports (a traceback each, at some later moment, from another thread) off stderr from now on:
+    the failure itself is reported once, by `Checkpointer`. Installed once per process, before any other hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_effnet", False):
+        return
 
     def hook(u) -> None:
-        code = getattr(u.object, "cr_code", None)
-        if code is None or "orbax" not in code.co_filename:
-            sys.__unraisablehook__(u) if previous is None else previous(u)
+        if not _is_failed_read_report(u):
+            previous(u)
 
-    previous = sys.unraisablehook
+    hook._effnet = True
     sys.unraisablehook = hook
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous
+
+
+def _collect_failed_reads() -> None:
+    """Collect a failed restore's leftovers now, while their reports are dropped."""
+    _drop_failed_read_reports()
+    gc.collect()
 
 
 class Checkpointer:
@@ -312,7 +329,8 @@ class Checkpointer:
                 self.damaged[s] = str(e)
             _collect_failed_reads()
         worst = steps[0]
-        others = "" if len(steps) == 1 else f" (nor can the {len(steps) - 1} before it)"
+        n = len(steps) - 1
+        others = f" (nor can the {n} step{'s' if n > 1 else ''} before it)" if n else ""
         raise DamagedCheckpoint(
             f"checkpoint {self.directory}/{worst} cannot be read: {self.damaged[worst]}{others}; it is damaged "
             "(truncated or emptied after it was written). Move it away to start the run over, or put back a copy"
