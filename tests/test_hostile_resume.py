@@ -219,3 +219,9 @@ def test_segments_drop_rows_of_lost_steps_and_unchanged_resumes_write_nothing(tm
     rows = [json.loads(line) for line in (tmp_path / SEGMENTS).read_text().splitlines()]
     assert [(r["step"], r["changed"]) for r in rows] == [(2, {"num_workers": [0, 2]})]
     assert (tmp_path / "config.json").read_text() == "{}\n"
+    good = (tmp_path / SEGMENTS).read_text()
+    (tmp_path / SEGMENTS).write_text("{cut short\n" + good)  # a hand edit gone wrong: named and dropped
+    capsys.readouterr()
+    write_config(_cfg(tmp_path, "resume=true", "num_workers=2"), 2, saved)
+    assert f"{tmp_path / SEGMENTS}:1 is not a segment row" in capsys.readouterr().err
+    assert (tmp_path / SEGMENTS).read_text() == good

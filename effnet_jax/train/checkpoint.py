@@ -140,10 +140,6 @@ def quiet_failed_writes() -> None:
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
-# Errors that say nothing about the checkpoint: reading it again (or an earlier one) would fail the same way.
-_NOT_DAMAGE = (MemoryError, KeyboardInterrupt, SystemExit)
-
-
 def _read_reason(e: BaseException) -> str:
     """The first cause of a failed read, in one line: TensorStore's words for a truncated file ("OUT_OF_RANGE: Error
     reading "<array>": Requested byte range [a, b) is not valid for value of size n"), Orbax's for a missing item."""
@@ -165,7 +161,7 @@ def _unreadable():
     file) becomes `_Unreadable` with its reason; running out of memory stays what it is."""
     try:
         yield
-    except _NOT_DAMAGE:
+    except MemoryError:  # says nothing about the checkpoint: an earlier one would fail the same way
         raise
     except Exception as e:
         reason = _read_reason(e)
@@ -185,7 +181,7 @@ def _is_failed_read_report(u) -> bool:
 
 def _drop_failed_read_reports() -> None:
     """Keep those reports (a traceback each, at some later moment, from another thread) off stderr from now on:
-    the failure itself is reported once, by `Checkpointer`. Installed once per process, before any other hook."""
+    the failure itself is reported once, by `Checkpointer`. Installed once per process, over the hook there."""
     previous = sys.unraisablehook
     if getattr(previous, "_effnet", False):
         return

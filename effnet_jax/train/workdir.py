@@ -90,23 +90,24 @@ def write_config(cfg: TrainConfig, step: int, saved_config: dict | None) -> None
     if saved_config is None:
         return
     seg_path = os.path.join(cfg.workdir, SEGMENTS)
-    rows = _segments(seg_path)
-    kept = [row for row in rows if row.get("step", 0) < step]  # a later segment's steps were lost with its run
+    rows, whole = _segments(seg_path)
+    kept = [row for row in rows if row["step"] < step]  # a later segment's steps were lost with its run
     changed = config_changes(cfg, saved_config)
     if changed:
         kept.append({"step": step, "changed": changed, "config": json.loads(to_json(cfg))})
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
         note(f"resume at step {step} changes {what}; recorded in {seg_path} (config.json keeps the run's first "
              "settings)")  # fmt: skip
-    if kept != rows:
+    if kept != rows or not whole:
         write_atomic(seg_path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
 
 
-def _segments(path: str) -> list[dict]:
-    """The rows of segments.jsonl (none if absent); a line that is not a JSON object is kept out, with a note."""
+def _segments(path: str) -> tuple[list[dict], bool]:
+    """The rows of segments.jsonl (none if absent), and whether every line was one; a line that is not a row is
+    dropped, with a note."""
     if not os.path.exists(path):
-        return []
-    rows = []
+        return [], True
+    rows, whole = [], True
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             try:
@@ -116,5 +117,6 @@ def _segments(path: str) -> list[dict]:
             if isinstance(row, dict) and isinstance(row.get("step"), int):
                 rows.append(row)
             elif line.strip():
-                note(f"{path}:{n} is not a segment row; dropped")
-    return rows
+                whole = False
+                note(f"{path}:{n} is not a segment row (a JSON object with its step); dropped")
+    return rows, whole
