@@ -135,7 +135,9 @@ def test_scan_resumes_a_plain_run_and_trains_the_same(tmp_path):
     shutil.copytree(plain, scanned)
     shutil.rmtree(scanned / "checkpoints" / "4")  # as if the plain run had stopped after step 2's checkpoint
     train_mod.train(_cfg(scanned, *tiny4, "scan=true", "resume=true"))
-    assert json.loads((scanned / "config.json").read_text())["scan"] is True
+    assert json.loads((scanned / "config.json").read_text())["scan"] is False, "the first segment's settings"
+    (segment,) = [json.loads(line) for line in (scanned / "segments.jsonl").read_text().splitlines()]
+    assert segment["step"] == 2 and segment["changed"] == {"scan": [False, True]}
     rows = [[json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()] for w in (plain, scanned)]
     losses = [{r["step"]: r["loss"] for r in rs if r["kind"] == "train"} for rs in rows]
     assert sorted(losses[1]) == [1, 2, 3, 4]

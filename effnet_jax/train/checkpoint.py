@@ -10,6 +10,11 @@ with the half-written step removed and the complete ones untouched. Restoring ne
 (`nnx.eval_shape`), whose shardings the restored arrays take. Runs before 0.3 also saved `data` (the Grain
 iterator state); the stream is a function of the step, so it is no longer read.
 
+A step that is there but cannot be read (a truncated data file, an emptied folder: damaged after it was written)
+is skipped for the latest one that can (`restore()`, `damaged`); the run holding the workdir moves it aside to
+`<step>.damaged` (`set_aside_damaged`), out of Orbax's view, so the steps after it are saved again and garbage
+collection counts only complete ones.
+
 These are training checkpoints; the interchange format for finished weights is `effnet_jax.weights`.
 """
 
@@ -17,22 +22,34 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import glob
+import json
 import os
+import re
 import shutil
+import sys
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["ITEMS", "CheckpointWriteError", "Checkpointer", "abstract_like", "quiet_failed_writes"]
+__all__ = ["ITEMS", "CheckpointWriteError", "Checkpointer", "DamagedCheckpoint", "abstract_like", "quiet_failed_writes"]
 
 ITEMS = ("model", "opt", "ema", "meta")
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the run must stop, and the checkpoints already complete are intact."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint step is there but cannot be read (damaged after it was written), and no earlier step can be."""
+
+
+class _Unreadable(Exception):
+    """One step failed to read; `restore` goes on to the step before it."""
 
 
 # What an OSError deep inside Orbax/TensorStore says, found in its message when the error is not an OSError.
@@ -119,7 +136,68 @@ def quiet_failed_writes() -> None:
 
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(from_orbax)
+    _drop_failed_read_reports()
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _read_reason(e: BaseException) -> str:
+    """The first cause of a failed read, in one line: TensorStore's words for a truncated file ("OUT_OF_RANGE: Error
+    reading "<array>": Requested byte range [a, b) is not valid for value of size n"), Orbax's for a missing item."""
+    while e.__cause__ is not None:  # the explicit causes (an implicit context can be a library's inner detail)
+        e = e.__cause__
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    elif isinstance(e, json.JSONDecodeError):
+        text = f"a JSON file of it is cut short or garbled ({e})"
+    else:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    text = re.sub(r' in OCDBT database at [^:]*"(?=:)', "", (text.splitlines() or [""])[0])
+    return text[:300] or type(e).__name__
+
+
+@contextlib.contextmanager
+def _unreadable():
+    """Any failure to read a step (Orbax's `KeyError` for an emptied folder, TensorStore's errors for a truncated
+    file) becomes `_Unreadable` with its reason; running out of memory stays what it is."""
+    try:
+        yield
+    except MemoryError:  # says nothing about the checkpoint: an earlier one would fail the same way
+        raise
+    except Exception as e:
+        reason = _read_reason(e)
+        if "RESOURCE_EXHAUSTED" in reason or "out of memory" in reason.lower():
+            raise
+        raise _Unreadable(reason) from e
+
+
+def _is_failed_read_report(u) -> bool:
+    """An "Exception ignored" report left by a failed Orbax read or write: its reads, suspended coroutines whose
+    closing raises again, and TensorStore completions arriving after Orbax closed the event loop they report to."""
+    code = getattr(u.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True
+    return u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed"
+
+
+def _drop_failed_read_reports() -> None:
+    """Keep those reports (a traceback each, at some later moment, from another thread) off stderr from now on:
+    the failure itself is reported once, by `Checkpointer`. Installed once per process, over the hook there."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_effnet", False):
+        return
+
+    def hook(u) -> None:
+        if not _is_failed_read_report(u):
+            previous(u)
+
+    hook._effnet = True
+    sys.unraisablehook = hook
+
+
+def _collect_failed_reads() -> None:
+    """Collect a failed restore's leftovers now, while their reports are dropped."""
+    _drop_failed_read_reports()
+    gc.collect()
 
 
 class Checkpointer:
@@ -138,6 +216,7 @@ class Checkpointer:
         self.every = every
         self._saving: int | None = None  # the step whose asynchronous write may still be running
         self._reported = False  # a failed write was raised as CheckpointWriteError
+        self.damaged: dict[int, str] = {}  # steps `restore()` found there but could not read: why
         if not read_only:
             self._remove_half_written()
         # Step directories are created synchronously: created asynchronously, a read-only folder left the run
@@ -220,21 +299,54 @@ class Checkpointer:
             f"{kept}. Free space or fix the folder, then continue with --resume"
         )
 
-    def restore(self, step: int | None = None, **abstract) -> dict:
-        """Restore `step` (default: latest) for the items given as abstract trees, plus `meta` always.
+    def restore(self, step: int | None = None, *, check=None, **abstract) -> dict:
+        """Restore `step` (default: the latest that can be read) for the items given as abstract trees, plus `meta`.
+
+        `check(meta)` runs on the step's `meta` before any tensor is read (it refuses by raising). Without `step`,
+        steps that cannot be read are recorded in `damaged` and the one before is tried.
 
         Returns {item: restored tree}.
 
         Raises:
           FileNotFoundError: no checkpoint in the directory.
+          DamagedCheckpoint: no step can be read (or `step`, when given, cannot).
+          ValueError: the checkpoint's shapes do not match the abstract trees (or `check` refused).
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
         unknown = set(abstract) - set(ITEMS)
         if unknown:
             raise ValueError(f"unknown checkpoint items {sorted(unknown)}; expected some of {ITEMS}")
-        saved = self.manager.item_metadata(step)
+        steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for s in steps:
+            try:
+                return self._restore(s, check, abstract)
+            except _Unreadable as e:
+                self.damaged[s] = str(e)
+            _collect_failed_reads()
+        worst = steps[0]
+        n = len(steps) - 1
+        others = f" (nor can the {n} step{'s' if n > 1 else ''} before it)" if n else ""
+        raise DamagedCheckpoint(
+            f"checkpoint {self.directory}/{worst} cannot be read: {self.damaged[worst]}{others}; it is damaged "
+            "(truncated or emptied after it was written). Move it away to start the run over, or put back a copy"
+        )
+
+    def _restore(self, step: int, check, abstract: dict) -> dict:
+        """One step's items; `_Unreadable` for a step that is there but cannot be read."""
+        with _unreadable():
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(meta, dict):
+            raise _Unreadable(f"its meta is {type(meta).__name__}, not a JSON object")
+        if check is not None:
+            check(meta)
+        if not abstract:
+            return {"meta": meta}
+        with _unreadable():
+            saved = self.manager.item_metadata(step)
+        absent = [name for name in abstract if saved.get(name) is None]
+        if absent:
+            raise _Unreadable(f"no {', '.join(absent)} item")
         problems = [line for name, tree in abstract.items() for line in _compare(name, tree, saved.get(name))]
         if problems:
             raise ValueError(
@@ -242,9 +354,30 @@ class Checkpointer:
                 + "\n  ".join(problems)
             )
         items = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
-        items["meta"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return {name: restored[name] for name in items}
+        with _unreadable():
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return {"meta": meta, **{name: restored[name] for name in abstract}}
+
+    def set_aside_damaged(self) -> dict[int, str]:
+        """Rename the `damaged` steps to `<step>.damaged` (kept for the user to inspect; Orbax no longer sees them),
+        so this run saves those steps again and keeps `keep` complete ones. Returns {step: new path}."""
+        moved = {}
+        if jax.process_index() == 0:
+            for step in sorted(self.damaged):
+                src = os.path.join(self.directory, str(step))
+                dest, n = f"{src}.damaged", 1
+                while os.path.exists(dest):
+                    n += 1
+                    dest = f"{src}.damaged-{n}"
+                os.rename(src, dest)
+                moved[step] = dest
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("effnet: damaged checkpoints set aside")
+        self.damaged = {}
+        self.manager.reload()
+        return moved
 
     def wait_until_finished(self) -> None:
         """Block until the pending save is written. Raises `CheckpointWriteError` if it failed."""

@@ -23,7 +23,7 @@ from effnet_spec.atomic import write_atomic
 
 from ..weights.pretrained import Pretrained
 from .checkpoint import CheckpointWriteError
-from .config import TrainConfig, check_runnable, to_json
+from .config import TrainConfig, check_runnable
 from .evaluate import evaluate_split, make_eval_step
 from .guard import StopSignals, workdir_lock
 from .inputs import Data, make_data
@@ -35,7 +35,7 @@ from .progress import progress_bar
 from .start import Start, model_start, run_spec
 from .state import Run, make_model_and_optimizer, restore_or_init, save
 from .step import make_train_step
-from .workdir import check_workdir, saved_meta, set_aside_records
+from .workdir import check_workdir, saved_meta, set_aside_records, write_config
 
 __all__ = ["NonFiniteLoss", "Preempted", "train"]
 
@@ -109,7 +109,7 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
     if jax.process_index() == 0:
         if run.step == 0:
             set_aside_records(cfg.workdir)
-        write_atomic(os.path.join(cfg.workdir, "config.json"), to_json(cfg) + "\n")
+        write_config(cfg, run.step, run.saved_config)  # a resume's changes: a row in segments.jsonl, one line
     logger = Logger(cfg.workdir, resumed_at=run.step)
     try:
         stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop, started=started)

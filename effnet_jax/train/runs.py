@@ -25,6 +25,7 @@ from ..model import EfficientNet
 from ..weights.state import state_dict_from_model
 from .checkpoint import Checkpointer, abstract_like
 from .config import TrainConfig, from_dict
+from .metrics import note
 from .modeling import WEIGHTS, build_model, model_options, run_preprocessing
 
 __all__ = ["Restored", "is_run_dir", "open_run", "read_run", "restore_model"]
@@ -107,11 +108,14 @@ def restore_model(run_dir: str | os.PathLike, *, ema: bool = True, step: int | N
         item = "ema" if ema and cfg.ema_decay > 0 else "model"
         want = abstract_like(weights, replicated)
         if item == "ema":
-            got = ckpt.restore(step, ema=want)["ema"]
+            restored = ckpt.restore(step, ema=want)
+            got = restored["ema"]
         else:
-            got = ckpt.restore(step, model={"weights": want, "rest": abstract_like(rest, replicated)})["model"][
-                "weights"
-            ]
+            restored = ckpt.restore(step, model={"weights": want, "rest": abstract_like(rest, replicated)})
+            got = restored["model"]["weights"]
+        meta = restored["meta"]  # a damaged latest step is skipped for the one before (the model is the run's)
+        for s, why in sorted(ckpt.damaged.items()):
+            note(f"checkpoint step {s} in {ckpt.directory} cannot be read ({why}): damaged; using step {meta['step']}")
     finally:
         ckpt.close()
     rest = jax.tree.map(
