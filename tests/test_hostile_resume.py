@@ -2,7 +2,7 @@
 
 The run's checkpoints (steps 2 and 4) and config.json are written by the functions `effnet train` uses, without
 training: what is tested is how a resume reads them, and stepping would only add compiles. A resume that is let
-through stops where its train step would be compiled (`_stop_before_compiling`), after its records are written.
+through stops before its first step (`stop_before_compiling`: no step compiled), after its records are written.
 """
 
 from __future__ import annotations
@@ -76,13 +76,20 @@ class _Stopped(Exception):
 
 @pytest.fixture
 def stop_before_compiling(monkeypatch):
-    """`train()` goes as far as its train step's compile: the state restored, the records written."""
+    """`train()` goes as far as its first step, without compiling one: the state restored, the records written
+    (they are written once the steps compiled, so that a step refused by the memory preflight writes nothing)."""
+    runs = []
 
-    def stop(cfg, mesh, run):
-        run.ckpt.close()
+    def compiled(cfg, mesh, data, run, *steps):
+        runs.append(run)
+        return None, None
+
+    def stop(*args, **kwargs):  # the metrics logger, made right after the records
+        runs[-1].ckpt.close()
         raise _Stopped
 
-    monkeypatch.setattr(train_mod, "make_steps", stop)
+    monkeypatch.setattr(train_mod, "compiled_steps", compiled)
+    monkeypatch.setattr(train_mod, "Logger", stop)
 
 
 def _tree(workdir: Path) -> dict[str, bytes]:
