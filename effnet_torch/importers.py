@@ -34,6 +34,7 @@ from effnet_spec.contract import (
     modules,
     tensors,
 )
+from effnet_spec.paths import check_not_source, not_a_file
 
 from . import sources
 from .sources.base import ImportError_, ModelName, parse_model_name
@@ -179,8 +180,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         ImportError_: missing, truncated or corrupt file; a pickle that needs code to load.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImportError_(f"{path}: no such file")
+    problem = not_a_file(path)  # "no such file", a directory, or /dev/zero or a pipe (never opened: it could block)
+    if problem:
+        raise ImportError_(f"{path}: {problem}")
     with open(path, "rb") as f:
         magic = f.read(1)
     is_pickle = magic == b"\x80" or zipfile.is_zipfile(path)  # protocol-2+ pickle, or torch's zip container
@@ -335,7 +337,9 @@ def import_checkpoint(
 
     `src` is safetensors or a `.pth`/`.pt` read with `weights_only=True`; `out` is written atomically as
     safetensors with the effnet header. An effnet checkpoint keeps its own header (spec and preprocessing).
+    `out` that is `src` (a path, a symbolic or hard link) is refused (ValueError): it would replace the input.
     """
+    check_not_source(src, out)
     sd, meta = read_state_dict(src)
     layout = sources.get(weight_source).layout if weight_source else sources.detect(sd)
     if layout == "effnet" and meta and "format" in meta:
@@ -370,7 +374,9 @@ def export_state_dict(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, t
 
 
 def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, target: str) -> ModelSpec:
-    """Write an effnet checkpoint's weights as `target`'s state_dict (safetensors, atomically)."""
+    """Write an effnet checkpoint's weights as `target`'s state_dict (safetensors, atomically); `out` that is
+    `src` is refused as in `import_checkpoint`."""
+    check_not_source(src, out)
     sd, meta = read_state_dict(src)
     try:
         spec, _ = read_header(meta)
