@@ -17,6 +17,7 @@ import numpy as np
 
 from effnet_spec import Preprocessing
 from effnet_spec.classes import imagenet_class_names
+from effnet_spec.paths import not_a_file
 
 from .images import eight_bit
 
@@ -94,6 +95,9 @@ def classify(
         raise ValueError(f"{os.fspath(weights)}: the model has no classifier (num_classes 0); nothing to predict")
     batch = []
     for path in image_paths:
+        problem = not_a_file(path)  # before Pillow opens it: a named pipe would block, /dev/zero never end
+        if problem and problem != "no such file":
+            raise ValueError(f"{os.fspath(path)}: {problem}; expected an image file")
         try:
             with Image.open(path) as im:
                 image = eight_bit(im)
