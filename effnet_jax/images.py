@@ -151,14 +151,21 @@ def open_image(file, name: str | None = None):
 
     Raises:
       FileNotFoundError / OSError: the path cannot be opened (missing, a directory, no permission).
-      ValueError: the bytes are not an image Pillow decodes, are truncated, trip Pillow's decompression-bomb guard,
-        or hold values with no 8-bit scale; the message starts with `name` (default: the path).
+      ValueError: the path is a pipe or a device, or the bytes are not an image Pillow decodes, are truncated, trip
+        Pillow's decompression-bomb guard, or hold values with no 8-bit scale; the message starts with `name`
+        (default: the path).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = isinstance(file, (str, os.PathLike))
     if name is None:
         name = os.fspath(file) if path else "image"
+    if path:  # before it is opened: a named pipe would block, /dev/zero never end
+        from effnet_spec.paths import not_a_file
+
+        problem = not_a_file(file)
+        if problem and problem.startswith("not a regular file"):  # missing, a directory: open()'s OSError below
+            raise ValueError(f"{name}: {problem}; expected an image file")
     f = open(file, "rb") if path else file  # noqa: SIM115 - closed below; an OSError here is about the path
     try:
         with Image.open(f) as im:

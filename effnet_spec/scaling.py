@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+from .paths import not_a_file
 from .tables import VARIANTS, Variant
 
 __all__ = [
@@ -190,6 +191,9 @@ def load_coefficients(path: str) -> Coefficients:
     Raises:
         ValueError: one line naming the file and what is wrong with it.
     """
+    problem = not_a_file(path)  # before it is opened: a named pipe would block, /dev/zero never end
+    if problem and problem != "no such file":
+        raise ValueError(f"coefficients file {path!r}: {problem}")
     try:
         with open(path, encoding="utf-8") as f:
             body = json.load(f)

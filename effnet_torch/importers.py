@@ -36,6 +36,7 @@ from effnet_spec.contract import (
     tensors,
 )
 from effnet_spec.header import EXPORT_PREFIX, contradiction, make_export_header, read_export_header
+from effnet_spec.paths import check_not_source, not_a_file
 
 from . import sources
 from .sources.base import ImportError_, ModelName, parse_model_name
@@ -186,8 +187,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         ImportError_: missing, truncated or corrupt file; a pickle that needs code to load.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImportError_(f"{path}: no such file")
+    problem = not_a_file(path)  # "no such file", a directory, or /dev/zero or a pipe (never opened: it could block)
+    if problem:
+        raise ImportError_(f"{path}: {problem}")
     with open(path, "rb") as f:
         magic = f.read(1)
     is_pickle = magic == b"\x80" or zipfile.is_zipfile(path)  # protocol-2+ pickle, or torch's zip container
@@ -414,7 +416,9 @@ def import_checkpoint(
     `src` is safetensors or a `.pth`/`.pt` read with `weights_only=True`; `out` is written atomically as
     safetensors with the effnet header. An effnet checkpoint keeps its own header (spec and preprocessing), and so
     does one effnet exported to another layout (`import_file`).
+    `out` that is `src` (a path, a symbolic or hard link) is refused (ValueError): it would replace the input.
     """
+    check_not_source(src, out)
     sd, meta = read_state_dict(src)
     result = import_file(sd, meta, src, weight_source=weight_source, model=model, preprocessing=preprocessing)
     write_atomic(out, st_save(result.state_dict, metadata=make_header(result.spec, result.preprocessing)))
@@ -460,8 +464,10 @@ def export_file(
 def export_checkpoint(src: str | os.PathLike, out: str | os.PathLike, target: str) -> tuple[ModelSpec, Preprocessing]:
     """Write an effnet checkpoint's weights as `target`'s state_dict (safetensors, atomically); see `export_file`.
 
-    Returns the checkpoint's spec and preprocessing (what the target library must build and feed).
+    Returns the checkpoint's spec and preprocessing (what the target library must build and feed). `out` that is
+    `src` is refused as in `import_checkpoint`.
     """
+    check_not_source(src, out)
     sd, meta = read_state_dict(src)
     r = import_own(sd, meta or {}, src)  # the header read, and the tensors checked against it
     export_file(out, r.state_dict, r.spec, r.preprocessing, target)

@@ -23,6 +23,7 @@ import sys
 from dataclasses import replace
 
 from effnet_spec.atomic import unwritable_file
+from effnet_spec.paths import check_not_source
 
 
 def _sources():
@@ -87,6 +88,7 @@ def convert(
     """
     from effnet_torch.importers import import_checkpoint, import_file, read_state_dict
 
+    check_not_source(src, out)  # before the source is read (import_checkpoint checks again, before it writes)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not overrides:
         return import_checkpoint(src, out, weight_source=weight_source, model=model)
@@ -122,6 +124,7 @@ def convert_run(run_dir: str, out: str, *, raw: bool = False, target: str | None
 
     from ..weights.pretrained import read_pretrained
 
+    check_not_source(run_dir, out)
     p = read_pretrained(run_dir, ema=not raw)
     changes = {k: tuple(v) if k in ("mean", "std") else v for k, v in (overrides or {}).items() if v is not None}
     if changes:
@@ -194,6 +197,11 @@ def main(args: argparse.Namespace) -> int:
         "mean": args.mean,
         "std": args.std,
     }
+    try:  # OUT that is SRC (a path, a symbolic or hard link) would replace the user's file: refused first
+        check_not_source(args.src, args.out)
+    except ValueError as e:
+        print(f"effnet convert: {e}", file=sys.stderr)
+        return 2
     problem = _unwritable(args.out)
     if problem:
         print(f"effnet convert: cannot write {args.out}: {problem}", file=sys.stderr)

@@ -7,7 +7,6 @@ effnet eval --checkpoint runs/b0 --data /imagenet/val --no-ema
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -35,8 +34,10 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"effnet eval: error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(r))
+    if args.json:  # strict JSON: a NaN (labels the head cannot score) is null
+        from ..train.metrics import strict_json
+
+        print(strict_json(r))
     else:
         print(f"step {r['step']} ({r['weights']} weights) on {r['data']}: top-1 {r['top1']:.4f}  "
               f"top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  ({int(r['count'])} images"

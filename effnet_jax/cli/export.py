@@ -49,6 +49,13 @@ def main(args: argparse.Namespace) -> int:
         print("effnet export: --raw applies to a training run directory", file=sys.stderr)
         return 2
     from ..export import ExportMismatchError, export
+    from ..export.common import check_not_the_source
+
+    try:  # the API checks this too; here it is a usage error, found before any weights are read
+        check_not_the_source(args.weights, args.out)
+    except ValueError as e:
+        print(f"effnet export: {e}", file=sys.stderr)
+        return 2
 
     try:
         r = export(args.weights, args.out, format=args.format, size=args.size, verify=args.verify,

@@ -37,8 +37,13 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         print(f"effnet prepare: {problem}", file=sys.stderr)
         return 2
-    from ..train.prepare import prepare
+    from ..train.prepare import check_not_the_folder, prepare
 
+    try:  # OUT that is FOLDER (or inside it) is a usage error, found before the folder is scanned
+        check_not_the_folder(args.folder, args.out)
+    except ValueError as e:
+        print(f"effnet prepare: {e}", file=sys.stderr)
+        return 2
     warnings.showwarning = _warning_line  # an empty class folder is one line, not a source location
     try:
         r = prepare(args.folder, args.out, shards=args.shards, per_shard=args.per_shard, workers=args.workers,

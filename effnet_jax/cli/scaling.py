@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the found constants: a file `effnet search` wrote, or ALPHA,BETA,GAMMA")  # fmt: skip
     p.add_argument("--phi", default="1,2", help="the steps of phi to train besides phi = 0 (default 1,2)")
     p.add_argument("--out", default="runs/scaling", help="the study's directory (default runs/scaling)")
-    p.add_argument("--preset", help="the proxy budget's train preset (default: the search's, else digits)")
+    p.add_argument("--preset", action="append", help="the proxy budget's train preset (default: the search's, else "
+                   "digits)")  # fmt: skip
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="budget overrides (default: the search's; given, they replace them all)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=1, help="seeds per point")
@@ -35,7 +36,10 @@ def settings_from_args(args: argparse.Namespace):
         phis = tuple(float(x) for x in args.phi.split(","))
     except ValueError:
         raise ValueError(f"--phi {args.phi!r}: expected comma-separated numbers, e.g. 1,2") from None
-    preset, overrides = args.preset, args.set
+    from .train import merged_overrides, one_value
+
+    preset = one_value("--preset", args.preset)
+    overrides = None if args.set is None else merged_overrides(args.set, {})
     c = parse_coefficients(args.coefficients)
     literal = len(args.coefficients.split(",")) == 3 and not any(sep in args.coefficients for sep in "/\\")
     search, search_dir = _provenance(args.coefficients, c.provenance)

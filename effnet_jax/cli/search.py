@@ -22,11 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/search", help="the search directory (resumed when rerun with the same "
                    "settings; default runs/search)")  # fmt: skip
     budget = p.add_argument_group("proxy budget (the same for every candidate)")
-    budget.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="an `effnet train` preset")
+    budget.add_argument("--preset", action="append", choices=sorted(PRESETS),
+                        help=f"an `effnet train` preset (default {DEFAULT_PRESET})")  # fmt: skip
     budget.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train field")
-    budget.add_argument("--data", help="digits, an image folder or `effnet prepare` shards (train's data=)")
-    budget.add_argument("--base", help="the variant at phi = 0 (train's variant=), e.g. b0 or lite0")
-    budget.add_argument("--resolution", type=int, help="the base's image side (train's resolution=)")
+    budget.add_argument("--data", action="append", help="digits, an image folder or `effnet prepare` shards "
+                        "(train's data=)")  # fmt: skip
+    budget.add_argument("--base", action="append", help="the variant at phi = 0 (train's variant=), e.g. b0 or lite0")
+    budget.add_argument("--resolution", action="append", type=int, help="the base's image side (train's "
+                        "resolution=)")  # fmt: skip
     grid = p.add_argument_group("space")
     grid.add_argument("--alpha", default="1.0:1.4:0.05", help="depth coefficients: LO:HI:STEP or A1,A2,...")
     grid.add_argument("--beta", default="1.0:1.3:0.05", help="width coefficients")
@@ -52,12 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from ..search.search import SearchSettings
     from ..search.space import parse_range
+    from .train import merged_overrides, one_value
 
-    extra = [f"{k}={v}" for k, v in (("data", args.data), ("variant", args.base), ("resolution", args.resolution))
-             if v is not None]  # fmt: skip
+    flags = {key: (flag, one_value(flag, getattr(args, flag[2:])))
+             for key, flag in (("data", "--data"), ("variant", "--base"), ("resolution", "--resolution"))}  # fmt: skip
     return SearchSettings(
-        preset=args.preset,
-        overrides=(*args.set, *extra),
+        preset=one_value("--preset", args.preset) or DEFAULT_PRESET,
+        overrides=tuple(merged_overrides(args.set, flags)),
         alphas=parse_range(args.alpha, "alpha"),
         betas=parse_range(args.beta, "beta"),
         gammas=parse_range(args.gamma, "gamma"),

@@ -72,24 +72,6 @@ def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_not_the_source(source, out: str) -> None:
-    """Refuse to write over the weights being exported (or into the run directory they come from)."""
-    if not isinstance(source, (str, os.PathLike)) or not os.path.exists(os.fspath(source)):
-        return
-    src = os.path.abspath(os.fspath(source))
-    for path in (out, common.sidecar_path(out)):
-        inside = os.path.isdir(src) and os.path.commonpath([src, os.path.abspath(path)]) == src
-        if _same_file(path, src) or inside:
-            raise ValueError(f"cannot write {path}: it would overwrite or sit inside the source {src}")
-
-
 def export(
     source,
     out: str | os.PathLike,
@@ -129,7 +111,7 @@ def export(
         size = common.parse_size(size, 0)
     out = os.fspath(out)
     common.check_writable(out)
-    _check_not_the_source(source, out)
+    common.check_not_the_source(source, out)
     net = _eval_model(source, weight_source, model, ema)
     size = common.parse_size(size, net.preprocessing.resolution)
     # The model runs at `size` in the check and, for onnx and torch-export, in the trace: refused at once when its

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from effnet_spec.atomic import unwritable_file, write_atomic_files
+from effnet_spec.paths import check_not_source
 
 __all__ = ["Exported", "ExportMismatchError", "parse_size", "sample_input", "sidecar_path"]
 
@@ -112,6 +113,18 @@ def check_writable(out: str | os.PathLike) -> None:
         problem = unwritable_file(path)
         if problem:
             raise OSError(f"cannot write {path}: {problem}")
+
+
+def check_not_the_source(source, out: str | os.PathLike) -> None:
+    """Refuse to write the artifact or its sidecar over the weights being exported (the same path, a symbolic or hard
+    link to them) or into the run directory they come from, before any work.
+
+    Raises:
+        ValueError: one line naming the path, the source and how they are the same.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        for path in (os.fspath(out), sidecar_path(out)):
+            check_not_source(source, path, inside=True)
 
 
 def metadata(model, fmt: str, size: tuple[int, int], io_names: tuple[str, str], layout: str, diff: float | None,

@@ -213,6 +213,7 @@ class TrainConfig:
         need(self.eval_batch >= 1, f"eval_batch must be >= 1; got {self.eval_batch}")
         need(self.steps >= 0 and self.epochs >= 0, f"steps and epochs must be >= 0; got {self.steps}, {self.epochs}")
         need(self.steps > 0 or self.epochs > 0, f"need steps > 0 or epochs > 0; got {self.steps}, {self.epochs}")
+        need(self.seed >= 0, f"seed must be >= 0 (numpy's generators take no negative seed); got {self.seed}")
         need(self.lr >= 0, f"lr must be >= 0 (0 = lr_per_256 * global_batch / 256); got {self.lr}")
         need(self.lr_per_256 > 0, f"lr_per_256 must be > 0; got {self.lr_per_256}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}")

@@ -28,14 +28,14 @@ from .evaluate import evaluate_split, make_eval_step
 from .guard import StopSignals, workdir_lock
 from .inputs import Data, make_data
 from .mesh import init_distributed, make_mesh, to_global
-from .metrics import Logger, best_logged, note, plot_curves
+from .metrics import Logger, best_logged, note, plot_curves, strict_json
 from .modeling import model_options, run_preprocessing
 from .preflight import compiled_steps
 from .progress import progress_bar
 from .start import Start, model_start, run_spec
 from .state import Run, make_model_and_optimizer, restore_or_init, save
 from .step import make_train_step
-from .workdir import check_workdir, saved_meta, set_aside_records, write_config
+from .workdir import checked_workdir, saved_meta, set_aside_records, write_config
 
 __all__ = ["NonFiniteLoss", "Preempted", "train"]
 
@@ -70,9 +70,10 @@ def train(cfg: TrainConfig) -> dict:
     # A fresh run reads and checks its init weights before the workdir is touched; a resume reads its checkpoint
     # under the lock, so it never races the run that holds the workdir.
     start = None if cfg.resume else model_start(cfg)
-    check_workdir(cfg.workdir)
     lock = workdir_lock(cfg.workdir, note=note, lead=jax.process_index() == 0)
-    with lock, StopSignals() as stop:  # a second run on this workdir is refused here, before it writes anything
+    # A second run on this workdir is refused by the lock, before it writes anything; a workdir this run created is
+    # removed again when the run is refused (or fails) before it wrote a file there.
+    with checked_workdir(cfg.workdir), lock, StopSignals() as stop:
         start = start or model_start(cfg, saved_meta(cfg))
         summary = _train_locked(cfg, start, stop)
     if summary.get("preempted"):
@@ -299,7 +300,7 @@ def finish(cfg: TrainConfig, run: Run, data: Data, stats: dict, logger: Logger) 
         "workdir": os.path.abspath(cfg.workdir),
     }
     if jax.process_index() == 0:
-        write_atomic(os.path.join(cfg.workdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        write_atomic(os.path.join(cfg.workdir, "summary.json"), strict_json(summary, indent=2) + "\n")
         plot_curves(logger.path, os.path.join(cfg.workdir, "curves.png"))
         best = f"{summary['best_val_top1']:.4f}" if summary["best_val_top1"] is not None else "n/a"
         ended = f"stopped by {summary['preempted']}" if summary["preempted"] else "done"

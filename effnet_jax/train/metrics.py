@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -22,33 +23,53 @@ def note(msg: str) -> None:
         tqdm.write(f"[effnet] {msg}", file=sys.stderr)
 
 
+def strict_json(obj, **kwargs) -> str:
+    """`obj` as strict JSON, with each NaN or infinite number written as null: JSON has no NaN, and Python's bare
+    `NaN` would make a record (metrics.jsonl, summary.json) unreadable to every JSON parser but Python's. A val
+    split the head cannot score (labels beyond its classes) has a NaN loss: its row says null."""
+
+    def finite(value):
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
 class Logger:
     """metrics.jsonl + TensorBoard on process 0; everything else is a no-op elsewhere.
 
     A run resumed at step `resumed_at` drops the rows a killed run wrote after that checkpoint (metrics.jsonl is
-    rewritten atomically; TensorBoard is told to purge them), so each step is logged once.
+    rewritten atomically; TensorBoard is told to purge them), so each step is logged once. Both files are created
+    by the first row, not before: a run refused before it logged anything leaves neither behind.
     """
 
     def __init__(self, workdir: str, *, resumed_at: int = 0):
         self.main = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
-        if self.main:
-            from tensorboardX import SummaryWriter
-
-            if resumed_at:
-                _drop_rows_after(self.path, resumed_at)
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resumed_at + 1 if resumed_at else None)
+        self._tb_dir, self._purge = os.path.join(workdir, "tb"), resumed_at + 1 if resumed_at else None
+        if self.main and resumed_at:
+            _drop_rows_after(self.path, resumed_at)
 
     def write(self, step: int, kind: str, values: dict) -> None:
+        """One row of `values` at `step`; a NaN or infinite value is written as null (and to TensorBoard as is)."""
         if not self.main:
             return
         row = {"step": step, "kind": kind, "time": time.time(), **{k: float(v) for k, v in values.items()}}
         try:
             with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(strict_json(row) + "\n")
         except OSError as e:  # a full disk or a vanished workdir: name the file, not just the errno
             raise OSError(f"cannot append to {self.path}: {e.strerror or e}; the run stopped") from e
+        if self.tb is None:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(self._tb_dir, purge_step=self._purge)
         for k, v in values.items():
             self.tb.add_scalar(f"{kind}/{k}", float(v), step)
 
@@ -83,7 +104,12 @@ def _drop_rows_after(path: str, step: int) -> None:
     lines = text.splitlines()
     keep = [r for r in _parse(lines) if r.get("step", 0) <= step]
     if len(keep) != len(lines) or (text and not text.endswith("\n")):  # a torn last row too
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+        write_atomic(path, "".join(strict_json(r) + "\n" for r in keep))
+
+
+def _nan_for_null(row: dict) -> dict:
+    """A row with its nulls (values that were NaN or infinite) as NaN again, which a plot leaves as a gap."""
+    return {k: math.nan if v is None else v for k, v in row.items()}
 
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
@@ -93,7 +119,7 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {(r["kind"], r["step"]): r for r in _rows(metrics_path)}
+    rows = {(r["kind"], r["step"]): _nan_for_null(r) for r in _rows(metrics_path)}
     train = sorted((r for (k, _), r in rows.items() if k == "train"), key=lambda r: r["step"])
     val = sorted((r for (k, _), r in rows.items() if k == "val"), key=lambda r: r["step"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -117,5 +143,7 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
 def best_logged(metrics_path: str, kind: str, key: str, *, up_to_step: int) -> float | None:
     """The largest `key` among `kind` rows of metrics.jsonl at steps <= `up_to_step` (None if there are none)."""
     rows = _rows(metrics_path)
-    found = [r[key] for r in rows if r.get("kind") == kind and r.get("step", 0) <= up_to_step and key in r]
+    found = [
+        r[key] for r in rows if r.get("kind") == kind and r.get("step", 0) <= up_to_step and r.get(key) is not None
+    ]
     return max(found) if found else None

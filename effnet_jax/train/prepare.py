@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from effnet_spec.atomic import unwritable_dir, write_atomic
+from effnet_spec.paths import overwrites_source
 
 from . import records
 
@@ -124,12 +125,20 @@ def _ours(name: str) -> bool:
     )
 
 
-def _check_out(folder: str, out: str, plan: dict) -> str:
-    """'new', 'resume' or 'complete'; raises ValueError (one line) for an OUT this plan must not write to."""
-    real_folder, real_out = os.path.realpath(folder), os.path.realpath(out)
-    if os.path.commonpath([real_folder, real_out]) == real_folder:
+def check_not_the_folder(folder: str, out: str) -> None:
+    """OUT that is FOLDER, or inside it (by path or through a link), would be read as a class sub-folder of FOLDER
+    and its shards mixed with the images: refused (ValueError, one line) before anything is read or written."""
+    how = overwrites_source(out, folder, inside=True)
+    if how == "inside it":
         raise ValueError(f"OUT {out!r} is inside FOLDER {folder!r}: it would read as a class sub-folder; "
                          "put the shards elsewhere")  # fmt: skip
+    if how:
+        raise ValueError(f"OUT {out!r} is FOLDER {folder!r} ({how}): the shards would be written among its "
+                         "images; put them elsewhere")  # fmt: skip
+
+
+def _check_out(folder: str, out: str, plan: dict) -> str:
+    """'new', 'resume' or 'complete'; raises ValueError (one line) for an OUT this plan must not write to."""
     if os.path.lexists(out) and not os.path.isdir(out):
         raise ValueError(f"OUT {out!r} exists and is not a directory")
     if not os.path.isdir(out):
@@ -327,8 +336,7 @@ def prepare(
         written by another prepare; checked before anything is written.
       OSError: a file that cannot be read, a full disk (the shards complete so far are kept for the rerun).
     """
-    if os.path.isdir(folder) and _inside(out, folder):  # its shards would be read as a class of FOLDER next time
-        raise ValueError(f"OUT {out!r} is inside FOLDER {folder!r}: give an OUT outside the image folder")
+    check_not_the_folder(folder, out)  # before the folder is scanned
     plan, items = make_plan(folder, shards=shards, per_shard=per_shard)
     _check_out(folder, out, plan)
     log(f"{folder}: {plan['num_records']} images ({_files(plan)}) of {len(plan['class_names'])} classes")

@@ -10,9 +10,11 @@ killed before its next checkpoint) are dropped, as `metrics.jsonl`'s are."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 
 from effnet_spec.atomic import unwritable_dir, write_atomic
 
@@ -20,21 +22,26 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, to_json
 from .metrics import note
 
-__all__ = ["RECORDS", "SEGMENTS", "check_workdir", "saved_meta", "set_aside_records", "write_config"]
+__all__ = ["RECORDS", "SEGMENTS", "check_workdir", "checked_workdir", "saved_meta", "set_aside_records", "write_config"]
 
 SEGMENTS = "segments.jsonl"
 # What a run writes besides its checkpoints.
 RECORDS = ("config.json", SEGMENTS, "metrics.jsonl", "tb", "curves.png", "summary.json")
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str) -> str | None:
     """Create `workdir` if needed and prove it writable, so a bad path is one line before any work.
 
+    Returns the topmost folder this call created (`workdir` or a parent of it), or None when it existed.
     Raises:
         ValueError: the path is a file, or cannot be created or written.
     """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} is a file, not a directory")
+    created = None
+    path = os.path.abspath(workdir)
+    while not os.path.lexists(path):
+        created, path = path, os.path.dirname(path)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
@@ -46,6 +53,23 @@ def check_workdir(workdir: str) -> None:
     reason = unwritable_dir(ckpt_dir) if os.path.isdir(ckpt_dir) else None
     if reason:  # found now, not at the first save
         raise ValueError(f"checkpoint folder {ckpt_dir!r} is not writable: {reason}")
+    return created
+
+
+@contextlib.contextmanager
+def checked_workdir(workdir: str) -> Iterator[None]:
+    """`check_workdir` for the block; a run refused or failed in it before it wrote any file leaves no folder this
+    created behind (a mistyped path is not left as an empty run), so a refused run touches nothing on disk. Only
+    folders holding no file at all are removed: nothing a run wrote is lost."""
+    created = check_workdir(workdir)
+    try:
+        yield
+    except BaseException:
+        if created and not any(files for _, _, files in os.walk(created)):
+            for folder, _, _ in sorted(os.walk(created), key=lambda entry: -len(entry[0])):  # deepest first
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        raise
 
 
 def set_aside_records(workdir: str) -> None:

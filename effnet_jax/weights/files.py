@@ -14,6 +14,7 @@ from flax import nnx
 from effnet_spec import ModelSpec, Preprocessing, make_header, read_header
 from effnet_spec.atomic import write_atomic
 from effnet_spec.contract import header_mismatch
+from effnet_spec.paths import not_a_file
 
 from ..model import EfficientNet, ModelOptions
 from .state import _check_model, _got, model_from_state_dict, state_dict_from_model
@@ -44,8 +45,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, np.nd
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    problem = not_a_file(path)
+    if problem == "no such file":
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if problem:  # a directory, /dev/zero or a named pipe: said as it is, and never opened (a pipe would block)
+        raise ValueError(f"{path}: {problem}; expected an effnet .safetensors checkpoint")
     try:
         with safe_open(path, framework="np") as f:
             meta = f.metadata()

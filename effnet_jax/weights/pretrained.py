@@ -18,6 +18,7 @@ from flax import nnx
 
 from effnet_spec.adapt import HUB_PREFIX, SOURCES_HELP, Pretrained, adapt, adapt_preprocessing, adapt_spec
 from effnet_spec.header import contradiction
+from effnet_spec.paths import not_a_file
 
 from .. import _hooks
 from ..model import EfficientNet, ModelOptions
@@ -35,6 +36,8 @@ def _has_effnet_header(path: str) -> bool:
     """
     from safetensors import SafetensorError, safe_open
 
+    if not_a_file(path):  # never opened: a named pipe would block the open (the reader says what it is)
+        return False
     try:
         with safe_open(path, framework="np") as f:
             return "format" in (f.metadata() or {})
@@ -79,8 +82,11 @@ def read_pretrained(
         if weight_source or model:
             raise ValueError(f"{text}: a training run describes its own model; drop weight_source/model")
         return _hooks.read_run(text, ema=ema)  # effnet_jax.train.runs.read_run
-    if not os.path.exists(text):
+    problem = not_a_file(text)  # before it is opened: a named pipe would block the open
+    if problem == "no such file":
         raise FileNotFoundError(f"{text}: no such file or directory; expected {SOURCES_HELP}")
+    if problem:
+        raise ValueError(f"{text}: {problem}; expected {SOURCES_HELP}")
     try:  # a file we may not read says so, rather than looking like a truncated one to the readers below
         open(text, "rb").close()
     except OSError as e:
