@@ -9,6 +9,7 @@ with another message, so the order is tested too."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -152,16 +153,22 @@ def special(tmp_path):
     os.mkfifo(pipe)
     done = threading.Event()
 
-    def writer():
-        while not done.is_set():
-            os.close(os.open(pipe, os.O_WRONLY))  # waits for a reader, which then reads an empty file
+    def writer():  # polls, never blocks: a blocking open could miss the release at teardown and hang the join
+        while not done.wait(0.005):
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader waits on the pipe
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+                continue
+            os.close(fd)  # the reader now reads an empty file
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     yield lambda kind: str(pipe) if kind == "named pipe" else kind
     done.set()
-    os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))  # releases the waiting writer
-    thread.join()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the pipe's writer did not stop"
 
 
 FILE_ARGS = {  # command -> (argv for the path X, exit code)

@@ -63,7 +63,7 @@ HUGE = "9" * 30  # past int64
         (f"steps={2**31}", "steps must lie in 0..2147483647; got 2147483648"),
         (f"seed={HUGE}", "seed must lie in 0..4294967294"),
         (f"seed={2**32 - 1}", "seed must lie in 0..4294967294; got 4294967295"),
-        ("seed=-1", "seed must lie in 0..4294967294; got -1"),
+        ("seed=-1", "seed must be >= 0"),
         ("steps=" + "9" * 5000, "'steps' must lie in 0..2147483647; got '99999"),  # past int()'s digit limit
         (f"global_batch={2**21}", "global_batch must lie in 1..1048576"),
         (f"eval_batch={HUGE}", "eval_batch must lie in 1..1048576"),
