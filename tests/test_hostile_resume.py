@@ -37,7 +37,9 @@ TINY = [
 
 
 def _sets(workdir, *extra) -> list[str]:
-    return [*TINY, f"workdir={workdir}", *extra]
+    """TINY with `extra`'s keys replaced (one key given two values is refused, as a flag conflict)."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    return [*(t for t in TINY if t.split("=", 1)[0] not in keys), f"workdir={workdir}", *extra]
 
 
 def _cfg(workdir, *extra):
