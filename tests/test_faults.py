@@ -44,7 +44,9 @@ def _count(what: str, n: int = 1) -> None:
 
 
 def _cmd(workdir, *extra) -> list[str]:
-    sets = [arg for o in [*TINY, f"workdir={workdir}"] for arg in ("--set", o)]
+    """`effnet train` on TINY; a `--set KEY=` in `extra` replaces TINY's (one key given two values is refused)."""
+    keys = {e.split("=", 1)[0] for e in extra if "=" in e}
+    sets = [arg for o in [*TINY, f"workdir={workdir}"] if o.split("=", 1)[0] not in keys for arg in ("--set", o)]
     return [sys.executable, "-m", "effnet_jax.train", "--preset", "smoke", *sets, *extra]
 
 
