@@ -53,8 +53,12 @@ class Logger:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
         self._tb_dir, self._purge = os.path.join(workdir, "tb"), resumed_at + 1 if resumed_at else None
-        if self.main and resumed_at:
-            _drop_rows_after(self.path, resumed_at)
+        if self.main:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter  # imported now: its import inside the timed steps skewed their img/s
+            if resumed_at:
+                _drop_rows_after(self.path, resumed_at)
 
     def write(self, step: int, kind: str, values: dict) -> None:
         """One row of `values` at `step`; a NaN or infinite value is written as null (and to TensorBoard as is)."""
@@ -67,9 +71,7 @@ class Logger:
         except OSError as e:  # a full disk or a vanished workdir: name the file, not just the errno
             raise OSError(f"cannot append to {self.path}: {e.strerror or e}; the run stopped") from e
         if self.tb is None:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(self._tb_dir, purge_step=self._purge)
+            self.tb = self._writer(self._tb_dir, purge_step=self._purge)
         for k, v in values.items():
             self.tb.add_scalar(f"{kind}/{k}", float(v), step)
 
