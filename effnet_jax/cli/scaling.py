@@ -9,8 +9,8 @@ The budget defaults to the one the search used (read from the coefficients file)
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+
+from ._runs import run_children
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,25 +76,9 @@ def _provenance(path: str, provenance: dict) -> tuple[dict, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..search.runner import SearchStopped
     from ..search.study import study
-    from ..train.guard import PREEMPTED_EXIT
 
-    try:
-        cores = os.cpu_count() or 1
-        if args.parallel is not None and not 1 <= args.parallel <= cores:
-            raise ValueError(f"--parallel {args.parallel}: expected 1..{cores} (the cores; one run per device)")
+    def work():
         study(settings_from_args(args), args.out, parallel=args.parallel, progress=not args.no_progress)
-    except SearchStopped as e:
-        print(f"effnet scaling: {e}", file=sys.stderr)
-        return PREEMPTED_EXIT
-    except KeyboardInterrupt:
-        print(f"effnet scaling: stopped; rerun the same command to resume ({args.out})", file=sys.stderr)
-        return PREEMPTED_EXIT
-    except (ValueError, OSError) as e:
-        print(f"effnet scaling: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"effnet scaling: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_children("scaling", args.out, args.parallel, work)

@@ -12,10 +12,9 @@ Each (network, seed) is an `effnet train` run in OUT/runs/; rerun the same comma
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from ..train.config import DEFAULT_PRESET, PRESETS
+from ._runs import run_children
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,32 +75,16 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..search.runner import SearchStopped
     from ..search.search import make_plan, search
-    from ..train.guard import PREEMPTED_EXIT
 
-    try:
-        cores = os.cpu_count() or 1
-        if args.parallel is not None and not 1 <= args.parallel <= cores:
-            raise ValueError(f"--parallel {args.parallel}: expected 1..{cores} (the cores; one run per device)")
+    def work():
         settings = settings_from_args(args)
         if args.dry_run:
             print(dry_run_table(make_plan(settings)))
-            return 0
-        search(settings, args.out, parallel=args.parallel, progress=not args.no_progress)
-    except SearchStopped as e:
-        print(f"effnet search: {e}", file=sys.stderr)
-        return PREEMPTED_EXIT
-    except KeyboardInterrupt:
-        print(f"effnet search: stopped; rerun the same command to resume ({args.out})", file=sys.stderr)
-        return PREEMPTED_EXIT
-    except (ValueError, OSError) as e:
-        print(f"effnet search: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # a candidate's run failed: the runner names it and its log
-        print(f"effnet search: {e}", file=sys.stderr)
-        return 1
-    return 0
+        else:
+            search(settings, args.out, parallel=args.parallel, progress=not args.no_progress)
+
+    return run_children("search", args.out, args.parallel, work)
 
 
 def dry_run_table(plan) -> str:
