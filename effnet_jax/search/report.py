@@ -332,21 +332,26 @@ TABLE_HEAD = (
 )
 
 
+def _network_cells(row: dict) -> list[str]:
+    """The realised network's columns, shared by the search's table and the study's: depth, width, resolution,
+    blocks, params, MACs (M)."""
+    macs = None if row.get("macs") is None else row["macs"] / 1e6
+    return [_num(row.get("depth"), ".3f"), _num(row.get("width"), ".3f"), _num(row.get("resolution"), "d"),
+            _num(row.get("blocks"), "d"), _num(row.get("params"), ",d"), _num(macs, ".3f")]  # fmt: skip
+
+
+def _measured_cells(row: dict) -> list[str]:
+    """What training and timing measured, shared by both tables: top-1, seeds, img/s, latency ms."""
+    return [_top1_cell(row), str(row["n_seeds"]), _num(row.get("img_per_s"), ".1f"), _num(row.get("latency_ms"), ".3f")]
+
+
 def _table_line(row: dict) -> str:
     cells = [
         _requested_cell(row.get("requested")),
         ", ".join(row.get("refs") or []),
-        _num(row.get("depth"), ".3f"),
-        _num(row.get("width"), ".3f"),
-        _num(row.get("resolution"), "d"),
-        _num(row.get("blocks"), "d"),
-        _num(row.get("params"), ",d"),
-        _num(None if row.get("macs") is None else row["macs"] / 1e6, ".3f"),
+        *_network_cells(row),
         _num(row.get("formula"), ".3f"),
-        _top1_cell(row),
-        str(row["n_seeds"]),
-        _num(row.get("img_per_s"), ".1f"),
-        _num(row.get("latency_ms"), ".3f"),
+        *_measured_cells(row),
         _num(row.get("wall_s"), ".1f"),
         _flags(row),
     ]
@@ -620,20 +625,7 @@ def write_study(out_dir: str | os.PathLike, rows: list[dict], settings: dict) ->
             "| seeds | img/s | latency ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         )
         for r in curve:
-            cells = [
-                f"{r['phi']:g}",
-                _num(r.get("depth"), ".3f"),
-                _num(r.get("width"), ".3f"),
-                _num(r.get("resolution"), "d"),
-                _num(r.get("blocks"), "d"),
-                _num(r.get("params"), ",d"),
-                _num(None if r.get("macs") is None else r["macs"] / 1e6, ".3f"),
-                _top1_cell(r),
-                str(r["n_seeds"]),
-                _num(r.get("img_per_s"), ".1f"),
-                _num(r.get("latency_ms"), ".3f"),
-            ]
-            md.append("| " + " | ".join(cells) + " |\n")
+            md.append("| " + " | ".join([f"{r['phi']:g}", *_network_cells(r), *_measured_cells(r)]) + " |\n")
     md.append("\n## Reading\n\n" + "".join(line + "\n" for line in study_reading(rows)))
     md.append("\n## Settings\n\n" + _settings_md(settings))
     ordered = sorted(summarise(rows), key=_strategy_order)
