@@ -318,6 +318,14 @@ def _twin_state(
     return out
 
 
+def _agrees_with_header(src: str, spec: ModelSpec, weight_source: str | None, model: str | None) -> None:
+    """A weight source or model name given for a file with a header (effnet's own or its export header) must agree
+    with the header's spec (`effnet_spec.header.contradiction`), or the import is refused naming the file."""
+    problem = contradiction(spec, weight_source=weight_source, model=model)
+    if problem:
+        raise ImportError_(f"{src}: {problem}")
+
+
 def import_own(
     state_dict: Mapping[str, torch.Tensor],
     meta: Mapping[str, str],
@@ -337,9 +345,7 @@ def import_own(
         spec, pre = read_header(dict(meta))
     except ValueError as e:
         raise ImportError_(f"{src}: {e}") from None
-    problem = contradiction(spec, weight_source=weight_source, model=model)
-    if problem:
-        raise ImportError_(f"{src}: {problem}")
+    _agrees_with_header(src, spec, weight_source, model)
     error = header_mismatch(src, spec, {k: tensor_info(v) for k, v in state_dict.items()}, cls=ImportMismatchError)
     if error:
         raise error
@@ -372,9 +378,7 @@ def import_exported(
             f"{src}: effnet wrote it in the {layout} layout (its header says so), not {weight_source}'s; "
             "drop the weight source"
         )
-    problem = contradiction(spec, weight_source=weight_source, model=model)
-    if problem:
-        raise ImportError_(f"{src}: {problem}")
+    _agrees_with_header(src, spec, weight_source, model)
     what = f"{src}: tensors do not match its own header ({spec.name} in the {layout} layout)"
     return ImportResult(spec, _twin_state(state_dict, spec, layout, what), pre, layout)
 
