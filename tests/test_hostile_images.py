@@ -5,11 +5,11 @@ the eval and predict readers are stopped right after they have read."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _disk import snapshot
 from PIL import Image
 
 from effnet_jax.cli import main as cli_main
@@ -34,10 +34,6 @@ def _sideways_photo(path):
 
 def _upright(a: np.ndarray) -> bool:
     return a.shape[:2] == (W, H) and a[: W // 2].mean() > 240 and a[W // 2 :].mean() < 15
-
-
-def _tree(d) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(p, f), d) for p, ds, fs in os.walk(d) for f in fs + ds)
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +185,11 @@ def test_a_refused_val_data_is_one_line_exit_2_and_writes_nothing(tmp_path, caps
     train, other = _classes(tmp_path / "train", ["a", "b", "c"]), _classes(tmp_path / "val", ["a", "c"])
     work = tmp_path / "run"
     work.mkdir()
-    before = _tree(tmp_path)
+    before = snapshot(tmp_path)
     rc = cli_main(["train", "--data", str(train), "--set", f"val_data={other}", "--workdir", str(work)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("effnet train: error: val_data") and "missing: ['b']" in err[-1], err
-    assert _tree(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_eval_data_whose_classes_differ_from_the_head_is_refused_before_the_model(tmp_path, monkeypatch, capsys):
@@ -234,18 +230,18 @@ def test_a_workdir_inside_the_data_is_refused_before_anything_is_written(tmp_pat
     train = data if key == "data" else _classes(tmp_path / "t", ["a", "b"])
     link = tmp_path / "link"
     link.symlink_to(data)  # the same folder by another path
-    before = _tree(tmp_path)
+    before = snapshot(tmp_path)
     argv = ["train", "--data", str(train), "--workdir", str(workdir(link))]
     rc = cli_main(argv + ([f"--set=val_data={data}"] if key == "val_data" else []))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"is inside {key} " in err[0] and "outside" in err[0], err
-    assert _tree(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_prepare_out_inside_its_folder_is_refused(tmp_path, capsys):
     data = _classes(tmp_path / "d", ["a", "b"])
-    before = _tree(tmp_path)
+    before = snapshot(tmp_path)
     rc = cli_main(["prepare", str(data), str(data / "shards")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "is inside FOLDER" in err[0], err  # prepare's exit code for a ValueError
-    assert _tree(tmp_path) == before
+    assert snapshot(tmp_path) == before

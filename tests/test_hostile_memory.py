@@ -12,35 +12,19 @@ import types
 
 import numpy as np
 import pytest
+from _disk import effnet, snapshot
 from flax import nnx
 from PIL import Image
 
-from effnet_jax.cli import main as cli_main
 from effnet_jax.ops import memory
 from effnet_spec import STAGES, Preprocessing, resolve
 
 RES = 16
 
 
-def _snapshot(root) -> dict:
-    """{relative path: bytes (None for a folder)} of everything under `root`."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, name), root)] = None
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def _run(argv, capsys) -> tuple[int, list[str], str]:
     """(exit status, stderr lines, stdout) of `effnet ARGV` run in-process."""
-    try:
-        rc = cli_main(argv, fast_malloc=False)
-    except SystemExit as e:  # argparse's usage errors
-        rc = e.code
+    rc = effnet(argv)
     got = capsys.readouterr()
     return rc, got.err.strip().splitlines(), got.out
 
@@ -182,7 +166,7 @@ def test_train_refuses_a_step_over_the_limit_before_writing(tmp_path, monkeypatc
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text('{"an earlier run": true}\n')  # a fresh run would move it aside
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     monkeypatch.setenv(memory.ENV, "64K")
     small = ["stages=1", f"resolution={RES}", "optimizer=sgd", "ema_decay=0", "progress=false"]  # quick to compile
     sets = [a for s in small for a in ("--set", s)]
@@ -194,7 +178,7 @@ def test_train_refuses_a_step_over_the_limit_before_writing(tmp_path, monkeypatc
         "to fit: a smaller global_batch (now 8), remat=dots or remat=block, or a lower resolution (now 16)" in err[-1]
     )
     assert not any(line.startswith("Traceback") for line in err)
-    assert _snapshot(tmp_path) == before  # no records, no checkpoint, the earlier run's config where it was
+    assert snapshot(tmp_path) == before  # no records, no checkpoint, the earlier run's config where it was
 
 
 def test_eval_does_not_pad_past_the_data_and_refuses_what_cannot_fit(tiny, monkeypatch, capsys):
@@ -276,7 +260,7 @@ def test_absurd_sizes_are_refused_where_they_are_read(tiny, tmp_path, capsys, ar
         {**meta, "preprocessing": json.dumps({**pre, "resolution": 100000})},
     )
     (tmp_path / "img.png").write_bytes(tiny.image.read_bytes())
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     got, err, _ = _run([a.format(tmp=tmp_path) for a in argv], capsys)
     assert got == rc and len(err) == 1 and message in err[0], err
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before

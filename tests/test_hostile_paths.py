@@ -16,34 +16,9 @@ import os
 import threading
 
 import pytest
-
-from effnet_jax.cli import main as cli_main
+from _disk import effnet, snapshot
 
 GARBAGE = b"\x80 the user's only copy of their weights"
-
-
-def _snapshot(root) -> list:
-    """Every entry under `root`: name, kind, and a file's bytes or a link's target (links are not followed)."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root)
-            if os.path.islink(path):
-                found.append((rel, "link", os.readlink(path)))
-            elif os.path.isfile(path):
-                with open(path, "rb") as f:
-                    found.append((rel, "file", f.read()))
-            else:
-                found.append((rel, "other", None))
-    return sorted(found)
-
-
-def _run(argv) -> int:
-    try:
-        return cli_main([str(a) for a in argv], fast_malloc=False)
-    except SystemExit as e:  # argparse's own usage errors
-        return e.code
 
 
 # ------------------------------------------------------------------------------------ OUT that is the input (group 1)
@@ -86,12 +61,12 @@ def test_an_out_that_is_the_weights_is_refused_before_anything(command, how, tmp
     monkeypatch.chdir(tmp_path)
     src, _ = _inputs(tmp_path)
     out = _out(src, how, tmp_path)
-    before = _snapshot(tmp_path)
-    rc = _run(COMMANDS[command](src, out))
+    before = snapshot(tmp_path)
+    rc = effnet(COMMANDS[command](src, out))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert f"cannot write {out}: it is the input {src} (" in err[0] and "give another output path" in err[0], err
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert src.read_bytes() == GARBAGE
 
 
@@ -107,11 +82,11 @@ def test_an_out_that_is_the_weights_is_refused_before_anything(command, how, tmp
 def test_prepare_into_its_own_folder_is_refused_before_anything(how, message, tmp_path, capsys):
     _, folder = _inputs(tmp_path)
     out = folder / "shards" if how == "inside" else _out(folder, how, tmp_path)
-    before = _snapshot(tmp_path)
-    rc = _run(["prepare", folder, out])
+    before = snapshot(tmp_path)
+    rc = effnet(["prepare", folder, out])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0] and str(folder) in err[0], err
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_the_python_apis_refuse_too(tmp_path):
@@ -121,7 +96,7 @@ def test_the_python_apis_refuse_too(tmp_path):
 
     src, folder = _inputs(tmp_path)
     os.link(src, tmp_path / "hard.pth")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     calls = [
         lambda: import_checkpoint(src, tmp_path / "hard.pth"),
         lambda: export_checkpoint(src, tmp_path / "alias" / "my.pth", "timm"),
@@ -131,7 +106,7 @@ def test_the_python_apis_refuse_too(tmp_path):
     for call in calls:
         with pytest.raises(ValueError, match="it is the input|is FOLDER"):
             call()
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_an_out_beside_the_input_is_not_refused():
@@ -185,13 +160,13 @@ FILE_ARGS = {  # command -> (argv for the path X, exit code)
 def test_a_device_or_pipe_given_as_a_file_is_named(command, kind, special, tmp_path, capsys):
     path = special(kind)
     argv, code = FILE_ARGS[command]
-    before = _snapshot(tmp_path)
-    rc = _run(argv(path, tmp_path))
+    before = snapshot(tmp_path)
+    rc = effnet(argv(path, tmp_path))
     err = capsys.readouterr().err.strip().splitlines()
     what = "a named pipe" if kind == "named pipe" else "a character device"
     assert rc == code and len(err) == 1, err
     assert f"{path}" in err[0] and f"not a regular file (it is {what})" in err[0] and "no such file" not in err[0], err
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 # ------------------------------------------------------------------ flags that disagree, refused runs (group 11)
@@ -218,7 +193,7 @@ REFUSED = [
 @pytest.mark.parametrize(("argv", "message"), REFUSED, ids=[" ".join(a) for a, _ in REFUSED])
 def test_flags_that_disagree_are_refused_naming_both(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc = _run(argv)
+    rc = effnet(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert os.listdir(tmp_path) == []
@@ -227,7 +202,7 @@ def test_flags_that_disagree_are_refused_naming_both(argv, message, tmp_path, ca
 def test_a_flag_repeated_with_the_same_value_is_one_value(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--preset", "smoke", "--preset", "smoke", "--workdir", "w", "--set", "workdir=w", "--print-config"]
-    assert _run(argv) == 0
+    assert effnet(argv) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["workdir"] == "w" and cfg["steps"] == 2  # the smoke preset's
     assert os.listdir(tmp_path) == []
@@ -246,7 +221,7 @@ def test_a_refused_run_leaves_no_workdir(extra, message, tmp_path, capsys):
     either way the folders the run would have created are gone."""
     workdir = tmp_path / "runs" / "new"
     argv = ["train", "--preset", "smoke", "--set", "progress=false", "--workdir", workdir]
-    rc = _run([*argv, *(a.format(tmp=tmp_path) for a in extra)])
+    rc = effnet([*argv, *(a.format(tmp=tmp_path) for a in extra)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and message in err[-1], err
     assert os.listdir(tmp_path) == []

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _disk import snapshot
 from PIL import Image
 
 import effnet_torch
@@ -31,13 +32,9 @@ from effnet_jax.train.prepare import prepare
 from effnet_spec import STAGES, resolve
 
 
-def _snapshot(root: Path) -> list:
-    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
-
-
 def _refused(capsys, tmp_path: Path, argv: list[str]) -> str:
     """Run the CLI in this process from `tmp_path`; assert exit 2, one line on stderr, nothing written."""
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -47,7 +44,7 @@ def _refused(capsys, tmp_path: Path, argv: list[str]) -> str:
     out, err = capsys.readouterr()
     assert rc == 2, (rc, out, err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert _snapshot(tmp_path) == before, "a refused command writes nothing"
+    assert snapshot(tmp_path) == before, "a refused command writes nothing"
     return err.strip()
 
 
@@ -296,11 +293,11 @@ def test_damaged_metadata_is_one_line_naming_file_and_key(shards, tmp_path, chan
 
 def test_training_on_damaged_metadata_is_one_line(shards, tmp_path, capsys):
     out = _damaged(shards, tmp_path, lambda m: m.pop("class_names"))
-    before = _snapshot(out)
+    before = snapshot(out)
     rc = cli(["train", "--preset", "smoke", "--data", str(out), "--workdir", str(tmp_path / "run")], fast_malloc=False)
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[effnet] ")]  # notes
     assert rc == 2 and len(err) == 1 and "key 'class_names' is missing" in err[0], err
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 # --- effnet bench: every flag checked before the first measurement

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _disk import snapshot
 from jax.sharding import Mesh
 
 from effnet_jax.cli import train as train_cli
@@ -94,15 +95,6 @@ def stop_before_compiling(monkeypatch):
     monkeypatch.setattr(train_mod, "Logger", stop)
 
 
-def _tree(workdir: Path) -> dict[str, bytes]:
-    """Every file under the workdir (but the lock, which any run takes) with its bytes."""
-    return {
-        str(p.relative_to(workdir)): p.read_bytes()
-        for p in sorted(workdir.rglob("*"))
-        if p.is_file() and p.name != LOCK_FILE
-    }
-
-
 def _truncate(step_dir: Path) -> None:
     """Cut the largest data file of the step's EMA weights in half (a copy that stopped part way)."""
     largest = max((p for p in (step_dir / "ema").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
@@ -135,14 +127,15 @@ def test_a_truncated_latest_step_resumes_from_the_one_before_and_a_changed_lr_st
     ckpts = run_copy / "checkpoints"
     first = (run_copy / "config.json").read_bytes()
     _truncate(ckpts / "4")
-    damaged = _tree(ckpts / "4")
+    damaged = snapshot(ckpts / "4")
     with pytest.raises(_Stopped):
         train_mod.train(_cfg(run_copy, "resume=true", "lr=0.5", "steps=6"))
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "cannot be read" in line]
     assert len(notes) == 1 and "step 4" in notes[0] and "4.damaged" in notes[0] and "from step 2" in notes[0], err
     assert f"resumed from {ckpts} at step 2" in err and "Traceback" not in err
-    assert _tree(ckpts / "4.damaged") == damaged, "the damaged step is kept as it was, for the user to inspect"
+    kept = snapshot(ckpts / "4.damaged")
+    assert kept == damaged, "the damaged step is kept as it was, for the user to inspect"
     assert Checkpointer(str(ckpts), read_only=True).all_steps() == [2]
     changed = [line for line in err.splitlines() if "changes" in line]
     assert len(changed) == 1 and "lr 0.0 -> 0.5" in changed[0] and "steps 4 -> 6" in changed[0], err
@@ -174,13 +167,13 @@ def test_an_emptied_latest_step_resumes_from_the_one_before_and_later_saves_keep
 def test_a_reader_uses_the_latest_readable_step_and_moves_nothing(run_copy, capsys):
     ckpts = run_copy / "checkpoints"
     _truncate(ckpts / "4")
-    before = _tree(run_copy)
+    before = snapshot(run_copy, skip={LOCK_FILE})
     restored = restore_model(run_copy)
     assert restored.step == 2 and "step 4" in capsys.readouterr().err
     with pytest.raises(DamagedCheckpoint, match=r"checkpoints/4 cannot be read") as e:  # asked for by its number
         restore_model(run_copy, step=4)
     assert "\n" not in str(e.value)
-    assert _tree(run_copy) == before
+    assert snapshot(run_copy, skip={LOCK_FILE}) == before
 
 
 @pytest.mark.parametrize("damage", [_truncate, _empty], ids=["truncated", "emptied"])
@@ -188,11 +181,11 @@ def test_no_readable_step_is_one_line_and_moves_nothing(run_copy, capsys, damage
     ckpts = run_copy / "checkpoints"
     for step in (2, 4):
         damage(ckpts / str(step))
-    before = _tree(run_copy)
+    before = snapshot(run_copy, skip={LOCK_FILE})
     rc, lines = _cli(run_copy, capsys=capsys)
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("effnet train: error: "), lines
     assert f"{ckpts}/4 cannot be read" in lines[0] and "nor can the 1 step before it" in lines[0], lines
-    assert _tree(run_copy) == before and sorted(os.listdir(ckpts)) == ["2", "4"]
+    assert snapshot(run_copy, skip={LOCK_FILE}) == before and sorted(os.listdir(ckpts)) == ["2", "4"]
 
 
 # ---------------------------------------------------------------------------------------------- group 10: meaning
@@ -210,10 +203,10 @@ REFUSED = [
 
 @pytest.mark.parametrize(("sets", "expected"), REFUSED, ids=[s[0].split("=")[0] for s, _ in REFUSED])
 def test_a_resume_that_changes_what_the_run_is_is_refused_in_one_line(tiny_run, capsys, sets, expected):
-    before = _tree(tiny_run)
+    before = snapshot(tiny_run, skip={LOCK_FILE})
     rc, lines = _cli(tiny_run, *sets, capsys=capsys)
     assert rc == 2 and len(lines) == 1 and "cannot resume" in lines[0] and expected in lines[0], lines
-    assert _tree(tiny_run) == before
+    assert snapshot(tiny_run, skip={LOCK_FILE}) == before
 
 
 def test_segments_drop_rows_of_lost_steps_and_unchanged_resumes_write_nothing(tmp_path, capsys):

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from _disk import snapshot
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as st_save
@@ -37,10 +38,6 @@ def _tiny(conventions: str = "effnet", *, seed: int = 0, stages=STAGES[:2]) -> e
             elif name.endswith("running_mean"):
                 t.normal_(0, 0.1)
     return net
-
-
-def _files(root) -> dict[str, bytes]:
-    return {p: open(os.path.join(root, p), "rb").read() for p in sorted(os.listdir(root))}
 
 
 def _meta(path) -> dict[str, str]:
@@ -139,7 +136,7 @@ def test_weights_that_contradict_themselves_are_refused_in_a_few_lines(case, rea
     write, words = CASES[case]
     src = tmp_path / "w.safetensors"
     write(src)
-    before = _files(tmp_path)
+    before = snapshot(tmp_path)
     run = READERS[reader] or _cli("predict", image, "--weights", "{path}")
     message = run(src, tmp_path / "out.safetensors", capsys)
     assert words in message, message
@@ -149,7 +146,7 @@ def test_weights_that_contradict_themselves_are_refused_in_a_few_lines(case, rea
         assert "problem(s)" in lines[0] and lines[-1].strip().startswith("... and "), message
     else:
         assert len(lines) <= 2, message
-    assert _files(tmp_path) == before  # nothing written, nothing changed
+    assert snapshot(tmp_path) == before  # nothing written, nothing changed
 
 
 def test_a_header_that_names_another_variant_says_which_the_tensors_are(tmp_path, capsys):
@@ -176,14 +173,14 @@ def test_a_header_that_names_another_variant_says_which_the_tensors_are(tmp_path
 def test_names_that_contradict_the_header_are_refused_in_one_line(names, words, tmp_path, image, capsys):
     src = tmp_path / "w.safetensors"
     effnet_torch.save_checkpoint(_tiny(), src, Preprocessing(resolution=32))  # effnet conventions
-    before = _files(tmp_path)
+    before = snapshot(tmp_path)
     for argv in (["predict", image, "--weights", str(src)], ["convert", str(src), str(tmp_path / "o.safetensors")]):
         assert cli_main(argv + names) == 1
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(ValueError, match=words):
         effnet_torch.EfficientNet.from_pretrained(src, **{n.strip("-").replace("-", "_"): v for n, v in [names]})
-    assert _files(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_names_that_agree_with_the_header_are_accepted(tmp_path):
@@ -279,9 +276,9 @@ def test_names_that_contradict_an_export_are_refused_in_one_line(names, words, t
     effnet_torch.save_checkpoint(net, src, Preprocessing(resolution=32))
     assert cli_main(["convert", str(src), str(out), "--to", "timm"]) == 0
     capsys.readouterr()
-    before = _files(tmp_path)
+    before = snapshot(tmp_path)
     assert cli_main(["convert", str(out), str(tmp_path / "back.safetensors"), *names]) == 1
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1, err
-    assert _files(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert read_pretrained(out, weight_source="timm_tf").spec == net.spec  # an agreeing name is fine
