@@ -1,9 +1,12 @@
-"""Fault injection on a tiny run (its own CI group, `pytest -m faults`): kill -9 at random moments and in the middle
-of a checkpoint write, a disk that fills up, a checkpoint folder that turns read-only, two runs started on one
-workdir. After each, `--resume` must end bit-identical to an uninterrupted run, with the same metrics rows.
+"""Fault injection on a tiny run (its own CI group, `pytest -m faults -n 2 --dist load`): kill -9 at random moments
+and in the middle of a checkpoint write, a disk that fills up, a checkpoint folder that turns read-only, two runs
+started on one workdir. After each, `--resume` must end bit-identical to an uninterrupted run, with the same metrics
+rows.
 
 Trials: EFFNET_FAULT_TRIALS (default 4 random kills + 2 mid-save kills), seeded by EFFNET_FAULT_SEED (default: a
-fresh seed, printed in the summary so a failure can be replayed). Counts are printed at the end of the run.
+fresh seed per suite run, set by conftest.py for every xdist worker and printed in the summary so a failure can be
+replayed). Each passed trial records what it hit (`record_property("fault", ...)`); conftest.py prints the counts at
+the end of the run. `--dist load` spreads the trials over both workers (each builds its own reference run).
 """
 
 from __future__ import annotations
@@ -32,15 +35,10 @@ TINY = [
     "ckpt_every=2", "keep=3", "log_every=3", "eval_every=4", "augment=randaugment", "progress=false",
 ]  # fmt: skip
 TIMEOUT_S = 300
-SEED = int(os.environ.get("EFFNET_FAULT_SEED") or random.SystemRandom().randrange(10**6))
+SEED = int(os.environ.get("EFFNET_FAULT_SEED") or random.SystemRandom().randrange(10**6))  # conftest.py sets it
 RANDOM_KILLS = int(os.environ.get("EFFNET_FAULT_TRIALS", "4"))
 MID_SAVE_KILLS = 2
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-TALLY: dict[str, int] = {}
-
-
-def _count(what: str, n: int = 1) -> None:
-    TALLY[what] = TALLY.get(what, 0) + n
 
 
 def _cmd(workdir, *extra) -> list[str]:
@@ -138,7 +136,7 @@ def _kill_and_resume(tmp_path, reference, trigger) -> tuple[str, int | None]:
 
 
 @pytest.mark.parametrize("trial", range(RANDOM_KILLS))
-def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(tmp_path, reference, trial):
+def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(tmp_path, reference, record_property, trial):
     delay = random.Random(SEED * 1000 + trial).uniform(0.0, 0.85 * reference["seconds"])  # rarely after the end
 
     def trigger(proc, workdir):  # from the "compiling" line: compile, steps, evaluations and saves
@@ -147,13 +145,18 @@ def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(tmp_path, refere
 
     hit, step = _kill_and_resume(tmp_path, reference, trigger)
     if hit == "finished first":
-        _count("kill -9 at a random moment: the run had finished")
+        record_property("fault", "kill -9 at a random moment: the run had finished")
     else:
-        _count(f"kill -9 at a random moment, {f'resumed at step {step}' if step else 'before the first checkpoint'}")
+        record_property(
+            "fault",
+            f"kill -9 at a random moment, {f'resumed at step {step}' if step else 'before the first checkpoint'}",
+        )
 
 
 @pytest.mark.parametrize("trial", range(MID_SAVE_KILLS))
-def test_kill_9_in_the_middle_of_a_checkpoint_write_then_resume_is_bit_identical(tmp_path, reference, trial):
+def test_kill_9_in_the_middle_of_a_checkpoint_write_then_resume_is_bit_identical(
+    tmp_path, reference, record_property, trial
+):
     nth = random.Random(SEED * 1000 + 100 + trial).randint(1, 3)  # which of the saves at steps 2, 4, 6 to cut
     seen: set[str] = set()
 
@@ -175,13 +178,15 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_then_resume_is_bit_identical
     if landed["mid-write"]:  # the resume continues from the step before the one cut (or afresh, for the first)
         assert step == (2 * (nth - 1) or None), step
         resumed = f"resumed at step {step}" if step else "restarted (no checkpoint before)"
-        _count(f"kill -9 while step {2 * nth}'s checkpoint was being written, {resumed}")
+        record_property("fault", f"kill -9 while step {2 * nth}'s checkpoint was being written, {resumed}")
     else:  # the write completed in the microseconds between seeing it and the kill
         assert step == 2 * nth, step
-        _count(f"kill -9 just after step {2 * nth}'s checkpoint was written")
+        record_property("fault", f"kill -9 just after step {2 * nth}'s checkpoint was written")
 
 
-def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_there_is_room(tmp_path, reference):
+def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_there_is_room(
+    tmp_path, reference, record_property
+):
     step_bytes = sum(f.stat().st_size for f in (reference["dir"] / "checkpoints" / "8").rglob("*") if f.is_file())
     workdir = tmp_path / "run"
     with tmpfs(workdir, size=f"{int(2.5 * step_bytes) + 400_000}"):  # room for two checkpoints and the records
@@ -199,10 +204,12 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_there_is
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resumed from {workdir / 'checkpoints'} at step {max(kept)}" in resumed.stderr
         _assert_same_as_reference(workdir, reference)
-    _count("full disk, then resume")
+    record_property("fault", "full disk, then resume")
 
 
-def test_a_checkpoint_folder_gone_read_only_stops_at_the_next_save_and_loses_nothing(tmp_path, reference):
+def test_a_checkpoint_folder_gone_read_only_stops_at_the_next_save_and_loses_nothing(
+    tmp_path, reference, record_property
+):
     """Regression: the run waited ~5 minutes for Orbax's directory signal, then died with a TimeoutError traceback."""
     workdir = tmp_path / "run"
     ckpt = workdir / "checkpoints"
@@ -238,10 +245,10 @@ def test_a_checkpoint_folder_gone_read_only_stops_at_the_next_save_and_loses_not
         ), refused.stderr[-2000:]
         assert sorted(p.name for p in workdir.iterdir()) == before
         remount(ckpt, read_only=False)
-    _count("checkpoint folder turned read-only, then resume")
+    record_property("fault", "checkpoint folder turned read-only, then resume")
 
 
-def test_two_runs_started_on_one_workdir_one_is_refused_the_other_unharmed(tmp_path, reference):
+def test_two_runs_started_on_one_workdir_one_is_refused_the_other_unharmed(tmp_path, reference, record_property):
     workdir = tmp_path / "run"
     procs = [_start(workdir, log=tmp_path / f"{i}.log") for i in range(2)]
     codes = [p.wait(TIMEOUT_S) for p in procs]
@@ -255,13 +262,4 @@ def test_two_runs_started_on_one_workdir_one_is_refused_the_other_unharmed(tmp_p
                 f"effnet train: error: {workdir / 'checkpoints'} already holds checkpoints")  # fmt: skip
     assert loser.startswith(refusals), loser
     _assert_same_as_reference(workdir, reference)
-    _count("two runs on one workdir")
-
-
-def pytest_terminal_summary_lines() -> list[str]:
-    """For conftest's summary hook: what this group injected, and the seed to replay it."""
-    if not TALLY:
-        return []
-    lines = [f"fault injection (EFFNET_FAULT_SEED={SEED}): {sum(TALLY.values())} trials passed"]
-    lines += [f"  {n} x {what}" for what, n in sorted(TALLY.items())]
-    return lines
+    record_property("fault", "two runs on one workdir")

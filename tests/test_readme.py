@@ -30,7 +30,7 @@ def test_readme_commands_match_ci():
     """The test command in the README is the one .ci/run runs."""
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    groups = ("pytest -m unit -n 2", 'pytest -m "integration or slow" -n 2', "pytest -m faults")
+    groups = ("pytest -m unit -n 2", 'pytest -m "integration or slow" -n 2', "pytest -m faults -n 2 --dist load")
     for line in ("pip install -q torch==2.13.0 -e '.[dev]'", *(f"{g} -q" for g in groups)):
         assert line in ci
     assert "torch==2.13.0" in text and " && ".join(groups) in text
