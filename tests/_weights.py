@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 
 import effnet_torch
+from effnet_spec import STAGES
 
 
-def random_twin(weight_source: str, seed: int = 0) -> effnet_torch.EfficientNet:
-    """A b0 twin with every tensor random (BN statistics and counters too), so a wrong copy cannot pass."""
+def random_twin(weight_source: str, seed: int = 0, *, variant: str = "b0", stages: int | None = None
+                ) -> effnet_torch.EfficientNet:  # fmt: skip
+    """A twin (b0 unless `variant`; its first `stages` stages only, where the property does not need all seven, as
+    they compile several times faster) with every tensor random (BN statistics and counters too), so a wrong copy
+    cannot pass."""
     torch.manual_seed(seed)
-    net = effnet_torch.EfficientNet.from_name("b0", weight_source=weight_source)
+    rows = STAGES if stages is None else STAGES[:stages]
+    net = effnet_torch.EfficientNet.from_name(variant, weight_source=weight_source, stages=rows)
     with torch.no_grad():
         for name, t in net.state_dict().items():
             if name.endswith("running_var"):

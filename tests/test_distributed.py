@@ -103,13 +103,13 @@ def test_two_processes_fine_tune_from_the_same_init(tmp_path):
     import effnet_torch
 
     init = tmp_path / "b0.safetensors"
-    net = random_twin("effnet", seed=9)
+    net = random_twin("effnet", seed=9, stages=4)  # the stage after the frozen ones; all seven compile 3x slower
     effnet_torch.save_checkpoint(net, init)
     port = _free_port()
     common = ["data=digits", "num_classes=0", "resolution=16", "eval_batch=120", "progress=false", "stages=0",
               f"init={init}", "freeze=stages:3", "global_batch=16", "steps=2", "ckpt_every=0", "distributed=true",
               f"workdir={tmp_path / 'run'}", f"coordinator=localhost:{port}", "num_processes=2"]  # fmt: skip
-    _two_processes(tmp_path, common, timeout=2 * TIMEOUT_S)  # a full b0 compiles in each process
+    _two_processes(tmp_path, common, timeout=TIMEOUT_S)
     a, b = np.load(tmp_path / "p0.npz"), np.load(tmp_path / "p1.npz")
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:
