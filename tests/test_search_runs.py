@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,9 +82,14 @@ def test_a_rerun_of_a_finished_search_trains_nothing_and_writes_the_same_table(s
 def test_a_search_over_two_devices_killed_mid_candidate_resumes_to_the_sequential_table(searched, tmp_path):
     """The same search, two candidates at a time on a host with two CPU devices, SIGKILLed while a candidate has
     checkpointed but not finished: its children die with it, the rerun skips what finished, resumes the rest from
-    their checkpoints, and the table equals the sequential one (timing columns aside)."""
+    their checkpoints, and the table equals the sequential one (timing columns aside). It starts as a search stopped
+    after its first network (the sequential one's folder with that run alone), so the two devices train the other
+    two at once."""
     seq, _ = searched
     out = tmp_path / "s"
+    first = sorted((seq / "runs").iterdir())[0]
+    shutil.copytree(first, out / "runs" / first.name)
+    shutil.copy2(seq / "search.json", out / "search.json")
     env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     argv = [sys.executable, "-m", "effnet_jax.cli", "search", "--out", str(out), *BUDGET, *SPACE, "--no-progress"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
