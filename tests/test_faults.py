@@ -1,4 +1,4 @@
-"""Fault injection on a tiny run (its own CI group, `pytest -m faults -n 2 --dist load`): kill -9 at random moments
+"""Fault injection on a tiny run (the `faults` tier, `pytest -m faults`): kill -9 at random moments
 and in the middle of a checkpoint write, a disk that fills up, a checkpoint folder that turns read-only, two runs
 started on one workdir. After each, `--resume` must end bit-identical to an uninterrupted run, with the same metrics
 rows.
@@ -6,7 +6,7 @@ rows.
 Trials: EFFNET_FAULT_TRIALS (default 4 random kills + 2 mid-save kills), seeded by EFFNET_FAULT_SEED (default: a
 fresh seed per suite run, set by conftest.py for every xdist worker and printed in the summary so a failure can be
 replayed). Each passed trial records what it hit (`record_property("fault", ...)`); conftest.py prints the counts at
-the end of the run. `--dist load` spreads the trials over both workers (each builds its own reference run).
+the end of the run. In CI the module runs first on one worker while the other runs the rest of the suite.
 """
 
 from __future__ import annotations

@@ -30,23 +30,21 @@ def test_readme_commands_match_ci():
     """The test command in the README is the one .ci/run runs."""
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    groups = ("pytest -m unit -n 2", 'pytest -m "integration or slow" -n 2', "pytest -m faults -n 2 --dist load")
-    for line in ("pip install -q torch==2.13.0 -e '.[dev]'", *(f"{g} -q" for g in groups)):
-        assert line in ci
-    assert "torch==2.13.0" in text and " && ".join(groups) in text
+    assert "pip install -q torch==2.13.0 -e '.[dev]'" in ci and "\npytest -n 2 -q\n" in ci
+    assert "pip install torch==2.13.0 -e '.[dev]' && pytest -n 2\n" in text
 
 
 @pytest.mark.slow
 def test_tour_runs_and_shows_what_it_says(tmp_path, monkeypatch):
-    """The README's API tour executes as written (b3 at 300 px eager: ~50 s, hence slow)."""
+    """The README's API tour executes as written (eager b0 calls at 224-256 px, hence slow)."""
     code = _between(README.read_text(), "tour").removeprefix("```python").removesuffix("```")
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
     exec(compile(code, "README.md:tour", "exec"), ns)
     assert ns["logits"].shape == (2, 10)
-    assert ns["fmap"].shape == (1, 10, 10, 1536)
+    assert ns["fmap"].shape == (1, 7, 7, 1280)
     assert [p.shape[1] for p in ns["pyramid"]] == [128, 64, 32, 16, 8]
-    assert (tmp_path / "b3.safetensors").exists()
+    assert (tmp_path / "b0.safetensors").exists()
 
 
 @pytest.mark.slow
