@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _disk import effnet
 from _weights import random_twin
 from flax import nnx
 
@@ -229,10 +230,7 @@ def test_bad_input_is_one_line_and_writes_nothing(args, message, weights_file, t
     weights.write_bytes(weights_file.read_bytes())
     fill = {"run": str(run), "tmp": str(tmp_path), "w": str(weights)}
     before = sorted(p.name for p in tmp_path.iterdir())
-    try:
-        rc = cli_main(["export", *(a.format(**fill) for a in args)], fast_malloc=False)
-    except SystemExit as e:  # argparse's own usage error
-        rc = e.code
+    rc = effnet(["export", *(a.format(**fill) for a in args)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and message.format(**fill) in err[-1], err
     assert len(err) == 1 or err[0].startswith("usage:"), err

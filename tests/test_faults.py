@@ -35,7 +35,7 @@ TINY = [
     "ckpt_every=2", "keep=3", "log_every=3", "eval_every=4", "augment=randaugment", "progress=false",
 ]  # fmt: skip
 TIMEOUT_S = 300
-SEED = int(os.environ.get("EFFNET_FAULT_SEED") or random.SystemRandom().randrange(10**6))  # conftest.py sets it
+SEED = int(os.environ["EFFNET_FAULT_SEED"])  # drawn once per suite run by conftest.py (or given, to replay)
 RANDOM_KILLS = int(os.environ.get("EFFNET_FAULT_TRIALS", "4"))
 MID_SAVE_KILLS = 2
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
