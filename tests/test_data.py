@@ -30,6 +30,24 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert sum(im.tobytes() in train_rows for im in val.images) <= 2, "val must not overlap train (rare duplicates)"
 
 
+def test_digits_split_is_scikit_learns_stratified_split_of_load_digits():
+    """The split is stored as data and the file read without scikit-learn: both must be what scikit-learn gives."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    train_idx, val_idx = train_test_split(
+        np.arange(len(digits.target)), test_size=data_lib.DIGITS_VAL_SHARE, random_state=data_lib.DIGITS_SPLIT_SEED,
+        stratify=digits.target,
+    )  # fmt: skip
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        images, labels = data_lib.digits_split(split)
+        keep = np.sort(idx)
+        np.testing.assert_array_equal(images, digits.images[keep])
+        np.testing.assert_array_equal(labels, digits.target[keep])
+        assert labels.dtype == np.int32
+
+
 def test_digits_split_is_the_sources_images_before_upscaling():
     """benchmarks/digits.py fits scikit-learn on `digits_split`: it must be the very images the source upscales."""
     for split in ("train", "val"):

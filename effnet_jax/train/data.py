@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import gzip
+import importlib.util
 import io
 import logging
 import math
@@ -64,20 +66,31 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """One side of the fixed digits split as scikit-learn gives it: 8x8 float images of ink 0..16, int32 labels.
 
     The one place the split is made, so `DigitsSource` and baselines fitted on the raw pixels
-    (benchmarks/digits.py) see the same 1,437 / 360 images.
+    (benchmarks/digits.py) see the same 1,437 / 360 images. The split is data (`digits_val.txt`, scikit-learn's
+    stratified `train_test_split`; tests/test_data.py checks it against a fresh one) and the images are read from the
+    file scikit-learn carries, as `load_digits` reads it: importing scikit-learn cost every run a second at its start.
     """
     if split not in ("train", "val"):
         raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    images, labels = _digits()
+    val = np.zeros(len(labels), bool)
+    val[np.loadtxt(os.path.join(os.path.dirname(__file__), "digits_val.txt"), dtype=np.int64).ravel()] = True
+    keep = np.flatnonzero(val if split == "val" else ~val)
+    return images[keep], labels[keep].astype(np.int32)
 
-    digits = load_digits()
-    idx = np.arange(len(digits.target))
-    train_idx, val_idx = train_test_split(
-        idx, test_size=DIGITS_VAL_SHARE, random_state=DIGITS_SPLIT_SEED, stratify=digits.target
-    )
-    keep = np.sort(train_idx if split == "train" else val_idx)
-    return digits.images[keep], digits.target[keep].astype(np.int32)
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits, (images (N, 8, 8) float64, labels (N,) int), as `load_digits()` returns them."""
+    found = importlib.util.find_spec("sklearn")
+    path = found and os.path.join(found.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    if not path or not os.path.isfile(path):  # not installed (the import names what to install), or moved
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 class DigitsSource:

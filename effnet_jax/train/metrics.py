@@ -54,9 +54,7 @@ class Logger:
         self.tb = None
         self._tb_dir, self._purge = os.path.join(workdir, "tb"), resumed_at + 1 if resumed_at else None
         if self.main:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter  # imported now: its import inside the timed steps skewed their img/s
+            self._writer = _summary_writer()  # imported now: its import inside the timed steps skewed their img/s
             if resumed_at:
                 _drop_rows_after(self.path, resumed_at)
 
@@ -96,6 +94,21 @@ def _rows(path: str) -> list[dict]:
         return []
     with open(path) as f:
         return _parse(f)
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it is installed (over a
+    second of every run's start) only to accept torch tensors, which this logger never passes."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _drop_rows_after(path: str, step: int) -> None:
