@@ -27,7 +27,7 @@ import pytest
 TIERS = ("integration", "slow", "faults")
 # The longest modules (measured on 2 cores, longest first): scheduled before everything else.
 FIRST = ("test_train", "test_eval_parity", "test_faults", "test_export", "test_search_runs", "test_readme",
-         "test_pretrained", "test_search_runner", "test_distributed", "test_finetune", "test_train_parity",
+         "test_pretrained", "test_distributed", "test_finetune", "test_train_parity",
          "test_remat", "test_scan", "test_native", "test_precision")  # fmt: skip
 FAULTS: dict[str, int] = {}
 os.environ.setdefault("EFFNET_FAULT_SEED", str(random.SystemRandom().randrange(10**6)))

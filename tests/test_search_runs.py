@@ -1,11 +1,14 @@
 """`effnet search` and `effnet scaling` end to end on tiny budgets: the table, the choice and the coefficients file;
 a rerun that trains nothing and writes the same table; a search spread over two devices and killed with SIGKILL in
-the middle of a candidate that a rerun completes with the sequential search's table; the scaling study's curves."""
+the middle of a candidate that a rerun completes with the sequential search's table; the scaling study's curves.
+The candidate runner (`search.runner.run_jobs`) on the same search's jobs: finished jobs read, not run again; SIGTERM
+mid-job and a rerun; a job killed between training and its result. One search trains the networks all of them use."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from effnet_jax.search.report import comparable
+from effnet_jax.search.runner import Job, run_jobs
+from effnet_jax.train.guard import PREEMPTED_EXIT
 from effnet_spec import load_coefficients
 
 pytestmark = pytest.mark.slow
@@ -30,6 +35,12 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 def _search(out, *extra, env=ENV, **kw):
     argv = [sys.executable, "-m", "effnet_jax.cli", "search", "--out", str(out), *BUDGET, *SPACE, "--no-progress"]
     return subprocess.run([*argv, *extra], env=env, capture_output=True, text=True, timeout=400, **kw)
+
+
+def _jobs(out) -> list[Job]:
+    """The search's jobs, as its run dirs record them, in key order."""
+    saved = [json.loads(p.read_text()) for p in sorted((Path(out) / "runs").glob("*/job.json"))]
+    return [Job(j["key"], j["preset"], tuple(j["overrides"]), j["label"]) for j in saved]
 
 
 def _table(out) -> list[dict]:
@@ -152,3 +163,116 @@ def test_the_scaling_study_trains_every_strategy_from_the_search_coefficients(se
     assert "stages=2" in job["overrides"] and "steps=6" in job["overrides"]
     assert (out / "scaling_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Reading" in (out / "study.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+
+# The runner in a process of its own, exiting as the CLI will: PREEMPTED_EXIT when stopped by a signal.
+DRIVER = """
+import json, sys
+from effnet_jax.search.runner import Job, SearchStopped, run_jobs
+from effnet_jax.train.guard import PREEMPTED_EXIT
+jobs = [Job(j["key"], j["preset"], tuple(j["overrides"]), j["label"]) for j in json.loads(sys.argv[2])]
+try:
+    print(json.dumps(run_jobs(jobs, sys.argv[1], parallel=1, progress=False)))
+except SearchStopped as e:
+    print(e, file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT)
+"""
+SAME = ("top1", "top5", "steps", "params")  # what does not depend on timing
+
+
+def _driver(runs_dir, jobs) -> list[str]:
+    return [sys.executable, "-c", DRIVER, str(runs_dir), json.dumps([{**j.identity(), "label": j.label} for j in jobs])]
+
+
+def _fixed(results: dict) -> dict:
+    return {k: {f: r[f] for f in SAME} for k, r in results.items()}
+
+
+def _rows(run_dir, kind: str) -> list[tuple]:
+    """metrics.jsonl's `kind` rows without the wall-clock fields."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [
+        tuple(sorted((k, v) for k, v in r.items() if k not in ("time", "img_per_s"))) for r in rows if r["kind"] == kind
+    ]
+
+
+def _steps(run_dir: Path) -> list[int]:
+    ckpts = run_dir / "checkpoints"
+    return [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+
+
+def test_the_runner_reads_finished_jobs_and_touches_nothing(searched, capsys, monkeypatch):
+    out, _ = searched
+    runs, jobs = out / "runs", _jobs(out)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in runs.glob("*/*.*")}
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    results = run_jobs(jobs, str(runs), parallel=2, progress=False)
+    assert list(results) == [j.key for j in jobs]
+    for key, r in results.items():
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0, r
+        assert r["steps"] == 6 and r["params"] > 0 and r["latency_ms"] > 0 and r["wall_s"] > 0, r
+        assert json.loads((runs / key / "result.json").read_text()) == r
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in before} == before, "a finished job was touched"
+    assert "skipping 3 finished runs" in capsys.readouterr().out
+
+
+def test_sigterm_of_the_runner_mid_job_then_a_rerun_ends_as_an_uninterrupted_search(searched, tmp_path):
+    """SIGTERM to the runner reaches its worker, which stops after a step with a checkpoint; the search exits
+    PREEMPTED_EXIT and a rerun resumes the job to the uninterrupted search's result. (kill -9 of a search, whose
+    workers must die with it, is the two-device test above.)"""
+    seq, _ = searched
+    first, second = _jobs(seq)[:2]
+    runs = tmp_path / "runs"
+    shutil.copytree(seq / "runs" / first.key, runs / first.key)  # finished earlier, as if by this search
+    first_files = {p: p.stat().st_mtime_ns for p in (runs / first.key).glob("*.*")}
+    run_dir = runs / second.key
+    # 1. SIGTERM while the second job trains: its worker is frozen past its first checkpoint, before its last, so
+    # the signal lands mid-job; it stops after a step, with a checkpoint, and the search exits PREEMPTED_EXIT.
+    driver = subprocess.Popen(_driver(runs, [first, second]), env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not _steps(run_dir):
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the job wrote no checkpoint"
+        time.sleep(0.01)
+    pid = int(re.search(r"pid (\d+)", (run_dir / ".effnet-lock").read_text()).group(1))
+    os.kill(pid, signal.SIGSTOP)
+    assert max(_steps(run_dir)) < 6 and not (run_dir / "result.json").exists(), "finished before it was frozen"
+    driver.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the runner forwards it (to the frozen worker: pending until it runs again)
+    os.kill(pid, signal.SIGCONT)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == PREEMPTED_EXIT, stderr[-3000:]
+    assert "stopped by SIGTERM: 1 of 2 runs finished" in stderr, stderr[-3000:]
+    assert "skipping 1 finished runs" in stdout
+    stopped = re.search(r"stopped by SIGTERM after step (\d+), with a checkpoint", (run_dir / "train.log").read_text())
+    assert stopped, (run_dir / "train.log").read_text()[-2000:]
+    assert not (run_dir / "result.json").exists()
+    # 2. The rerun resumes it from that checkpoint and finishes it: the uninterrupted search's result and val rows.
+    rerun = subprocess.run(_driver(runs, [first, second]), env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    results = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert {p: p.stat().st_mtime_ns for p in first_files} == first_files, "a finished job was retrained"
+    log = (run_dir / "train.log").read_text()
+    assert f"resumed from {run_dir / 'checkpoints'} at step {stopped.group(1)}" in log, log[-2000:]
+    assert json.loads((run_dir / "wall.json").read_text())["attempts"] == 2
+    reference = {j.key: json.loads((seq / "runs" / j.key / "result.json").read_text()) for j in (first, second)}
+    assert _fixed(results) == _fixed(reference)
+    # The final evaluation's loss, to the bit. (Train rows differ: a stop between logging steps logs its own row.)
+    assert _rows(run_dir, "val") == _rows(seq / "runs" / second.key, "val")
+
+
+def test_a_job_killed_after_training_before_its_result_gets_the_same_result(searched, tmp_path, monkeypatch):
+    """Between train's last checkpoint and result.json (summary.json not written yet): the rerun evaluates that
+    checkpoint as train's final evaluation did."""
+    seq, _ = searched
+    job = _jobs(seq)[0]
+    shutil.copytree(seq / "runs" / job.key, tmp_path / "runs" / job.key)
+    for name in ("result.json", "summary.json"):
+        (tmp_path / "runs" / job.key / name).unlink()
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    results = run_jobs([job], str(tmp_path / "runs"), progress=False)
+    assert "already finished at step 6" in (tmp_path / "runs" / job.key / "train.log").read_text()
+    assert _fixed(results) == _fixed({job.key: json.loads((seq / "runs" / job.key / "result.json").read_text())})
