@@ -1,10 +1,12 @@
 """`effnet export`: every format's artifact, run in its own runtime, reproduces the JAX model (issue 15).
 
 Random weights with random BN statistics (`_weights.random_twin`), so a wrong copy, padding or layout moves the
-logits. The matrix (b0 and lite0 cut to three stages, both paddings, native and non-square sizes, batches 1 and 5) is
-`slow`; the quick group runs one full-size TF-SAME non-square case per format, the real Lite0 weights and every bad
-input. The other cases export b0 cut to three stages: they hold every op the model has (stem, expand 1 and 6,
-kernels 3 and 5, strides 1 and 2, residual, SE, head) and export and compile several times faster than seven.
+logits. Models are cut to three stages: they hold every op the model has (stem, expand 1 and 6, kernels 3 and 5,
+strides 1 and 2, residual, SE, head) and export and compile several times faster than seven; whole networks go
+through every format in the README's export commands (b0, tests/test_readme.py) and the real Lite0 weights through
+ONNX Runtime here. The quick group runs b0 under TF SAME at an odd non-square size in each format (odd sides at three
+depths, where TF SAME pads unevenly), the real Lite0 weights and every bad input; the `slow` matrix the other
+(family, padding, size) cases, batches 1 and 5.
 """
 
 from __future__ import annotations
@@ -74,20 +76,18 @@ def _check_formats(model, size, tmp_path, formats=FORMATS):
 
 
 def test_each_format_reproduces_the_model_tf_same_non_square(tmp_path):
-    _check_formats(_model("b0", "timm_tf"), (201, 158), tmp_path)
+    # 201 x 158 meets odd sides at the stem (201), stage 2 (101, 79) and stage 3 (51).
+    _check_formats(_model("b0", "timm_tf", stages=3), (201, 158), tmp_path)
 
 
 # Each padding and family once at its native size and once at a non-square one: (b0, torchvision) and (lite0,
-# timm_tf) native, (b0, timm_tf) and (lite0, timm) non-square (plus the quick group's full-size b0 at 201x158).
-MATRIX = [("b0", "torchvision", None), ("b0", "timm_tf", (192, 256)), ("lite0", "timm", (192, 256)),
-          ("lite0", "timm_tf", None)]  # fmt: skip
+# timm_tf) native, (lite0, timm) non-square, and the quick group's (b0, timm_tf) at 201 x 158.
+MATRIX = [("b0", "torchvision", None), ("lite0", "timm", (192, 256)), ("lite0", "timm_tf", None)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("variant", "weight_source", "size"), MATRIX)
 def test_each_format_reproduces_the_model(variant, weight_source, size, tmp_path):
-    # Three stages hold every op the model has (stem, expand 1 and 6, kernels 3 and 5, strides 1 and 2, residual, SE or
-    # none, head): a wrong padding, layout or tensor shows there, and they export several times faster than seven.
     model = _model(variant, weight_source, seed=1, stages=3)
     _check_formats(model, size or (model.spec.resolution,) * 2, tmp_path)
 
