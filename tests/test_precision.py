@@ -40,10 +40,10 @@ def test_effnet_dtype_overrides_auto_only(monkeypatch):
 
 def test_a_bfloat16_train_step_is_bounded_against_float32():
     """Loss and gradient of one train-mode step (BN batch statistics) in bfloat16 against float32, same weights."""
-    spec = resolve("b0", num_classes=10, stages=STAGES[:4])  # both block kinds; the bounds hold per block
+    spec = resolve("b0", num_classes=10, stages=STAGES[:3])  # both block kinds; the bounds hold per block
     base = EfficientNet(spec, rngs=nnx.Rngs(0), options=ModelOptions(dtype="float32"))
     rng = np.random.default_rng(0)
-    batch, res = 16, 96
+    batch, res = 16, 64
     x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
     y = jnp.asarray(rng.integers(0, 10, batch))
     keep = jnp.ones((batch, base.spec.head_ch))  # no dropout, no drop-path: both runs see the same function
@@ -72,11 +72,11 @@ def test_a_bfloat16_train_step_is_bounded_against_float32():
     g16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads16)])
     rel = float(jnp.linalg.norm(g16 - g32) / jnp.linalg.norm(g32))
     cos = float(g16 @ g32 / (jnp.linalg.norm(g16) * jnp.linalg.norm(g32)))
-    # bfloat16 keeps 8 mantissa bits (~2e-3 relative rounding per op). This randomly initialised b0 in train mode
-    # amplifies perturbations ~20x into its gradient: rounding only the *input* to bfloat16 in a float32 run moves
-    # the gradient by 3.8% of its norm; rounding every conv's input and output (the bfloat16 policy) moved it by 26%
-    # (cosine 0.966) and the loss by 1.1%. Bounds: loss within 3%, cosine >= 0.9; a policy that silently computes
-    # in float32 fails the lower bound, one that loses the BN statistics or the gradient's scale fails the others.
+    # bfloat16 keeps 8 mantissa bits (~2e-3 relative rounding per op), and a randomly initialised b0 in train mode
+    # amplifies perturbations into its gradient: measured here (three stages, 64 px) the bfloat16 policy moves the
+    # gradient by 2.9% of its norm and the loss by 0.07% (four stages at 96 px: 5.6%, 0.2%). Bounds: loss within 3%,
+    # cosine >= 0.9; a policy that silently computes in float32 fails the lower bound, one that loses the BN
+    # statistics or the gradient's scale fails the others.
     assert abs(float(loss16) / float(loss32) - 1) <= 0.03, (float(loss32), float(loss16))
     assert cos >= 0.9, cos
     assert rel > 1e-3, f"bfloat16 changed the gradient by only {rel:.2g} of its norm: is it computing in float32?"
