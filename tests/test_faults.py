@@ -3,9 +3,10 @@ and in the middle of a checkpoint write, a disk that fills up, a checkpoint fold
 started on one workdir. After each, `--resume` must end bit-identical to an uninterrupted run, with the same metrics
 rows.
 
-Trials: EFFNET_FAULT_TRIALS (default 4 random kills + 2 mid-save kills), seeded by EFFNET_FAULT_SEED (default: a
+Trials: EFFNET_FAULT_TRIALS random kills (default 2) + 1 mid-save kill, seeded by EFFNET_FAULT_SEED (default: a
 fresh seed per suite run, set by conftest.py for every xdist worker and printed in the summary so a failure can be
-replayed). Each passed trial records what it hit (`record_property("fault", ...)`); conftest.py prints the counts at
+replayed): each CI run draws new moments, so the moments covered grow run by run; `EFFNET_FAULT_TRIALS=20` for a
+deeper run. Each passed trial records what it hit (`record_property("fault", ...)`); conftest.py prints the counts at
 the end of the run. In CI the module runs first on one worker while the other runs the rest of the suite.
 """
 
@@ -36,8 +37,8 @@ TINY = [
 ]  # fmt: skip
 TIMEOUT_S = 300
 SEED = int(os.environ["EFFNET_FAULT_SEED"])  # drawn once per suite run by conftest.py (or given, to replay)
-RANDOM_KILLS = int(os.environ.get("EFFNET_FAULT_TRIALS", "4"))
-MID_SAVE_KILLS = 2
+RANDOM_KILLS = int(os.environ.get("EFFNET_FAULT_TRIALS", "2"))
+MID_SAVE_KILLS = 1
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
