@@ -79,6 +79,7 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[keep], labels[keep].astype(np.int32)
 
 
+@functools.cache  # both sides of the split read it; callers get copies (indexed by the split)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 digits, (images (N, 8, 8) float64, labels (N,) int), as `load_digits()` returns them."""
     found = importlib.util.find_spec("sklearn")
