@@ -127,9 +127,10 @@ def test_remat_trains_the_same_run(finished_run, tmp_path):
 
 def test_scan_resumes_a_plain_run_and_trains_the_same(tmp_path):
     """`--set scan=true` keeps the model's tree, so it resumes a checkpoint written without it, and the scanned steps
-    give the plain run's losses and weights up to float32 rounding. Four stages: stage 3's blocks 1-2 are scanned."""
+    give the plain run's losses and weights up to float32 rounding. Two stages at depth 1.5 (alpha 1.5, phi 1): stage
+    2 has three blocks, the last two scanned (5 blocks to compile where b0's first four stages have 8)."""
     plain, scanned = tmp_path / "plain", tmp_path / "scanned"
-    tiny4 = ("stages=4", "steps=4", "ckpt_every=2")
+    tiny4 = ("stages=2", "phi=1", "coefficients=1.5,1,1", "steps=4", "ckpt_every=2")
     train_mod.train(_cfg(plain, *tiny4))
     assert Checkpointer(str(plain / "checkpoints")).all_steps() == [2, 4]
     shutil.copytree(plain, scanned)
