@@ -26,9 +26,9 @@ TIMEOUT_S = 240  # per subprocess; a hang (e.g. a missed collective) fails inste
 
 
 def _env(**extra):
+    """The suite's environment on CPU; XLA_FLAGS in `extra` are added to the suite's (conftest.py)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
-    env.pop("XLA_FLAGS", None)
-    env.update({k: v for k, v in extra.items()})
+    env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra.get("XLA_FLAGS", "")) if f)
     return env
 
 
