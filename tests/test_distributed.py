@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _xla import host_devices
 
 pytestmark = pytest.mark.integration  # several jax.distributed processes
 
@@ -26,14 +27,11 @@ TIMEOUT_S = 240  # per subprocess; a hang (e.g. a missed collective) fails inste
 
 
 def _env(**extra):
-    """The suite's environment on CPU; XLA_FLAGS in `extra` are added to the suite's (conftest.py)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
-    env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra.get("XLA_FLAGS", "")) if f)
-    return env
+    return {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
 
 
 def test_sharded_step_equals_single_device_step(tmp_path):
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = _env(XLA_FLAGS=host_devices(4))
     cmd = [sys.executable, WORKER, "sharded", "--", *TINY, "global_batch=16", f"workdir={tmp_path}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]

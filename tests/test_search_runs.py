@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _xla import host_devices
 
 from effnet_jax.search.report import comparable
 from effnet_jax.search.runner import Job, run_jobs
@@ -102,7 +103,7 @@ def test_a_search_over_two_devices_killed_mid_candidate_resumes_to_the_sequentia
     first = sorted((seq / "runs").iterdir())[0]
     shutil.copytree(first, out / "runs" / first.name)
     shutil.copy2(seq / "search.json", out / "search.json")
-    env = {**ENV, "XLA_FLAGS": f"{ENV.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()}
+    env = {**ENV, "XLA_FLAGS": host_devices(2)}
     argv = [sys.executable, "-m", "effnet_jax.cli", "search", "--out", str(out), *BUDGET, *SPACE, "--no-progress"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

@@ -130,12 +130,12 @@ def test_scan_resumes_a_plain_run_and_trains_the_same(tmp_path):
     give the plain run's losses and weights up to float32 rounding. Two stages at depth 1.5 (alpha 1.5, phi 1): stage
     2 has three blocks, the last two scanned (5 blocks to compile where b0's first four stages have 8)."""
     plain, scanned = tmp_path / "plain", tmp_path / "scanned"
-    tiny4 = ("stages=2", "phi=1", "coefficients=1.5,1,1", "steps=4", "ckpt_every=2")
-    train_mod.train(_cfg(plain, *tiny4))
+    small = ("stages=2", "phi=1", "coefficients=1.5,1,1", "steps=4", "ckpt_every=2")
+    train_mod.train(_cfg(plain, *small))
     assert Checkpointer(str(plain / "checkpoints")).all_steps() == [2, 4]
     shutil.copytree(plain, scanned)
     shutil.rmtree(scanned / "checkpoints" / "4")  # as if the plain run had stopped after step 2's checkpoint
-    train_mod.train(_cfg(scanned, *tiny4, "scan=true", "resume=true"))
+    train_mod.train(_cfg(scanned, *small, "scan=true", "resume=true"))
     assert json.loads((scanned / "config.json").read_text())["scan"] is False, "the first segment's settings"
     (segment,) = [json.loads(line) for line in (scanned / "segments.jsonl").read_text().splitlines()]
     assert segment["step"] == 2 and segment["changed"] == {"scan": [False, True]}
