@@ -17,7 +17,10 @@ from effnet_jax.weights.state import JAX_ROLES, key_map
 from effnet_spec import VARIANTS, resolve
 from effnet_spec.contract import ROLES, Got, check_tensors, mismatch_error, modules, shapes, tensors
 
-SPECS = [pytest.param(resolve(v), id=v) for v in VARIANTS] + [
+# V1 families only until both twins build V2's fused blocks (issue 27, item 2): the twins still build every block
+# as an MBConv, so a V2 model's tensors are not its contract yet. Drop the filter when they do.
+V1_FAMILIES = ("efficientnet", "lite")
+SPECS = [pytest.param(resolve(v), id=v) for v in VARIANTS if VARIANTS[v].family in V1_FAMILIES] + [
     pytest.param(resolve("b0", num_classes=0), id="b0-headless"),
     pytest.param(resolve("lite0", num_classes=7, in_channels=1), id="lite0-1ch-7cls"),
     pytest.param(resolve(2.5), id="phi2.5"),
