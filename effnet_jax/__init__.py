@@ -13,7 +13,7 @@ from . import _hooks
 from ._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the public names, each loaded from its sub-package on first use (see _lazy)
-    from .model import EfficientNet, MBConv, ModelOptions, remat_compiler_options  # noqa: F401
+    from .model import EfficientNet, FusedMBConv, MBConv, ModelOptions, remat_compiler_options  # noqa: F401
     from .weights import (  # noqa: F401
         CheckpointMismatchError,
         from_torch,

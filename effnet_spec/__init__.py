@@ -28,7 +28,7 @@ from .scaling import (
     round_repeats,
 )
 from .summary import summary, summary_rows, variant_table
-from .tables import FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant, variant_names
+from .tables import BLOCKS, FAMILIES, STAGES, VARIANTS, Family, StageRow, Variant, stages_for, variant_names
 
 __all__ = [
     "ALPHA",
@@ -45,6 +45,7 @@ __all__ = [
     "make_header",
     "read_header",
     "BETA",
+    "BLOCKS",
     "GAMMA",
     "FAMILIES",
     "SOURCES",
@@ -72,6 +73,7 @@ __all__ = [
     "round_filters",
     "round_repeats",
     "same_pad",
+    "stages_for",
     "summary",
     "summary_rows",
     "symmetric_pad",

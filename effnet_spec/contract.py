@@ -70,7 +70,7 @@ class Module:
 
     name: str  # full path in the twins, e.g. "blocks.3.se.reduce"
     kind: str  # "conv", "depthwise", "conv_bias", "bn" or "linear"
-    part: str  # its role in the model: "stem.conv", "expand.bn", "se.reduce", "head.conv", "classifier", ...
+    part: str  # its role in the model: "stem.conv", "expand.bn", "fused.conv", "se.reduce", "classifier", ...
     block: int | None  # index of the MBConv block it belongs to; None for stem, head and classifier
     weight_shape: tuple[int, ...]  # interchange layout (OIHW for convs, (out, in) for linear, (C,) for BN)
 
@@ -95,7 +95,8 @@ class Tensor:
 
 
 def modules(spec: ModelSpec) -> tuple[Module, ...]:
-    """Every module with tensors, in forward order: stem, blocks (expand, depthwise, se, project), head, classifier."""
+    """Every module with tensors, in forward order: stem, blocks (expand, depthwise, se, project; a fused block:
+    fused, project), head, classifier."""
     out: list[Module] = []
 
     def conv_bn(part: str, block: int | None, cin: int, cout: int, k: int, depthwise: bool = False) -> None:
@@ -106,6 +107,11 @@ def modules(spec: ModelSpec) -> tuple[Module, ...]:
 
     conv_bn("stem", None, spec.in_channels, spec.stem_ch, spec.stem_kernel)
     for b in spec.blocks:
+        if b.fused:  # V2's Fused-MBConv: one kxk conv (+ BN + act), then a 1x1 project only when it expanded
+            conv_bn("fused", b.index, b.in_ch, b.mid_ch if b.has_expand else b.out_ch, b.kernel)
+            if b.has_expand:
+                conv_bn("project", b.index, b.mid_ch, b.out_ch, 1)
+            continue
         if b.has_expand:
             conv_bn("expand", b.index, b.in_ch, b.mid_ch, 1)
         conv_bn("depthwise", b.index, b.mid_ch, b.mid_ch, b.kernel, depthwise=True)

@@ -6,7 +6,9 @@
 Per weight source (docs/design.md, "Weight sources"):
 - torchvision b0-b4, timm `efficientnet_*`: symmetric padding, eps 1e-5, PyTorch momentum 0.1 (decay 0.9).
 - torchvision b5-b7: symmetric padding, eps 1e-3, momentum 0.01 (decay 0.99).
-- timm `tf_efficientnet_*`, efficientnet_pytorch, TF/Keras: TF SAME padding, eps 1e-3, decay 0.99.
+- torchvision V2 (S, M, L): symmetric padding, eps 1e-3, PyTorch's default momentum 0.1 (decay 0.9).
+- timm `tf_efficientnet_*` and `tf_efficientnetv2_*`, efficientnet_pytorch, TF/Keras: TF SAME padding, eps 1e-3,
+  decay 0.99.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ SOURCES: dict[str, Conventions] = {
     "tf": _TF,
 }
 
-# torchvision builds b5-b7 with BatchNorm2d(eps=1e-3, momentum=0.01).
+# torchvision builds b5-b7 with BatchNorm2d(eps=1e-3, momentum=0.01), and every V2 with BatchNorm2d(eps=1e-3).
 _TORCHVISION_TF_BN = ("b5", "b6", "b7")
+_TORCHVISION_V2 = ("v2_s", "v2_m", "v2_l", "v2_xl", "v2_b0", "v2_b1", "v2_b2", "v2_b3")
 
 
 def conventions_for(weight_source: str, variant: str | None = None) -> Conventions:
@@ -75,4 +78,6 @@ def conventions_for(weight_source: str, variant: str | None = None) -> Conventio
     conv = SOURCES[weight_source]
     if weight_source == "torchvision" and variant in _TORCHVISION_TF_BN:
         conv = replace(conv, bn_eps=1e-3, bn_decay=0.99)
+    if weight_source == "torchvision" and variant in _TORCHVISION_V2:
+        conv = replace(conv, bn_eps=1e-3)
     return conv

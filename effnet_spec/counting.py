@@ -27,8 +27,16 @@ class BlockCost:
     out_hw: tuple[int, int]
 
 
+def _fused_out(b: BlockSpec) -> int:
+    """Output channels of a fused block's kxk conv: the expanded width, or the block's own when it does not expand."""
+    return b.mid_ch if b.has_expand else b.out_ch
+
+
 def _block_params(b: BlockSpec) -> int:
     """Convs (SE ones with bias) plus BN scale and shift; independent of the input size."""
+    if b.fused:
+        params = b.in_ch * _fused_out(b) * b.kernel**2 + 2 * _fused_out(b)
+        return params + (b.mid_ch * b.out_ch + 2 * b.out_ch if b.has_expand else 0)
     params = b.in_ch * b.mid_ch + 2 * b.mid_ch if b.has_expand else 0
     params += b.mid_ch * b.kernel**2 + 2 * b.mid_ch
     if b.se_ch:
@@ -39,6 +47,10 @@ def _block_params(b: BlockSpec) -> int:
 def _block_cost(b: BlockSpec, in_hw: tuple[int, int], spec: ModelSpec) -> BlockCost:
     out_hw = _size(spec, in_hw, b.kernel, b.stride)
     in_px, out_px = in_hw[0] * in_hw[1], out_hw[0] * out_hw[1]
+    if b.fused:  # the kxk conv runs at the output size (it carries the stride), as does the project
+        macs = out_px * b.in_ch * _fused_out(b) * b.kernel**2
+        macs += out_px * b.mid_ch * b.out_ch if b.has_expand else 0
+        return BlockCost(_block_params(b), macs, in_hw, out_hw)
     macs = in_px * b.in_ch * b.mid_ch if b.has_expand else 0
     macs += out_px * b.mid_ch * b.kernel**2
     if b.se_ch:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .conventions import Conventions, conventions_for
 from .resolve import ModelSpec, resolve
-from .tables import STAGES, StageRow, Variant
+from .tables import StageRow, Variant
 
 __all__ = [
     "EXPORT_PREFIX",
@@ -97,6 +97,14 @@ class Preprocessing:
 
 _FIELDS = tuple(f.name for f in fields(Preprocessing))
 
+# Fields added with V2, written only where they differ from their default: a V1 header stays byte for byte what it
+# was, and a reader from before V2 still reads it.
+_ADDED = {"block": "mbconv", "train_resolution": 0}
+
+
+def _fields(obj: Variant | StageRow) -> dict:
+    return {k: v for k, v in asdict(obj).items() if not (k in _ADDED and v == _ADDED[k])}
+
 
 def default_preprocessing(spec: ModelSpec, class_names: tuple[str, ...] | None = None) -> Preprocessing:
     """The family's preprocessing for `spec`, with one mean and std per input channel.
@@ -146,11 +154,11 @@ def make_header(spec: ModelSpec, preprocessing: Preprocessing | None = None) -> 
         raise ValueError(problem)
     pre = _per_channel(spec, pre)
     body = {
-        "variant": asdict(spec.variant),
+        "variant": _fields(spec.variant),
         "num_classes": spec.num_classes,
         "in_channels": spec.in_channels,
         "conventions": asdict(spec.conv),
-        "stages": None if spec.stages == STAGES else [asdict(r) for r in spec.stages],
+        "stages": None if spec.stages == spec.family.stages else [_fields(r) for r in spec.stages],
     }
     return {"format": FORMAT, "spec": json.dumps(body), "preprocessing": json.dumps(asdict(pre))}
 
@@ -170,7 +178,7 @@ def read_header(meta: dict[str, str] | None) -> tuple[ModelSpec, Preprocessing]:
         body = json.loads(meta["spec"])
         variant = Variant(**body["variant"])
         conv = Conventions(**body["conventions"])
-        stages = STAGES if body.get("stages") is None else tuple(StageRow(**r) for r in body["stages"])
+        stages = None if body.get("stages") is None else tuple(StageRow(**r) for r in body["stages"])
         spec = resolve(
             variant,
             num_classes=body["num_classes"],
@@ -249,7 +257,9 @@ def read_export_header(meta: dict[str, str] | None) -> tuple[str, ModelSpec, Pre
 
 # --- what a caller says about a file against what its header says -----------------------------------------------
 
-_MODEL_NAME = re.compile(r"^(?P<tf>tf_)?(?:efficientnet[_-]?)?(?P<variant>[a-z]+\d*)(?:\..*)?$")
+# "b3", "efficientnet_b3", "tf_efficientnet_lite0.in1k", and V2's "efficientnet_v2_s" (torchvision),
+# "tf_efficientnetv2_b0.in1k" (timm), "v2_s"
+_MODEL_NAME = re.compile(r"^(?P<tf>tf_)?(?:efficientnet[_-]?)?(?P<variant>(?:v2_)?[a-z]+\d*)(?:\..*)?$")
 
 
 def _conventions(c: Conventions) -> str:

@@ -48,7 +48,9 @@ def check_count(name: str, value: object, low: int, high: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class BlockSpec:
-    """One MBConv block, fully resolved."""
+    """One block, fully resolved. An "mbconv" block is [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project; a
+    "fused" one (V2's Fused-MBConv) is one kxk conv, in -> mid when it expands (then a 1x1 project), in -> out when
+    it does not (then nothing else). Either adds its input back when `residual`."""
 
     index: int  # global block index 0..N-1
     stage: int  # stage index 0..6 (row of the stage table)
@@ -61,10 +63,15 @@ class BlockSpec:
     drop_path: float  # stochastic-depth rate of this block's residual branch
     residual: bool  # identity shortcut (stride 1 and in_ch == out_ch)
     reduction: int  # total stride of the block's output relative to the model input
+    block: str = "mbconv"  # "mbconv" or "fused" (tables.BLOCKS)
 
     @property
     def has_expand(self) -> bool:
         return self.mid_ch != self.in_ch
+
+    @property
+    def fused(self) -> bool:
+        return self.block == "fused"
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,11 @@ class ModelSpec:
     @property
     def resolution(self) -> int:
         return self.variant.resolution
+
+    @property
+    def train_resolution(self) -> int:
+        """The side the variant trains at: smaller than `resolution` for V2, the same for V1."""
+        return self.variant.train_resolution or self.variant.resolution
 
     @property
     def feature_info(self) -> tuple[FeatureInfo, ...]:
@@ -136,7 +148,7 @@ def resolve(
     in_channels: int = 3,
     weight_source: str = "effnet",
     conventions: Conventions | None = None,
-    stages: tuple[StageRow, ...] = STAGES,
+    stages: tuple[StageRow, ...] | None = None,
     drop_path: float | None = None,
     dropout: float | None = None,
     coefficients: Coefficients | str | None = None,
@@ -144,7 +156,8 @@ def resolve(
     """Turn a variant (name, `Variant`, or compound coefficient phi) into a `ModelSpec`.
 
     Args:
-        variant: "b0".."b8", "l2", "lite0".."lite4", a `Variant`, or a number phi for `compound(phi)`.
+        variant: "b0".."b8", "l2", "lite0".."lite4", "v2_s", "v2_m", "v2_l", "v2_xl", "v2_b0".."v2_b3", a
+            `Variant`, or a number phi for `compound(phi)`.
         coefficients: with a number phi, scale with these instead of the paper's: `Coefficients`, a coefficients
             file `effnet search` wrote, or "ALPHA,BETA,GAMMA" (on B0 at 224 px).
         num_classes: classifier outputs (0 drops the classifier: `forward` returns pooled features).
@@ -152,6 +165,7 @@ def resolve(
         weight_source: the library whose weights the model will hold; its conventions are used (see
             `conventions.SOURCES`).
         conventions: explicit conventions; overrides `weight_source` (activation still comes from the family).
+        stages: the unscaled stage table (None: the family's; `stages_for(variant)[:N]` gives a cheap model).
         drop_path, dropout: override the variant's rates.
     Raises:
         ValueError: unknown variant or source, or invalid numbers.
@@ -181,15 +195,16 @@ def resolve(
         )
     num_classes = check_count("num_classes", num_classes, 0, MAX_CLASSES)
     in_channels = check_count("in_channels", in_channels, 1, MAX_IN_CHANNELS)
+    fam = FAMILIES[v.family]
+    stages = fam.stages if stages is None else stages
     if not stages:
         raise ValueError("stages must hold at least one StageRow")
 
-    fam = FAMILIES[v.family]
     base = conventions if conventions is not None else conventions_for(weight_source, v.name)
     conv = replace(base, activation=fam.activation)
 
     def width(c: int) -> int:
-        return round_filters(c, v.width)
+        return round_filters(c, v.width, round_limit=fam.round_limit)
 
     stem_ch = width(fam.stem_ch) if fam.scale_stem_head else fam.stem_ch
     head_ch = width(fam.head_ch) if fam.scale_stem_head else fam.head_ch
@@ -222,6 +237,7 @@ def resolve(
                     drop_path=v.drop_path * i / total,
                     residual=stride == 1 and in_ch == out_ch,
                     reduction=reduction,
+                    block=row.block,
                 )
             )
             in_ch = out_ch

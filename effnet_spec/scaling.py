@@ -38,11 +38,12 @@ COEFFICIENTS_FORMAT = "effnet-coefficients/1"
 MAX_MULTIPLIER = 1000.0
 
 
-def round_filters(channels: int, width: float, divisor: int = 8) -> int:
-    """Scale a channel count by `width` and round to a multiple of `divisor`, never dropping below 90%."""
+def round_filters(channels: int, width: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """Scale a channel count by `width` and round to a multiple of `divisor`, never dropping below `round_limit` of
+    the scaled count (V1's 90%; V2's reference has no such guard: `round_limit=0`)."""
     scaled = channels * width
     new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if new < 0.9 * scaled:
+    if new < round_limit * scaled:
         new += divisor
     return int(new)
 

@@ -1,4 +1,4 @@
-"""A printable model summary in the shape of the paper's Table 1, with totals."""
+"""A printable model summary in the shape of the paper's Table 1 (V2: Table 4), with totals."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def summary_rows(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> 
         rows.append(
             dict(
                 stage=s + 2,
-                operator=f"MBConv{expand}, k{b0.kernel}x{b0.kernel}",
+                operator=f"{'Fused-MBConv' if b0.fused else 'MBConv'}{expand}, k{b0.kernel}x{b0.kernel}",
                 resolution=costs[b0.index].in_hw,
                 channels=blocks[-1].out_ch,
                 layers=len(blocks),
@@ -42,9 +42,10 @@ def summary_rows(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> 
 def summary(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> str:
     v = spec.variant
     rows = summary_rows(spec, size)
+    train = f" (train {v.train_resolution})" if v.train_resolution else ""
     lines = [
         f"EfficientNet-{spec.name} (family {spec.family.name}; width {v.width:.4g}, depth {v.depth:.4g}, "
-        f"resolution {v.resolution}, dropout {spec.dropout:.3g}, drop-path {v.drop_path:.3g})",
+        f"resolution {v.resolution}{train}, dropout {spec.dropout:.3g}, drop-path {v.drop_path:.3g})",
         f"conventions: padding={spec.conv.padding} bn_eps={spec.conv.bn_eps:g} bn_decay={spec.conv.bn_decay:g} "
         f"running_var={spec.conv.running_var} activation={spec.conv.activation}",
         "",
@@ -65,7 +66,8 @@ def summary(spec: ModelSpec, size: int | tuple[int, int] | None = None) -> str:
 
 
 def variant_table(num_classes: int = 1000) -> str:
-    """Markdown table of every named variant: coefficients, parameters and multiply-adds at native resolution."""
+    """Markdown table of every named variant: coefficients, parameters and multiply-adds at native resolution (V2's
+    eval side; the side it trains at in brackets)."""
     from .resolve import resolve  # local: keeps the module's import list about one concern
     from .tables import VARIANTS
 
@@ -75,8 +77,9 @@ def variant_table(num_classes: int = 1000) -> str:
     ]
     for name, v in VARIANTS.items():
         spec = resolve(name, num_classes=num_classes)
+        side = f"{v.resolution} (train {v.train_resolution})" if v.train_resolution else f"{v.resolution}"
         lines.append(
-            f"| {name} | {v.width:g} | {v.depth:g} | {v.resolution} | {v.dropout:g} | {len(spec.blocks)} "
+            f"| {name} | {v.width:g} | {v.depth:g} | {side} | {v.dropout:g} | {len(spec.blocks)} "
             f"| {count_params(spec):,} | {count_macs(spec) / 1e9:.3f} G |"
         )
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 from .io import CheckpointMismatchError, load_checkpoint, load_state_dict_checked, save_checkpoint
 from .layers import BatchNorm, ConvBN, DropPath, SqueezeExcite
-from .model import EfficientNet, MBConv
+from .model import EfficientNet, FusedMBConv, MBConv
 
 __all__ = [
     "BatchNorm",
@@ -10,6 +10,7 @@ __all__ = [
     "ConvBN",
     "DropPath",
     "EfficientNet",
+    "FusedMBConv",
     "MBConv",
     "SqueezeExcite",
     "load_checkpoint",

@@ -23,8 +23,11 @@ __all__ = ["PREFIX", "HubError", "HubWeights", "fetch", "hub_preprocessing", "is
 
 PREFIX = HUB_PREFIX
 
-# timm's names for the architectures effnet builds (not efficientnetv2_*, efficientnet_em/es/cc, mixnet, ...)
-_ARCH = re.compile(r"(tf_)?efficientnet_(b[0-8]|l2|lite[0-4])")
+# timm's names for the architectures effnet builds and its importers read (not efficientnet_em/es/cc, mixnet, ...):
+# V1 and Lite, and V2 as timm builds it (tf_efficientnetv2_s/m/l/xl/b0..b3; its untrained efficientnetv2_s/m/l/xl)
+_ARCH = re.compile(
+    r"(tf_)?efficientnet_(b[0-8]|l2|lite[0-4])|tf_efficientnetv2_(s|m|l|xl|b[0-3])|efficientnetv2_(s|m|l|xl)"
+)
 # `org/name[@revision]`, as huggingface_hub validates ids: word chars, '-', '.'; the revision a branch, tag or commit
 _ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?", re.ASCII)
 _TAG = re.compile(r"[\w.-]+")  # what `parse_model_name` accepts after the dot
@@ -183,8 +186,9 @@ def fetch(source: str) -> HubWeights:
     arch = config["architecture"]
     if not isinstance(arch, str) or not _ARCH.fullmatch(arch):
         raise HubError(
-            f"{source}: architecture {arch!r} is not supported; only timm EfficientNet / EfficientNet-Lite weights "
-            "load ((tf_)efficientnet_b0..b8, _l2, _lite0..4)"
+            f"{source}: architecture {arch!r} is not supported; only timm EfficientNet / EfficientNet-Lite / "
+            "EfficientNetV2 weights load ((tf_)efficientnet_b0..b8, _l2, _lite0..4; tf_efficientnetv2_s/m/l/xl/b0..b3, "
+            "efficientnetv2_s/m/l/xl)"
         )
     cfg = config.get("pretrained_cfg") or {}
     if not isinstance(cfg, dict):

@@ -77,8 +77,15 @@ def source_keys(spec: ModelSpec, weight_source: str) -> dict[str, str]:
     """twin state_dict key -> `weight_source`'s key, for every tensor of `spec` (a bijection).
 
     Any name of `sources.names()`: "timm_tf" has the timm layout.
+
+    Raises:
+        ImportError_: the layout has no names for some of `spec`'s modules (efficientnet_pytorch and V2's fused
+            blocks).
     """
     source = sources.get(weight_source).source
+    refusal = source.refusal(spec)
+    if refusal:
+        raise ImportError_(refusal)
     first_of_stage: dict[int, int] = {}
     for b in spec.blocks:
         first_of_stage.setdefault(b.stage, b.index)
@@ -135,12 +142,16 @@ def infer_variant(shapes: Mapping[str, tuple[int, ...]], weight_source: str, con
     Raises:
         ImportMismatchError: none matches; names the closest variant and its differences.
     """
-    scored = []
+    source, scored = sources.get(weight_source).source, []
     for v in VARIANTS:
+        if source.refusal(resolve(v, num_classes=1)):  # a variant the layout cannot name (V2 in efficientnet_pytorch)
+            continue
         p = _problems(_expected(_spec_for(v, shapes, weight_source, conventions or "effnet"), weight_source), shapes)
         if not p:
             return v
         scored.append((len(p), v, p))
+    if not scored:  # a layout that can hold no variant at all: nothing to be closest to
+        raise ImportMismatchError(f"the {sources.get(weight_source).layout} layout holds no EfficientNet variant")
     _, closest, problems = min(scored)
     raise mismatch_error(
         f"the checkpoint's shapes match no EfficientNet variant in the {sources.get(weight_source).layout} layout; "
@@ -442,7 +453,8 @@ def export_state_dict(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, t
     targets = sources.export_targets()
     if target not in targets:
         raise ValueError(f"unknown export target {target!r}; expected one of: {', '.join(targets)}")
-    refusal = sources.get(target).source.exports(spec)
+    source = sources.get(target).source
+    refusal = source.refusal(spec) or source.exports(spec)
     if refusal:
         raise ValueError(refusal)
     problems = check_tensors(tensors(spec), {k: tensor_info(v) for k, v in state_dict.items()})

@@ -21,7 +21,7 @@ from effnet_spec.resolve import MAX_CLASSES, check_count
 
 from .layers import ConvBN, DropPath, SqueezeExcite, apply_keep_mask
 
-__all__ = ["EfficientNet", "MBConv"]
+__all__ = ["EfficientNet", "FusedMBConv", "MBConv"]
 
 DropPathMasks = Sequence[torch.Tensor | None] | Mapping[int, torch.Tensor]
 
@@ -52,6 +52,34 @@ class MBConv(nn.Module):
         return y
 
 
+class FusedMBConv(nn.Module):
+    """V2's Fused-MBConv: one kxk conv replaces MBConv's 1x1 expand + depthwise pair (dense convs run better on
+    accelerators early in the network). kxk conv -> [project 1x1 (no act), only when it expands] [+ drop-path
+    residual]; no SE."""
+
+    def __init__(self, b: BlockSpec, conv: Conventions):
+        super().__init__()
+        if b.se_ch:
+            raise ValueError(f"block {b.index}: a fused block has no squeeze-and-excitation (se_ch={b.se_ch})")
+        self.spec = b
+        self.fused = ConvBN(b.in_ch, b.mid_ch if b.has_expand else b.out_ch, b.kernel, b.stride, conv)
+        if b.has_expand:
+            self.project = ConvBN(b.mid_ch, b.out_ch, 1, 1, conv, act=False)
+        if b.residual:
+            self.drop_path = DropPath(b.drop_path)
+
+    def forward(self, x: torch.Tensor, drop_path_mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.fused(x)
+        if self.spec.has_expand:
+            y = self.project(y)
+        if self.spec.residual:
+            y = x + self.drop_path(y, drop_path_mask)
+        return y
+
+
+# The module each block kind of the spec (`effnet_spec.BLOCKS`) is built as.
+BLOCK_TYPES: dict[str, type[nn.Module]] = {"mbconv": MBConv, "fused": FusedMBConv}
+
 # Input dtypes torch.autocast casts for the convolutions, whatever the parameters' dtype (float64 is not cast).
 _AUTOCAST_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -75,7 +103,7 @@ class EfficientNet(nn.Module):
         self.preprocessing = None  # set by io.load_checkpoint; written back by io.save_checkpoint
         conv = spec.conv
         self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv)
-        self.blocks = nn.ModuleList(MBConv(b, conv) for b in spec.blocks)
+        self.blocks = nn.ModuleList(BLOCK_TYPES[b.block](b, conv) for b in spec.blocks)
         self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv)
         self.classifier = self._make_classifier(spec.num_classes)
 

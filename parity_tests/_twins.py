@@ -16,11 +16,16 @@ import effnet_torch
 DEVICE = os.environ.get("EFFNET_TEST_DEVICE", "cpu")
 
 
-def make_pair(name: str, *, seed: int = 0, num_classes: int = 10, options=None, **resolve_kwargs):
+def make_pair(
+    name: str, *, seed: int = 0, num_classes: int = 10, options=None, residual_gain: float = 1.0, **resolve_kwargs
+):
     """(torch model, NNX model) holding the same weights, BN statistics randomised so eval outputs are O(1).
 
     Fresh BN stats (mean 0, var 1) would leave every running-statistic path untested. `options` builds the NNX
-    model (`effnet_jax.ModelOptions`, e.g. `scan=True`).
+    model (`effnet_jax.ModelOptions`, e.g. `scan=True`). `residual_gain` scales the last BN's weight and bias in
+    each residual block's branch, as trained networks keep their branches small against the residual stream: deep
+    V2 stacks with O(1) branches grow the stream to 1e3..1e9, where float32 itself loses the digits (see
+    test_eval_parity.V2_RESIDUAL_GAIN).
     """
     torch.manual_seed(seed)
     tm = effnet_torch.EfficientNet.from_name(name, num_classes=num_classes, **resolve_kwargs)
@@ -33,6 +38,12 @@ def make_pair(name: str, *, seed: int = 0, num_classes: int = 10, options=None, 
                 m.bias.copy_(torch.randn(c, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+        if residual_gain != 1.0:
+            for b, block in zip(tm.spec.blocks, tm.blocks):
+                if b.residual:
+                    last = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+                    last.weight.mul_(residual_gain)
+                    last.bias.mul_(residual_gain)
     tm.to(DEVICE)
     return tm, effnet_jax.from_torch(tm, options=options)
 

@@ -15,7 +15,7 @@ from flax import nnx
 import effnet_jax
 import effnet_torch
 import effnet_torch.io as tio
-from effnet_spec import STAGES, default_preprocessing
+from effnet_spec import STAGES, default_preprocessing, stages_for
 
 # Eval logits of the twins, same bound as test_eval_parity.LOGITS_ATOL (the acceptance bound): float32 with
 # precision pinned to "highest"; the twins differ only in summation order.
@@ -25,6 +25,10 @@ CASES = {
     "b0-symmetric": ("b0", "effnet"),
     "lite0-tf_same": ("lite0", "timm_tf"),
     "b3-tf_same": ("b3", "timm_tf"),
+    # V2: fused blocks (blocks.{i}.fused.*, with and without project) before MBConv ones. No forward pass, so whole
+    # variants: the V2 base in torchvision's conventions, V2-S (expand-1 fused blocks with a residual) in TF's.
+    "v2_b0-torchvision": ("v2_b0", "torchvision"),
+    "v2_s-tf_same": ("v2_s", "timm_tf"),
 }
 
 
@@ -67,7 +71,8 @@ def test_torch_jax_torch_is_bit_exact(case):
     assert not bad, f"{case}: dtype/shape changed: {[(k, want[k].dtype, got[k].dtype) for k in bad[:3]]}"
     bad = [k for k in want if not np.array_equal(_bits(got[k]), _bits(want[k]))]
     assert not bad, f"{case}: tensors not bit-exact after the round trip: {bad[:5]}"
-    assert got["blocks.1.depthwise.bn.num_batches_tracked"].dtype == torch.int64
+    counters = [k for k in want if k.endswith("num_batches_tracked")]
+    assert all(got[k].dtype == torch.int64 for k in counters)
     assert int(got["head.bn.num_batches_tracked"]) == int(want["head.bn.num_batches_tracked"]) > 1000
     # The JAX side holds the values too (not only a pass-through): counter as int32, stats as float32.
     assert int(jm.head.bn.num_batches_tracked[...]) == int(want["head.bn.num_batches_tracked"])
@@ -83,10 +88,19 @@ def _logits(model, x):
     return model(x)
 
 
-def test_checkpoints_cross_between_twins(tmp_path):
+# Four stages keep the one JAX compile short; the header must then carry the custom stage table (V2: with each
+# row's block kind, and torchvision V2's BN eps 1e-3).
+CROSSING = {
+    "lite0:4-timm_tf": ("lite0", "timm_tf", STAGES[:4]),
+    "v2_b0:4-torchvision": ("v2_b0", "torchvision", stages_for("v2_b0")[:4]),
+}
+
+
+@pytest.mark.parametrize("case", CROSSING)
+def test_checkpoints_cross_between_twins(tmp_path, case):
     """torch save -> JAX load (logits within the eval bound); JAX save -> torch load (every tensor equal)."""
-    # Four stages (10 blocks) keep the one JAX compile short; the header must then carry the custom stage table.
-    tm, _ = make_pair("lite0", weight_source="timm_tf", stages=STAGES[:4])
+    name, weights, stages = CROSSING[case]
+    tm, _ = make_pair(name, weight_source=weights, stages=stages)
     tm.eval()
     xt, xj = images((2, 3, 33, 47), seed=3)
     with torch.no_grad():

@@ -27,7 +27,7 @@ import effnet_jax
 import effnet_jax.model.layers
 import effnet_torch.layers
 from effnet_jax.train.step import loss_and_grads
-from effnet_spec import STAGES, conventions_for
+from effnet_spec import STAGES, conventions_for, stages_for
 
 pytestmark = pytest.mark.integration  # train steps of both twins
 
@@ -61,6 +61,7 @@ GRAD_FLOOR = 1e-2
 # The default group's cases train b0's first four stages (every block kind: expand 1 and 6, kernels 3 and 5, strides
 # 1 and 2, residuals, a stage of three blocks for the scan); the slow cases train whole networks.
 FOUR = STAGES[:4]
+V2_FOUR = tuple(replace(r, repeats=2) for r in stages_for("v2_s")[:4])
 CASES = {
     # id: (variant, conventions, smooth activation?, JAX ModelOptions, stages (None: all))
     "b0:4-symmetric-unbiased": ("b0", conventions_for("effnet"), True, None, FOUR),
@@ -68,8 +69,16 @@ CASES = {
     "lite0-tf_same-biased": ("lite0", replace(conventions_for("timm_tf"), running_var="biased"), False, None, None),
     # The JAX twin with each stage's repeated blocks scanned (stacked inside the traced step) against the same torch.
     "b0:4-symmetric-unbiased-scan": ("b0", conventions_for("effnet"), True, effnet_jax.ModelOptions(scan=True), FOUR),
+    # V2: V2-S's first four stages, two blocks each (fused expand 1 with a residual, fused expand 4 at strides 2 and 1,
+    # MBConv with SE at strides 2 and 1); the whole V2 base (b0, 25 blocks) in the other padding.
+    "v2_s:4x2-symmetric-unbiased": ("v2_s", conventions_for("effnet"), True, None, V2_FOUR),
+    "v2_b0-tf_same-biased": ("v2_b0", replace(conventions_for("timm_tf"), running_var="biased"), True, None, None),
 }
-FAST = ("b0:4-symmetric-unbiased", "b0:4-symmetric-unbiased-scan")  # the default group: each runs every check
+# Whole V2 variants: each residual branch's last BN scaled by 0.25, as in test_eval_parity.V2_RESIDUAL_GAIN (with O(1)
+# branches V2's residual stream grows to where float32 itself loses the digits).
+RESIDUAL_GAIN = {"v2_b0-tf_same-biased": 0.25}
+# the default group: each runs every check
+FAST = ("b0:4-symmetric-unbiased", "b0:4-symmetric-unbiased-scan", "v2_s:4x2-symmetric-unbiased")
 # Train-mode logits of the lite case: the logit scale is ~9 and each float32 twin is ~7e-5 from float64 (measured
 # JAX vs torch 1.4e-4), as in eval; the bound scales the same way (see test_eval_parity.LOGITS_RTOL).
 TRAIN_RTOL = 2e-5
@@ -81,6 +90,7 @@ def case(request):
     """(id, smooth, torch model, NNX model) in train mode, built once per case; tests take fresh copies."""
     name, conv, smooth, options, stages = CASES[request.param]
     kwargs = {"stages": stages} if stages else {}
+    kwargs["residual_gain"] = RESIDUAL_GAIN.get(request.param, 1.0)
     tm, jm = make_pair(name, conventions=conv, drop_path=0.0, dropout=0.0, options=options, **kwargs)
     tm.train()
     jm.train()

@@ -204,13 +204,14 @@ def test_malformed_id(source):
     assert msg.startswith(f"malformed Hub id {source!r}") and "hf-hub:<org>/<name>[@revision]" in msg
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "efficientnetv2_s", "tf_efficientnetv2_b0", "efficientnet_b9",
-                                  "efficientnet_es", "mobilenetv3_large_100", 7])  # fmt: skip
+# V2 loads as timm names it (tf_efficientnetv2_*, efficientnetv2_s/m/l/xl); timm builds no plain efficientnetv2_b*.
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnetv2_b0", "tf_efficientnetv2_b4", "efficientnetv2_rw_s",
+                                  "efficientnet_b9", "efficientnet_es", "mobilenetv3_large_100", 7])  # fmt: skip
 def test_non_efficientnet_architecture(cache, arch):
     make_hub_cache(cache, "timm/other", {"config.json": config_bytes(timm_config(architecture=arch))})
     msg = one_line_error("hf-hub:timm/other")
     assert msg.startswith(f"hf-hub:timm/other: architecture {arch!r} is not supported")
-    assert "only timm EfficientNet / EfficientNet-Lite weights" in msg
+    assert "only timm EfficientNet / EfficientNet-Lite / EfficientNetV2 weights load" in msg
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,8 @@ def test_layout_names_follow_each_library():
 def test_every_variant_is_inferred_from_shapes(weight_source):
     for variant in VARIANTS:  # the source's names and the contract's shapes: no tensors (l2 would be 1.9 GB of zeros)
         spec = resolve(variant)
+        if sources.get(weight_source).source.refusal(spec):  # a layout without V2 (efficientnet_pytorch) skips it
+            continue
         kmap = source_keys(spec, weight_source)
         sd_shapes = {kmap[k]: s for k, s in shapes(spec).items()}
         assert infer_variant(sd_shapes, weight_source) == variant

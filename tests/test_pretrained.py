@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import jax.numpy as jnp
 import numpy as np
@@ -222,6 +223,30 @@ def test_hub_id_from_an_offline_cache(hub_cache):
             adapted = twin.from_pretrained(source, num_classes=4, in_channels=1)
             assert adapted.spec.num_classes == 4 and adapted.spec.in_channels == 1
             assert adapted.preprocessing.mean == (0.5,) and adapted.preprocessing.class_names is None
+
+
+def test_v2_hub_id_in_both_twins_with_a_new_head(hub_cache):
+    """A timm V2 repository (tf_efficientnetv2_b0's layout and config), read by both twins, then with 10 classes."""
+    torch.manual_seed(7)
+    src = effnet_torch.EfficientNet.from_name("v2_b0", weight_source="timm_tf")
+    with torch.no_grad():
+        for name, t in src.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                t.normal_(0, 0.1)
+    _timm_repo(hub_cache, "timm/tf_efficientnetv2_b0.in1k", src.eval(), "tf_efficientnetv2_b0")
+    want = _sd(src)
+    for twin in (EfficientNet, effnet_torch.EfficientNet):
+        model = twin.from_pretrained("hf-hub:timm/tf_efficientnetv2_b0.in1k")
+        assert model.spec == src.spec, "tf_efficientnetv2_b0: the V2 base, TF SAME, eps 1e-3"
+        got = _sd(model)
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+        adapted = twin.from_pretrained("hf-hub:timm/tf_efficientnetv2_b0.in1k", num_classes=10)
+        assert adapted.spec == replace(src.spec, num_classes=10) and adapted.preprocessing.class_names is None
+        got = _sd(adapted)
+        assert got["classifier.weight"].shape == (10, src.spec.head_ch) and not got["classifier.weight"].any()
+        assert all(np.array_equal(got[k], want[k]) for k in want if not k.startswith("classifier."))
 
 
 def test_hub_id_without_cache_says_how_to_fix_it(hub_cache):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the public names, each loaded from its submodule on first use (see effnet_jax._lazy)
-    from .efficientnet import EfficientNet, MBConv  # noqa: F401
+    from .efficientnet import EfficientNet, FusedMBConv, MBConv  # noqa: F401
     from .options import ModelOptions, remat_compiler_options  # noqa: F401
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __file__)

@@ -28,7 +28,7 @@ from .layers import ConvBN, Dropout, DropPath, SqueezeExcite, batched_kernel_ini
 from .options import ModelOptions
 from .scan import scan_blocks
 
-__all__ = ["EfficientNet", "MBConv", "ModelOptions"]
+__all__ = ["BLOCK_TYPES", "EfficientNet", "FusedMBConv", "MBConv", "ModelOptions"]
 
 DropPathMasks = Sequence[jax.Array | None] | Mapping[int, jax.Array]
 
@@ -41,7 +41,29 @@ _REMAT_POLICIES = {
 }
 
 
-class MBConv(nnx.Module):
+class _Block(nnx.Module):
+    """What every block kind shares: rematerialisation and the drop-path residual around its `_branch`. A subclass
+    sets `spec`, `remat` and (when `spec.residual`) `drop_path`."""
+
+    def __call__(
+        self, x: jax.Array, drop_path_mask: jax.Array | None = None, *, keep: jax.Array | None = None
+    ) -> jax.Array:
+        """`keep`: the drop-path keep probability as data, replacing the spec's rate (a scanned block)."""
+        if self.remat == "none":
+            return self._forward(x, drop_path_mask, keep)
+        return nnx.remat(_Block._forward, policy=_REMAT_POLICIES[self.remat]())(self, x, drop_path_mask, keep)
+
+    def _forward(self, x: jax.Array, drop_path_mask: jax.Array | None, keep: jax.Array | None) -> jax.Array:
+        y = self._branch(x)
+        if self.spec.residual:
+            y = x + self.drop_path(y, drop_path_mask, keep=keep)
+        return y
+
+    def _branch(self, x: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
+class MBConv(_Block):
     """Inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (no act) [+ drop-path residual]."""
 
     def __init__(self, b: BlockSpec, conv: Conventions, *, options: ModelOptions, rngs: nnx.Rngs):
@@ -57,23 +79,36 @@ class MBConv(nnx.Module):
         if b.residual:
             self.drop_path = DropPath(b.drop_path, rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, drop_path_mask: jax.Array | None = None, *, keep: jax.Array | None = None
-    ) -> jax.Array:
-        """`keep`: the drop-path keep probability as data, replacing the spec's rate (a scanned block)."""
-        if self.remat == "none":
-            return self._forward(x, drop_path_mask, keep)
-        return nnx.remat(MBConv._forward, policy=_REMAT_POLICIES[self.remat]())(self, x, drop_path_mask, keep)
-
-    def _forward(self, x: jax.Array, drop_path_mask: jax.Array | None, keep: jax.Array | None) -> jax.Array:
+    def _branch(self, x: jax.Array) -> jax.Array:
         y = self.expand(x) if self.spec.has_expand else x
         y = self.depthwise(y)
         if self.spec.se_ch:
             y = self.se(y)
-        y = self.project(y)
-        if self.spec.residual:
-            y = x + self.drop_path(y, drop_path_mask, keep=keep)
-        return y
+        return self.project(y)
+
+
+class FusedMBConv(_Block):
+    """V2's Fused-MBConv: one dense kxk conv in place of expand + depthwise, so early high-resolution stages run a
+    conv the hardware is good at. Expanding: fused kxk (+ act) -> project 1x1 (no act); not expanding: the fused
+    kxk (+ act) is the whole branch. No SE (V2's fused stages have none). [+ drop-path residual]"""
+
+    def __init__(self, b: BlockSpec, conv: Conventions, *, options: ModelOptions, rngs: nnx.Rngs):
+        self.spec = b
+        self.remat = options.remat
+        kw = dict(options=options, rngs=rngs)
+        self.fused = ConvBN(b.in_ch, b.mid_ch if b.has_expand else b.out_ch, b.kernel, b.stride, conv, **kw)
+        if b.has_expand:
+            self.project = ConvBN(b.mid_ch, b.out_ch, 1, 1, conv, act=False, **kw)
+        if b.residual:
+            self.drop_path = DropPath(b.drop_path, rngs=rngs)
+
+    def _branch(self, x: jax.Array) -> jax.Array:
+        y = self.fused(x)
+        return self.project(y) if self.spec.has_expand else y
+
+
+# BlockSpec.block -> the class that builds it (as torchvision picks MBConv or FusedMBConv from its config's type).
+BLOCK_TYPES: dict[str, type[_Block]] = {"mbconv": MBConv, "fused": FusedMBConv}
 
 
 def _linear_init(bound: float):
@@ -120,7 +155,7 @@ class EfficientNet(nnx.Module):
         conv, kw = spec.conv, dict(options=options, rngs=rngs)
         with batched_kernel_init(rngs):  # all conv kernels in one jitted draw: fast eager construction
             self.stem = ConvBN(spec.in_channels, spec.stem_ch, spec.stem_kernel, spec.stem_stride, conv, **kw)
-            self.blocks = nnx.List([MBConv(b, conv, **kw) for b in spec.blocks])
+            self.blocks = nnx.List([BLOCK_TYPES[b.block](b, conv, **kw) for b in spec.blocks])
             self.head = ConvBN(spec.blocks[-1].out_ch, spec.head_ch, 1, 1, conv, **kw)
         self.dropout = Dropout(spec.dropout, rngs=rngs)
         self.classifier = nnx.data(self._make_classifier(spec.num_classes, rngs))  # data even when None

@@ -21,9 +21,9 @@ DTYPES = ("float32", "bfloat16")
 DTYPE_CHOICES = ("auto", *DTYPES)
 # Backends whose matrix units run bfloat16 at several times float32's rate; XLA CPU gains nothing from it.
 BF16_BACKENDS = ("gpu", "tpu")
-# "none": keep every activation for the backward pass. "block": keep only each MBConv block's input and recompute
-# the block in the backward pass. "dots": as "block", but keep the 1x1 conv (matmul) outputs too, recomputing only
-# BN, activations, the depthwise conv and SE.
+# "none": keep every activation for the backward pass. "block": keep only each block's input (MBConv or V2's
+# Fused-MBConv) and recompute the block in the backward pass. "dots": as "block", but keep the 1x1 conv (matmul)
+# outputs too, recomputing only BN, activations, the depthwise conv and SE (and a fused block's kxk conv).
 REMATS = ("none", "block", "dots")
 
 
@@ -36,7 +36,7 @@ class ModelOptions:
             GPU and TPU, float32 on CPU (`auto_dtype`). Parameters, BN statistics and arithmetic, pooling and the
             logits stay float32 whatever it is.
         depthwise_impl: formulation of the depthwise conv ("auto" picks per backend; see `effnet_jax.ops.depthwise`).
-        remat: rematerialisation of each MBConv block in the backward pass (`REMATS`): less activation memory for
+        remat: rematerialisation of each block in the backward pass (`REMATS`): less activation memory for
             more compute; the gradients are the same.
         scan: run each stage's repeated blocks as one `jax.lax.scan` (`effnet_jax.model.scan`): one compiled block
             per stage instead of one per block, for the compile time of the big variants; the same function.

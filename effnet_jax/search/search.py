@@ -233,9 +233,10 @@ def measure_latencies(plan: Plan, out: str) -> None:
 
 
 def _stages(proxy: Proxy):
-    from effnet_spec import STAGES
+    from effnet_spec import stages_for
 
-    return STAGES[: proxy.stages] if proxy.stages else STAGES
+    table = stages_for(proxy.base)  # the base variant's own table (V2 bases scale theirs)
+    return table[: proxy.stages] if proxy.stages else table
 
 
 def search(settings: SearchSettings, out: str, *, parallel: int | None = None, progress: bool = True) -> dict:

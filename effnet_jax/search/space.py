@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from effnet_spec import STAGES, Coefficients, count_macs, count_params, resolve
+from effnet_spec import Coefficients, count_macs, count_params, resolve, stages_for
 
 __all__ = [
     "BASE_POINT",
@@ -127,7 +127,8 @@ def shape(spec, base) -> tuple[float, float]:
 
 def realise(points, proxy: Proxy) -> list[Candidate]:
     """Group grid points by the network they build (architecture and realised side), base first."""
-    stages = STAGES[: proxy.stages] if proxy.stages else STAGES
+    table = stages_for(proxy.base)  # the base variant's own table (V2 bases scale theirs)
+    stages = table[: proxy.stages] if proxy.stages else table
 
     def spec_of(point):
         v = proxy.coefficients(point).variant(1.0)

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from effnet_spec import ALPHA, BETA, GAMMA, STAGES, Coefficients, count_macs, count_params, resolve
+from effnet_spec import ALPHA, BETA, GAMMA, Coefficients, count_macs, count_params, resolve, stages_for
 
 from .search import _note, base_config, claim_dir, data_identity
 from .space import shape
@@ -61,7 +61,7 @@ def _matched(kind: str, target_macs: int, macs_of) -> tuple[float, float, float]
 def study_points(settings: StudySettings, cfg, num_classes: int) -> list[Point]:
     """Every (strategy, phi) to train; phi = 0 (the base) is listed once per strategy and trained once."""
     res0 = cfg.resolution or 0
-    stages = STAGES[: cfg.stages] if cfg.stages else STAGES
+    stages = stages_for(cfg.variant)[: cfg.stages or None]  # the base variant's own table
 
     def macs_of(point, phi):
         a, b, g = point
@@ -103,7 +103,7 @@ def study(settings: StudySettings, out: str, *, parallel: int | None = None, pro
     points = study_points(s, cfg, data["num_classes"])
     claim_dir(out, {"format": FORMAT, "settings": json.loads(json.dumps(dataclasses.asdict(s))), "data": data},
               kind="scaling study", file="study.json")  # fmt: skip
-    stages = STAGES[: cfg.stages] if cfg.stages else STAGES
+    stages = stages_for(cfg.variant)[: cfg.stages or None]  # the base variant's own table
     base = resolve(Coefficients(base=cfg.variant, resolution=cfg.resolution).variant(0.0),
                    num_classes=data["num_classes"], weight_source=cfg.weight_source, stages=stages)  # fmt: skip
     nets: dict[tuple, dict] = {}  # realised network -> its description and jobs

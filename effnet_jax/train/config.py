@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-from effnet_spec import SOURCES, STAGES, VARIANTS, parse_coefficients
+from effnet_spec import FAMILIES, SOURCES, VARIANTS, parse_coefficients, stages_for
 from effnet_spec.resolve import MAX_CLASSES
 
 from ..env import FALSE, TRUE
@@ -71,10 +71,14 @@ MAX_SEED = 2**32 - 2
 MAX_BATCH = 2**20
 MAX_RESOLUTION = 4096
 MAX_EPOCHS = 1e6  # epochs and warmup_epochs: far past any schedule; more only overflows the step arithmetic
+# The longest stage table of any family (V1's 7, V2-M/L/XL's 7, V2-S and the V2 base 6): what `stages` and
+# `freeze=stages:K` may say before the variant is known (an empty variant takes the init weights'); with a variant
+# set, its own table's length is the limit (`_stage_count`).
+MAX_STAGES = max(len(f.stages) for f in FAMILIES.values())
 INT_RANGES = {  # field: (lowest, highest); checked after the checks in `__post_init__` that give their own reasons
     "init_timeout": (1, 86400),  # seconds
     "resolution": (0, MAX_RESOLUTION),
-    "stages": (0, 7),
+    "stages": (0, MAX_STAGES),
     "num_classes": (0, MAX_CLASSES),
     "num_workers": (0, 1024),
     "randaugment_n": (0, 100),
@@ -116,7 +120,7 @@ class TrainConfig:
     resolution: int = 0  # train/eval image side in pixels; 0 = the variant's native resolution (with phi: at phi=0)
     phi: float = 0.0  # compound scaling: the variant (and resolution) scaled by alpha^phi, beta^phi, gamma^phi
     coefficients: str = ""  # the alpha,beta,gamma phi uses: "" = the paper's, "A,B,G", or a file `effnet search` wrote
-    stages: int = 0  # keep only the first N rows of the stage table (0 = all 7); a cheap model for smoke runs
+    stages: int = 0  # keep only the first N rows of the variant's stage table (0 = all: 7 for V1, 6 or 7 for V2)
     weight_source: str = "effnet"  # effnet_spec weight source whose conventions (padding, BN) to use; "" = init's
     drop_path: float = -1.0  # stochastic-depth rate of the last block; < 0 = the variant's (0.2)
     dropout: float = -1.0  # dropout before the classifier; < 0 = the variant's (0.2..0.5)
@@ -207,7 +211,7 @@ class TrainConfig:
         mode, k = parse_freeze(self.freeze)  # raises with the accepted spellings
         need(mode == "none" or self.init, f"freeze={self.freeze} needs init= (a frozen random network learns nothing)")
         need(not (self.init and self.stages), f"stages={self.stages} truncates a model built from scratch, not init=")
-        depth = self.stages or len(STAGES)
+        depth = self.stages or _stage_count(self.variant)
         need(k <= depth, f"freeze=stages:{k}: the model has {depth} stages; K must lie in 0..{depth}")
         need(self.global_batch >= 1, f"global_batch must be >= 1; got {self.global_batch}")
         need(self.eval_batch >= 1, f"eval_batch must be >= 1; got {self.eval_batch}")
@@ -227,7 +231,9 @@ class TrainConfig:
         need(self.drop_path < 1 and self.dropout < 1, f"drop_path and dropout must be < 1 (< 0: the variant's); got "
              f"{self.drop_path}, {self.dropout}")  # fmt: skip
         need(self.num_classes >= 0 and self.randaugment_n >= 0, "num_classes and randaugment_n must be >= 0")
-        need(0 <= self.stages <= 7, f"stages must lie in 0..7; got {self.stages}")
+        most = _stage_count(self.variant)
+        need(0 <= self.stages <= most, f"stages must lie in 0..{most} ({self.variant or 'any variant'} has "
+             f"{most} stages); got {self.stages}")  # fmt: skip
         need(0 < self.crop_min_area <= 1, f"crop_min_area must lie in (0, 1]; got {self.crop_min_area}")
         need(0 <= self.eval_crop <= 1, f"eval_crop must lie in (0, 1] (0: the init weights'); got {self.eval_crop}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1); got {self.label_smoothing}")
@@ -258,6 +264,12 @@ class TrainConfig:
                 f"process_id must lie in 0..{self.num_processes - 1} (num_processes={self.num_processes}); got "
                 f"{self.process_id}",
             )
+
+
+def _stage_count(variant: str) -> int:
+    """Rows of `variant`'s stage table (V2-S and the V2 base have 6, the rest 7); `MAX_STAGES` for an empty variant
+    (the init weights' decide, and `freeze.frozen_modules` checks against them)."""
+    return len(stages_for(variant)) if variant else MAX_STAGES
 
 
 def _check_types(cfg: TrainConfig) -> None:

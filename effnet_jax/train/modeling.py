@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from effnet_spec import STAGES, VARIANTS, ModelSpec, Preprocessing, Variant, parse_coefficients, resolve
+from effnet_spec import VARIANTS, ModelSpec, Preprocessing, Variant, parse_coefficients, resolve, stages_for
 from effnet_spec.adapt import adapt_spec
 
 from ..model import EfficientNet, ModelOptions
@@ -46,12 +46,18 @@ def build_model(
 
 
 def config_spec(cfg: TrainConfig) -> ModelSpec:
-    """The headless spec a config describes without init weights: variant, conventions, stages, rates."""
+    """The headless spec a config describes without init weights: variant, conventions, stages, rates.
+
+    The stage table is the variant's own (`stages_for`: V1's for b0..l2 and Lite, each V2 family's for v2_*), cut to
+    its first `cfg.stages` rows when set; V1's table under a V2 variant would build a network of neither family.
+    """
+    variant = config_variant(cfg)
+    table = stages_for(variant)
     return resolve(
-        config_variant(cfg),
+        variant,
         num_classes=0,
         weight_source=cfg.weight_source,
-        stages=STAGES[: cfg.stages] if cfg.stages else STAGES,
+        stages=table[: cfg.stages] if cfg.stages else table,
         drop_path=None if cfg.drop_path < 0 else cfg.drop_path,
         dropout=None if cfg.dropout < 0 else cfg.dropout,
     )

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from effnet_spec import STAGES, VARIANTS, BlockSpec, ModelSpec, Preprocessing, default_preprocessing, resolve
+from effnet_spec import VARIANTS, BlockSpec, ModelSpec, Preprocessing, default_preprocessing, resolve
 from effnet_spec.classes import imagenet_class_names
 from effnet_spec.contract import Module, modules
 
@@ -24,6 +24,7 @@ __all__ = [
     "WeightSource",
     "any_spec",
     "call",
+    "mbconv_only",
     "class_names",
     "differences",
     "layout",
@@ -67,6 +68,13 @@ class WeightSource:
     # How to build the library's model for an exported spec, and where it would compute otherwise (`loads_as`).
     loader: Callable[[ModelSpec], str] | None = None
     order: int = 5  # place in the registry: CLI choices and error messages list sources by it, then by name
+    # Why the layout cannot name every module of a spec, or None when it can (None here: it names them all). A
+    # library without V2's fused blocks refuses V2: such a variant is never inferred for, imported or exported.
+    holds: Callable[[ModelSpec], str | None] | None = None
+
+    def refusal(self, spec: ModelSpec) -> str | None:
+        """Why this layout cannot hold `spec` (None: it can)."""
+        return self.holds(spec) if self.holds else None
 
     @property
     def stem_key(self) -> str:
@@ -145,7 +153,7 @@ def named(spec: ModelSpec) -> bool:
     return (
         v is not None
         and (v.width, v.depth, v.family) == (ours.width, ours.depth, ours.family)
-        and (spec.stages == STAGES)
+        and spec.stages == spec.family.stages  # the family's own table: V1's, or the V2 size's
     )
 
 
@@ -170,18 +178,37 @@ def any_spec(spec: ModelSpec) -> str | None:
     return None
 
 
+def mbconv_only(library: str) -> Callable[[ModelSpec], str | None]:
+    """The `holds` check of a library that has MBConv blocks only (no EfficientNetV2): it has no names for a
+    Fused-MBConv block's modules."""
+
+    def holds(spec: ModelSpec) -> str | None:
+        if any(b.fused for b in spec.blocks):
+            return (
+                f"{library} has no EfficientNetV2: its layout has no names for {spec.name}'s Fused-MBConv blocks; "
+                "use the timm or torchvision layout"
+            )
+        return None
+
+    return holds
+
+
 # --- model names ------------------------------------------------------------------------------------------------
 
-_NAME = re.compile(r"^(?P<tf>tf_)?(?P<lib>efficientnet[_-]?)?(?P<variant>[a-z]+\d+)(?:\.(?P<tag>[\w.-]+))?$")
+# V2's names: "v2_s", torchvision's "efficientnet_v2_s", timm's "efficientnetv2_s" and "tf_efficientnetv2_b0.in1k"
+_NAME = re.compile(
+    r"^(?P<tf>tf_)?(?P<lib>efficientnet[_-]?)?(?P<variant>v2_[a-z]+\d*|[a-z]+\d+)(?:\.(?P<tag>[\w.-]+))?$"
+)
 
 
 def parse_model_name(name: str) -> ModelName:
-    """ "b0", "lite0", timm's "tf_efficientnet_b3.ns_jft_in1k", efficientnet_pytorch's "efficientnet-b0"."""
+    """ "b0", "lite0", "v2_s", timm's "tf_efficientnet_b3.ns_jft_in1k" and "tf_efficientnetv2_b0.in1k",
+    torchvision's "efficientnet_v2_s", efficientnet_pytorch's "efficientnet-b0"."""
     m = _NAME.match(name.strip().lower())
     if not m or m["variant"] not in VARIANTS:
         raise ImportError_(
             f"unknown model {name!r}; expected a variant ({', '.join(VARIANTS)}) or a library name such as "
-            "efficientnet_b0, tf_efficientnet_lite0, efficientnet-b3"
+            "efficientnet_b0, tf_efficientnet_lite0, efficientnet-b3, efficientnet_v2_s, tf_efficientnetv2_b0"
         )
     return ModelName(m["variant"], bool(m["tf"]), m["tag"] or "", library=bool(m["tf"] or m["lib"]), given=name)
 

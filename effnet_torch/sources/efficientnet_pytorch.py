@@ -1,14 +1,15 @@
 """lukemelas' efficientnet_pytorch: TF ports in `_blocks.{i}` with `_`-prefixed module names.
 
 Its weights are the TF reference checkpoints, so they take TF SAME padding, BN eps 1e-3 and TF's eval crop;
-Lite ports reuse this layout (docs/design.md, "Weight sources").
+Lite ports reuse this layout (docs/design.md, "Weight sources"). It has no EfficientNetV2, so no names for a
+Fused-MBConv block: V2 variants are never inferred for, imported from or exported to it.
 """
 
 from __future__ import annotations
 
 from effnet_spec import ModelSpec
 
-from .base import WeightSource, any_spec, call, differences, layout, named, tf_eval_preprocessing
+from .base import WeightSource, any_spec, call, differences, layout, mbconv_only, named, tf_eval_preprocessing
 
 _TOP = {"stem.conv": "_conv_stem", "stem.bn": "_bn0", "head.conv": "_conv_head", "head.bn": "_bn1",
         "classifier": "_fc"}  # fmt: skip
@@ -41,4 +42,5 @@ SOURCE = WeightSource(
     preprocessing=tf_eval_preprocessing,
     exports=any_spec,
     loader=_loader,
+    holds=mbconv_only("efficientnet_pytorch"),
 )

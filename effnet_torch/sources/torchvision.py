@@ -1,14 +1,16 @@
-"""torchvision: `features.{stage + 1}.{repeat}.block` Sequentials, and only the EfficientNet b0-b7 models.
+"""torchvision: `features.{stage + 1}.{repeat}.block` Sequentials, and only the EfficientNet b0-b7 and V2 S/M/L models.
 
-Its b5-b7 are built with other BN constants than b0-b4 (that rule lives in `effnet_spec.conventions`); its
-DEFAULT weights each come with their own resize and crop, kept here (docs/design.md, "Weight sources").
+Its b5-b7 and V2 are built with other BN constants than b0-b4 (that rule lives in `effnet_spec.conventions`); its
+DEFAULT weights each come with their own resize and crop, kept here (docs/design.md, "Weight sources"). A V2
+Fused-MBConv block is a Sequential too: the kxk conv, then the 1x1 project when it expands.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
-from effnet_spec import ModelSpec, Preprocessing, conventions_for
+from effnet_spec import VARIANTS, ModelSpec, Preprocessing, conventions_for
 from effnet_spec.contract import Module, modules
 
 from .base import ModelName, WeightSource, call, class_names, differences, native_preprocessing
@@ -18,7 +20,10 @@ TORCHVISION_PREPROCESSING: dict[str, tuple[int, int, str]] = {
     "b0": (224, 256, "bicubic"), "b1": (240, 255, "bilinear"), "b2": (288, 288, "bicubic"),
     "b3": (300, 320, "bicubic"), "b4": (380, 384, "bicubic"), "b5": (456, 456, "bicubic"),
     "b6": (528, 528, "bicubic"), "b7": (600, 600, "bicubic"),
+    "v2_s": (384, 384, "bilinear"), "v2_m": (480, 480, "bilinear"), "v2_l": (480, 480, "bicubic"),
 }  # fmt: skip
+# Weights whose transforms normalise otherwise than ImageNet's mean and std: V2-L (ported from automl) takes [-1, 1].
+TORCHVISION_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"v2_l": ((0.5,) * 3, (0.5,) * 3)}
 
 
 def _top(spec: ModelSpec) -> dict[str, str]:
@@ -30,7 +35,7 @@ def _top(spec: ModelSpec) -> dict[str, str]:
 @functools.lru_cache(maxsize=4)  # a key map asks once per module of one spec
 def _layers(spec: ModelSpec) -> dict[int, tuple[str, ...]]:
     """block index -> its Sequential's layers: the distinct first parts of its contract modules, in their order
-    ("expand", "depthwise", "se", "project", those the block has)."""
+    ("expand", "depthwise", "se", "project", those the block has; a fused block's "fused", then "project")."""
     out: dict[int, dict[str, None]] = {}
     for m in modules(spec):
         if m.block is not None:
@@ -52,13 +57,17 @@ def _preprocessing(spec: ModelSpec, name: ModelName) -> Preprocessing:
     if spec.name not in TORCHVISION_PREPROCESSING:
         return native_preprocessing(spec)
     crop, resize, interp = TORCHVISION_PREPROCESSING[spec.name]
-    return Preprocessing(resolution=crop, crop_pct=crop / resize, interpolation=interp, class_names=class_names(spec))
+    pre = Preprocessing(resolution=crop, crop_pct=crop / resize, interpolation=interp, class_names=class_names(spec))
+    if spec.name in TORCHVISION_MEAN_STD:
+        mean, std = TORCHVISION_MEAN_STD[spec.name]
+        pre = replace(pre, mean=mean, std=std)
+    return pre
 
 
 def _exports(spec: ModelSpec) -> str | None:
-    if spec.family.name == "efficientnet" and spec.name in TORCHVISION_PREPROCESSING:
+    if spec.name in TORCHVISION_PREPROCESSING and spec.family.name == VARIANTS[spec.name].family:
         return None
-    return f"torchvision has no EfficientNet {spec.name!r}; it offers b0..b7"
+    return f"torchvision has no EfficientNet {spec.name!r}; it offers b0..b7, v2_s, v2_m and v2_l"
 
 
 def _loader(spec: ModelSpec) -> str:

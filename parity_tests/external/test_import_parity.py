@@ -44,12 +44,13 @@ def _slow(variant: str):
 
 
 # The JAX leg (file -> NNX -> jitted forward: seconds of XLA compile per network on 2 cores) runs for b0 and lite0
-# only, once per distinct spec (torchvision b0 and timm efficientnet_b0 give the same spec, efficientnet_pytorch b0
-# the same as timm tf_efficientnet_b0): one per convention family (symmetric or TF SAME padding, SiLU or ReLU6).
-# Every other variant reaches JAX by the same path (the importer's file, then effnet_jax.weights), and the JAX model
-# equals the torch twin for every variant (both paddings per family) in parity_tests/test_eval_parity.py, so each
-# variant's torch-twin leg (the importer's mapping and conventions for that variant) is what is left to prove here.
-JAX_LEG = ("b0", "lite0")
+# and V2's two named models (v2_b0, v2_s) only, once per distinct spec (torchvision b0 and timm efficientnet_b0 give
+# the same spec, efficientnet_pytorch b0 the same as timm tf_efficientnet_b0): one per convention family (symmetric
+# or TF SAME padding, SiLU or ReLU6, MBConv or Fused-MBConv). Every other variant reaches JAX by the same path (the
+# importer's file, then effnet_jax.weights), and the JAX model equals the torch twin for every variant (both paddings
+# per family) in parity_tests/test_eval_parity.py, so each variant's torch-twin leg (the importer's mapping and
+# conventions for that variant) is what is left to prove here.
+JAX_LEG = ("b0", "lite0", "v2_b0", "v2_s")
 _JAX_CHECKED: set = set()
 
 
