@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import images
 from ..logs import install_one_line_warnings, skip_warning, skipped_summary
-from . import records
+from . import mixing, records
 from .augment import EvalTransform, TrainTransform
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "EncodedImages",
     "ImageFolderSource",
     "RecordsSource",
+    "StageInput",
     "SyntheticSource",
     "check_classes",
     "decode_image",
@@ -442,11 +443,23 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class StageInput:
+    """How the steps before `end` (and after the previous stage's end) prepare examples: progressive learning's
+    stages (`progressive.plan`) each have their own side, RandAugment magnitude and mixing."""
+
+    end: int
+    transform: TrainTransform
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+
+@dataclass(frozen=True)
 class _TrainExample:
-    """local index -> {"image", "label"}: shuffled per epoch, augmented with rng (seed, epoch, index)."""
+    """local index -> {"image", "label"} (and the example's mixing draws, `mixing.draw`, in a stage that mixes):
+    shuffled per epoch, augmented with rng (seed, epoch, index) as the step's stage says."""
 
     source: object
-    transform: TrainTransform
+    stages: tuple[StageInput, ...]
     seed: int
     batches: Batches
 
@@ -456,7 +469,12 @@ class _TrainExample:
         index = int(_epoch_permutation(self.seed, epoch, n)[k])
         image, label = self.source[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        return {"image": self.transform(image, rng), "label": np.int32(label)}
+        step, row = divmod(int(local_index), self.batches.local)
+        stage = next((s for s in self.stages if step < s.end), self.stages[-1])
+        example = {"image": stage.transform(image, rng), "label": np.int32(label)}
+        if stage.mixup > 0 or stage.cutmix > 0:
+            example.update(mixing.draw(rng, stage.transform.size, row, self.batches.local, stage.mixup, stage.cutmix))
+        return example
 
 
 @dataclass(frozen=True)
@@ -472,8 +490,11 @@ class _EvalExample:
         return {"image": self.transform(image), "label": np.int32(label), "mask": np.float32(valid)}
 
 
-def _finish(ds: grain.MapDataset, local_batch: int, num_workers: int, start: int = 0) -> grain.IterDataset:
-    it = ds.batch(local_batch, drop_remainder=True)[start:].to_iter_dataset()
+def _finish(
+    ds: grain.MapDataset, local_batch: int, num_workers: int, start: int = 0, batch_fn=None
+) -> grain.IterDataset:
+    ds = ds.batch(local_batch, drop_remainder=True)
+    it = (ds.map(batch_fn) if batch_fn else ds)[start:].to_iter_dataset()
     if num_workers > 0:
         from absl import flags
 
@@ -495,7 +516,7 @@ def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
 
 def train_dataset(
     source,
-    transform: TrainTransform,
+    transform: TrainTransform | tuple[StageInput, ...],
     *,
     seed: int,
     steps: int,
@@ -504,11 +525,14 @@ def train_dataset(
     start: int = 0,
 ) -> grain.IterDataset:
     """The local batches of steps [start, steps): {"image": (b, s, s, 3) float32, "label": (b,) int32},
-    b = batches.local."""
+    b = batches.local; in a stage that mixes also "label_mix" (b,) int32 and "mix" (b,) float32 (`mixing`).
+    `transform` prepares every step's examples, or each stage's its own (`StageInput`s, in step order)."""
     if len(source) == 0:
         raise ValueError("the training split holds no examples")
-    ds = grain.MapDataset.range(steps * batches.local).map(_TrainExample(source, transform, seed, batches))
-    return _finish(ds, batches.local, num_workers, start=start)
+    stages = (StageInput(steps, transform),) if isinstance(transform, TrainTransform) else tuple(transform)
+    ds = grain.MapDataset.range(steps * batches.local).map(_TrainExample(source, stages, seed, batches))
+    mixes = any(s.mixup > 0 or s.cutmix > 0 for s in stages)
+    return _finish(ds, batches.local, num_workers, start=start, batch_fn=mixing.mix_batch if mixes else None)
 
 
 def eval_steps(n: int, global_batch: int) -> int:
