@@ -102,7 +102,7 @@ def sharded(overrides) -> None:
         c = dataclasses.replace(cfg, workdir=os.path.join(cfg.workdir, f"mesh{n}"))
         mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
         data, run = t.make_data_and_run(c, mesh)
-        step, _ = t.make_steps(c, mesh, run)
+        step = t.make_steps(c, mesh, run, data.stages)[0][0]
         batch = t.to_global(next(run.data_iter), mesh)
         state, metrics = step(run.state, batch, jax.numpy.int32(0), run.root_key)
         results.append((float(metrics["loss"]), _flat(state), len(batch["image"].sharding.device_set)))

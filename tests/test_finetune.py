@@ -76,8 +76,8 @@ def stepped(short_init, tmp_path_factory):
     for freeze in MODES:
         cfg = _cfg(short_init, tmp_path_factory.mktemp("run"), f"freeze={freeze}")
         mesh = loop.make_mesh(cfg)
-        _, run = loop.make_data_and_run(cfg, mesh)
-        step, _ = loop.make_steps(cfg, mesh, run)
+        data, run = loop.make_data_and_run(cfg, mesh)
+        step = loop.make_steps(cfg, mesh, run, data.stages)[0][0]
         before = _as_state_dict(run, run.state["weights"])
         batches = [to_global(next(run.data_iter), mesh) for _ in range(STEPS)]
         compiled = step.lower(run.state, batches[0], jnp.int32(0), run.root_key).compile()

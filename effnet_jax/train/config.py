@@ -80,6 +80,9 @@ INT_RANGES = {  # field: (lowest, highest); checked after the checks in `__post_
     "resolution": (0, MAX_RESOLUTION),
     "stages": (0, MAX_STAGES),
     "num_classes": (0, MAX_CLASSES),
+    "eval_resolution": (0, MAX_RESOLUTION),
+    "progressive": (0, 64),
+    "progressive_size": (0, MAX_RESOLUTION),
     "num_workers": (0, 1024),
     "randaugment_n": (0, 100),
     "randaugment_m": (0, 30),
@@ -140,6 +143,17 @@ class TrainConfig:
     crop_min_area: float = 0.08  # random resized crop: smallest share of the image area kept
     flip: bool = True  # random horizontal flip (off for digits: a mirrored 2 is not a 2)
     eval_crop: float = 0.875  # eval: center crop share of the side, then resize to `resolution`; 0 = init's
+    eval_resolution: int = 0  # eval image side; 0 = resolution (with resolution 0, a V2 variant's larger eval side)
+    mixup: float = 0.0  # mixup alpha (automl's form: effnet_jax.train.mixing); 0 = off
+    cutmix: float = 0.0  # CutMix alpha; 0 = off (both on: the first half of each batch mixup, the second CutMix)
+
+    # --- progressive learning (EfficientNetV2: effnet_jax.train.progressive); each ramp ends at the setting above
+    progressive: int = 0  # stages: image side and regularisation raised linearly stage by stage (V2: 4); 0 = off
+    progressive_size: int = 0  # the first stage's image side (the last trains at resolution); 0 = 128, or half the
+    # train side when that is less (automl's `ibase`)
+    progressive_magnitude: float = 5.0  # the first stage's RandAugment magnitude (the last: randaugment_m)
+    progressive_dropout: float = 0.1  # the first stage's dropout (the last: the model's)
+    progressive_mixup: float = 0.0  # the first stage's mixup and CutMix alpha (the last: mixup, cutmix)
 
     # --- schedule (global = summed over every device of every host)
     global_batch: int = 4096  # images per optimizer step, global
@@ -239,6 +253,20 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1); got {self.label_smoothing}")
         need(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1); got {self.ema_decay}")
         need(0 <= self.randaugment_m <= 30, f"randaugment_m must lie in 0..30; got {self.randaugment_m}")
+        for name in ("mixup", "cutmix", "progressive_mixup"):  # Beta(alpha, alpha) needs alpha > 0; 0 is off
+            value = getattr(self, name)
+            need(0 <= value <= 100, f"{name} must lie in 0..100 (a Beta alpha; 0 = off); got {value:g}")
+        need(0 <= self.progressive_magnitude <= 30, f"progressive_magnitude must lie in 0..30; got "
+             f"{self.progressive_magnitude:g}")  # fmt: skip
+        need(
+            0 <= self.progressive_dropout < 1, f"progressive_dropout must lie in [0, 1); got {self.progressive_dropout}"
+        )
+        need(not (self.init and self.eval_resolution and not self.resolution), f"eval_resolution={self.eval_resolution}"
+             " with init= needs resolution= too (the train side; 0 would mean the weights' own)")  # fmt: skip
+        need(self.progressive != 1, "progressive=1 is one stage, the run as it is: set 0 (off) or 2 or more stages")
+        given = [k for k in _PROGRESSIVE if getattr(self, k) != _DEFAULTS[k]]
+        need(self.progressive or not given, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} read only with "
+             "progressive=N (N stages); set progressive, or leave them unset")  # fmt: skip
         need(self.keep >= 1, f"keep must be >= 1; got {self.keep}")
         need(min(self.ckpt_every, self.eval_every, self.num_workers) >= 0, "ckpt_every, eval_every, num_workers >= 0")
         need(self.log_every >= 1, f"log_every must be >= 1; got {self.log_every}")
@@ -329,6 +357,7 @@ def check_runnable(cfg: TrainConfig) -> None:
 
 _HINTS = typing.get_type_hints(TrainConfig)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_PROGRESSIVE = ("progressive_size", "progressive_magnitude", "progressive_dropout", "progressive_mixup")
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -342,6 +371,22 @@ BASE = TrainConfig()
 # Per-variant ImageNet presets: the paper's recipe at each variant's native resolution. Global batch 4096
 # as in the TF reference (TPU v3-32+); lr follows the batch through lr_per_256.
 _IMAGENET = {name: dataclasses.replace(BASE, variant=name, data="", workdir=f"runs/{name}") for name in VARIANTS}
+# EfficientNetV2 (Tan & Le 2021), as automl's effnetv2_configs.py and hparams.py ship it: V1's optimizer, schedule,
+# weight decay, label smoothing and EMA (the same numbers there), progressive learning in 4 stages up to the
+# variant's train side, eval at its larger eval side (resolution 0); S/M/L/XL RandAugment (2 ops) up to magnitude
+# (first) and mixup = CutMix alpha (second) below; the V2 base (b0..b3) V1's AutoAugment and no mixing.
+V2_RECIPE = {"v2_s": (10, 0.0), "v2_m": (15, 0.2), "v2_l": (20, 0.5), "v2_xl": (20, 0.5)}
+for _name, _preset in _IMAGENET.items():
+    if VARIANTS[_name].family.startswith("v2"):
+        _m, _mix = V2_RECIPE.get(_name, (10, 0.0))
+        _IMAGENET[_name] = dataclasses.replace(
+            _preset,
+            progressive=4,
+            augment="randaugment" if _name in V2_RECIPE else "autoaugment",
+            randaugment_m=_m,
+            mixup=_mix,
+            cutmix=_mix,
+        )
 
 PRESETS: dict[str, TrainConfig] = {
     # `effnet train` with no arguments: b0 on the embedded handwritten digits (1,797 8x8 images, stored upscaled

@@ -15,6 +15,8 @@ from . import data as data_lib
 from .augment import EvalTransform, TrainTransform
 from .config import MAX_STEPS, TrainConfig
 from .metrics import note
+from .modeling import sides
+from .progressive import Stage, plan
 
 __all__ = ["Data", "make_data"]
 
@@ -30,17 +32,20 @@ class Data:
     steps: int  # total optimizer steps of the run
     steps_per_epoch: float
     eval_batch: int = 0  # global rows of each val batch: cfg.eval_batch, or the val split padded to the devices
+    stages: tuple[Stage, ...] = ()  # progressive learning's stages (`progressive.plan`); one without it
+    eval_size: int = 0  # val image side
 
 
-def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
+def make_data(cfg: TrainConfig, pre: Preprocessing, dropout: float = 0.0) -> Data:
     """Sources, transforms and the Grain pipelines, sliced for this process; images prepared as `pre` says (the
-    init weights' normalisation, or the family's)."""
-    size = pre.resolution
+    init weights' normalisation, or the family's), each stage's train images at its side (`sides`, `plan`; the
+    model's `dropout` is where the dropout ramp ends)."""
+    size, eval_size = sides(cfg, pre)
     train_src = data_lib.make_source(cfg.data, "train", size=size, num_classes=cfg.num_classes)
     if cfg.val_data:
-        val_src = data_lib.make_source(cfg.val_data, "val", size=size)
+        val_src = data_lib.make_source(cfg.val_data, "val", size=eval_size)
     elif cfg.data in ("digits", "synthetic"):
-        val_src = data_lib.make_source(cfg.data, "val", size=size, num_classes=cfg.num_classes)
+        val_src = data_lib.make_source(cfg.data, "val", size=eval_size, num_classes=cfg.num_classes)
     else:
         val_src = None
     if cfg.val_data:  # labels are positions in each source's class list: they must mean the same classes
@@ -56,23 +61,33 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
     if steps > MAX_STEPS:  # the step counter is int32 on the device
         raise ValueError(f"epochs={cfg.epochs:g} of {len(train_src)} images at global_batch={cfg.global_batch} is "
                          f"{steps} steps; at most {MAX_STEPS} fit: lower epochs or raise global_batch")  # fmt: skip
+    stages = plan(cfg, steps, size, dropout)
     hosts = dict(host=jax.process_index(), hosts=jax.process_count())
-    norm = dict(size=size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation)
+    norm = dict(mean=pre.mean, std=pre.std, interpolation=pre.interpolation)
     flip = cfg.flip and getattr(train_src, "mirror_invariant", True)
     if cfg.flip and not flip:
         note(f"flip=true ignored: {cfg.data}'s labels change under a mirror (a mirrored 2 is not a 2)")
-    train_tf = TrainTransform(
-        **norm,
-        crop_min_area=cfg.crop_min_area,
-        flip=flip,
-        augment=cfg.augment,
-        randaugment_n=cfg.randaugment_n,
-        randaugment_m=cfg.randaugment_m,
+    inputs = tuple(
+        data_lib.StageInput(
+            s.end,
+            TrainTransform(
+                size=s.size,
+                **norm,
+                crop_min_area=cfg.crop_min_area,
+                flip=flip,
+                augment=cfg.augment,
+                randaugment_n=cfg.randaugment_n,
+                randaugment_m=s.randaugment_m,
+            ),
+            mixup=s.mixup,
+            cutmix=s.cutmix,
+        )
+        for s in stages
     )
     train = functools.partial(
         data_lib.train_dataset,
         train_src,
-        train_tf,
+        inputs,
         seed=cfg.seed,
         steps=steps,
         batches=data_lib.Batches(cfg.global_batch, **hosts),
@@ -80,13 +95,18 @@ def make_data(cfg: TrainConfig, pre: Preprocessing) -> Data:
     )
     val, eval_batch = None, 0
     if val_src is not None:
-        val_tf = EvalTransform(**norm, crop_pct=pre.crop_pct)
+        val_tf = EvalTransform(size=eval_size, **norm, crop_pct=pre.crop_pct)
         eval_batch = data_lib.eval_batch_for(len(val_src), cfg.eval_batch, jax.device_count())
         val = data_lib.eval_dataset(val_src, val_tf, batches=data_lib.Batches(eval_batch, **hosts))
     files = [f" ({d})" if d else "" for d in (data_lib.describe(train_src), data_lib.describe(val_src))]
+    sizes = f"{size}px" if eval_size == size else f"{size}px (val {eval_size}px)"
+    if len(stages) > 1:
+        sizes = f"{stages[0].size}-{size}px in {len(stages)} stages" + (
+            "" if eval_size == size else f" (val {eval_size}px)"
+        )
     note(
         f"data: {cfg.data}: {len(train_src)} train{files[0]} / {len(val_src) if val_src else 0} val{files[1]} images, "
-        f"{num_classes} classes, {size}px; {steps} steps of {cfg.global_batch} (= {steps / steps_per_epoch:.1f} epochs)"
+        f"{num_classes} classes, {sizes}; {steps} steps of {cfg.global_batch} (= {steps / steps_per_epoch:.1f} epochs)"
     )
     return Data(train_src, val_src, train, val, num_classes, tuple(train_src.class_names), steps, steps_per_epoch,
-                eval_batch)  # fmt: skip
+                eval_batch, stages, eval_size)  # fmt: skip

@@ -2,8 +2,9 @@
 
 `train(cfg)` checks the workdir and takes its lock (`workdir`, `guard`), then `_train_locked` runs the phases:
 make_mesh -> make_data_and_run (model_start -> make_data -> make_model_and_optimizer -> restore_or_init) ->
-make_steps -> loop -> finish. The data of a run is built in `inputs`, its state (fresh, restored, saved) in `state`,
-and the step, one pure `jax.jit` function of (state, batch, step) with the state donated, in `step`.
+make_steps (one train step per progressive-learning stage, all compiled before the first step) -> loop -> finish.
+The data of a run is built in `inputs`, its state (fresh, restored, saved) in `state`, and the step, one pure
+`jax.jit` function of (state, batch, step) with the state donated, in `step`.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from .metrics import Logger, best_logged, note, plot_curves, strict_json
 from .modeling import model_options, run_preprocessing
 from .preflight import compiled_steps
 from .progress import progress_bar
+from .progressive import Stage, stage_at
 from .start import Start, model_start, run_spec
 from .state import Run, make_model_and_optimizer, restore_or_init, save
-from .step import make_train_step
+from .step import make_train_step, with_dropout
 from .workdir import checked_workdir, saved_meta, set_aside_records, write_config
 
 __all__ = ["NonFiniteLoss", "Preempted", "train"]
@@ -100,7 +102,7 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
          "compiling")  # fmt: skip
     started = time.perf_counter()
     try:  # compiled once, here; a step that cannot fit in memory is refused before any record is written
-        train_step, eval_step = compiled_steps(cfg, mesh, data, run, *make_steps(cfg, mesh, run))
+        train_steps, eval_step = compiled_steps(cfg, mesh, data, run, *make_steps(cfg, mesh, run, data.stages))
     except BaseException:
         run.ckpt.close()
         with contextlib.suppress(OSError):  # the checkpoint folder this fresh run made, still empty: a refusal
@@ -113,7 +115,7 @@ def _train_locked(cfg: TrainConfig, start: Start, stop: StopSignals) -> dict:
         write_config(cfg, run.step, run.saved_config)  # a resume's changes: a row in segments.jsonl, one line
     logger = Logger(cfg.workdir, resumed_at=run.step)
     try:
-        stats = loop(cfg, mesh, data, run, train_step, eval_step, logger, stop, started=started)
+        stats = loop(cfg, mesh, data, run, train_steps, eval_step, logger, stop, started=started)
         return finish(cfg, run, data, stats, logger)
     except CheckpointWriteError:
         logger.close()
@@ -139,7 +141,7 @@ def make_data_and_run(cfg: TrainConfig, mesh: Mesh, start: Start | None = None) 
     """The phases before the first step: where the model starts (`model_start`: init weights are read and checked
     there), the data, the model and optimizer, and the state (fresh or restored)."""
     start = start or model_start(cfg, saved_meta(cfg))
-    data = make_data(cfg, start.preprocessing)
+    data = make_data(cfg, start.preprocessing, dropout=cfg.dropout if cfg.dropout >= 0 else start.spec.dropout)
     spec = run_spec(cfg, start, data.num_classes)
     build, build_from, schedule = make_model_and_optimizer(cfg, data, spec)
     init = None
@@ -178,30 +180,42 @@ def _already_finished(cfg: TrainConfig, run: Run) -> dict:
     return {"steps": run.step, "workdir": os.path.abspath(cfg.workdir)}
 
 
-def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run):
-    """The jitted train step (`step.make_train_step`, state donated) and eval step; shardings fixed, so nothing
-    recompiles."""
-    train_step = make_train_step(cfg, mesh, (run.graphdef, run.opt_graphdef), run.schedule, run.spec, run.state)
-    return train_step, make_eval_step(run.eval_graphdef, mesh)
+def make_steps(cfg: TrainConfig, mesh: Mesh, run: Run, stages: tuple[Stage, ...]):
+    """The jitted train step of each stage still to run (`step.make_train_step`, state donated; a stage's dropout
+    is static in its graphdef) and the eval step; shardings fixed, so nothing recompiles."""
+    train_steps = {
+        s.index: make_train_step(
+            cfg,
+            mesh,
+            (with_dropout(run.graphdef, run.state, s.dropout), run.opt_graphdef),
+            run.schedule,
+            run.spec,
+            run.state,
+        )  # fmt: skip
+        for s in stages
+        if s.end > run.step
+    }
+    return train_steps, make_eval_step(run.eval_graphdef, mesh)
 
 
 # ---------------------------------------------------------------------------------------------- the steps
 
 
-def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_step, logger: Logger,
+def loop(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_steps: dict, eval_step, logger: Logger,
          stop: StopSignals | None = None, started: float | None = None) -> dict:  # fmt: skip
-    """Step until data.steps: metrics to the host every log_every steps, eval and checkpoints on schedule; when
-    `stop` asks (SIGTERM/SIGINT), after the step in progress: its metrics, a checkpoint, and out. `started`: when
-    compiling began (the first step's time counts it)."""
+    """Step until data.steps, each step with its stage's compiled step (`train_steps`: stage index -> step):
+    metrics to the host every log_every steps, eval and checkpoints on schedule; when `stop` asks (SIGTERM/SIGINT),
+    after the step in progress: its metrics, a checkpoint, and out. `started`: when compiling began (the first
+    step's time counts it)."""
     # a bar on a terminal, plain lines now and then in a redirected log
     bar = progress_bar(data.steps, run.step, enabled=cfg.progress and jax.process_index() == 0)
     try:
-        return _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar, started)
+        return _steps(cfg, mesh, data, run, train_steps, eval_step, logger, stop, bar, started)
     finally:
         bar.close()  # an error is printed on its own line, not after the bar
 
 
-def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar, started=None) -> dict:
+def _steps(cfg, mesh, data, run, train_steps, eval_step, logger, stop, bar, started=None) -> dict:
     pending, t0, seen0 = [], time.perf_counter(), run.step
     stats = {
         "start": started or time.perf_counter(),
@@ -212,9 +226,13 @@ def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar, start
     }
     # A resumed run's best counts the evaluations before the interruption too.
     stats["best_top1"] = best_logged(logger.path, "val", "top1", up_to_step=run.step) if run.step else None
+    stage = None
     while run.step < data.steps:
+        if stage is None or run.step >= stage.end:
+            stage = stage_at(data.stages, run.step)
+            _stage_starts(data, stage, run.step, logger, stats["resumed_at"])
         batch = to_global(next(run.data_iter), mesh)
-        run.state, metrics = train_step(run.state, batch, jnp.int32(run.step), run.root_key)
+        run.state, metrics = train_steps[stage.index](run.state, batch, jnp.int32(run.step), run.root_key)
         run.step += 1
         finite = metrics.pop("finite")
         run.window.append(metrics)
@@ -250,6 +268,18 @@ def _steps(cfg, mesh, data, run, train_step, eval_step, logger, stop, bar, start
             stats["preempted"] = stop.requested or "a signal on another host"
             break
     return stats
+
+
+def _stage_starts(data: Data, stage: Stage, step: int, logger: Logger, resumed_at: int) -> None:
+    """Progressive learning: a stage's first step is a row of metrics.jsonl (kind "stage"; the plot marks it) and a
+    line; a run resumed inside a stage says which it continues."""
+    if len(data.stages) == 1:
+        return
+    if step == stage.first and not (step == resumed_at and logger.has(step, "stage")):
+        logger.write(step, "stage", stage.record())
+        note(stage.describe(len(data.stages)))
+    elif step == resumed_at:
+        note(f"continuing {stage.describe(len(data.stages))}")
 
 
 def run_eval(cfg, mesh, run, eval_step, logger, data) -> dict | None:

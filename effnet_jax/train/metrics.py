@@ -73,6 +73,10 @@ class Logger:
         for k, v in values.items():
             self.tb.add_scalar(f"{kind}/{k}", float(v), step)
 
+    def has(self, step: int, kind: str) -> bool:
+        """Whether metrics.jsonl holds a `kind` row at `step` (a resume at a stage's first step may find it)."""
+        return self.main and any(r["step"] == step and r["kind"] == kind for r in _rows(self.path))
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -128,7 +132,8 @@ def _nan_for_null(row: dict) -> dict:
 
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
-    """Train loss, train top-1 and val top-1 against step, from metrics.jsonl."""
+    """Train loss, train top-1 and val top-1 against step, from metrics.jsonl; progressive learning's stage starts
+    as dotted lines labelled with the stage's image side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +152,11 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
     ax2.set_xlabel("step")
     ax2.set_ylabel("accuracy")
     ax2.set_ylim(0, 1)
+    for r in sorted((r for (k, _), r in rows.items() if k == "stage"), key=lambda r: r["step"]):
+        for ax in (ax1, ax2):
+            ax.axvline(r["step"], color="grey", linestyle=":", linewidth=1)
+        ax2.annotate(f"{int(r['size'])}px", (r["step"], 0.02), fontsize=7, color="grey", xytext=(2, 0),
+                     textcoords="offset points")  # fmt: skip
     ax2.legend()
     fig.tight_layout()
     tmp = png_path + ".tmp.png"

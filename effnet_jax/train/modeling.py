@@ -68,7 +68,8 @@ def run_preprocessing(cfg: TrainConfig, base: Preprocessing, class_names: tuple[
     the config's resolution and eval crop (0: `base`'s), and the training data's class names."""
     return replace(
         base,
-        resolution=base.resolution if cfg.phi or cfg.coefficients else cfg.resolution or base.resolution,
+        resolution=cfg.eval_resolution
+        or (base.resolution if cfg.phi or cfg.coefficients else cfg.resolution or base.resolution),
         crop_pct=cfg.eval_crop or base.crop_pct,
         class_names=class_names,
     )
@@ -93,13 +94,38 @@ def config_variant(cfg: TrainConfig) -> str | Variant:
     return coeffs.variant(cfg.phi)
 
 
+def sides(cfg: TrainConfig, pre: Preprocessing) -> tuple[int, int]:
+    """(train side, eval side) of a run that starts from `pre` (`start.model_start`: the config's resolution, or the
+    variant's or init weights' side; on a resume, the checkpoint's eval side). A V2 variant built from scratch with
+    resolution 0 trains at its smaller train side and evaluates at its own (`Variant.train_resolution`); otherwise
+    both are `resolution`, and `eval_resolution` sets the eval side."""
+    if cfg.resolution:
+        train = cfg.resolution
+    elif cfg.init:  # the weights' side (config.check refuses eval_resolution here, so `pre` is it on a resume too)
+        train = pre.resolution
+    else:
+        v = config_variant(cfg)
+        v = v if isinstance(v, Variant) else VARIANTS[v]
+        train = v.train_resolution or v.resolution
+    return train, cfg.eval_resolution or pre.resolution
+
+
 def resolution_of(cfg: TrainConfig) -> int:
     v = config_variant(cfg)
     return v.resolution if isinstance(v, Variant) else cfg.resolution or VARIANTS[v].resolution
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
-    """Mean softmax cross-entropy against one-hot labels smoothed as (1 - s) * onehot + s / K."""
-    num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float, *, label_mix: jax.Array | None = None,
+                  mix: jax.Array | None = None) -> jax.Array:  # fmt: skip
+    """Mean softmax cross-entropy against one-hot labels smoothed as (1 - s) * onehot + s / K; with mixup/CutMix
+    (`mixing`) the example's weighted sum over its two labels, `mix` the weight of `labels`: the cross-entropy
+    against the mixed targets, which it is linear in."""
+    logits = logits.astype(jnp.float32)
+
+    def ce(y):
+        return optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), smoothing))
+
+    loss = ce(labels)
+    if mix is not None:
+        loss = mix * loss + (1.0 - mix) * ce(label_mix)
+    return loss.mean()

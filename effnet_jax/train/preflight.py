@@ -25,13 +25,17 @@ from .state import Run
 __all__ = ["compile_checked", "compiled_steps", "input_bytes"]
 
 
-def batch_shapes(mesh: Mesh, batch: int, size: int, *, mask: bool = False) -> dict:
-    """The abstract global batch the pipeline feeds: NHWC float32 RGB images, int32 labels (and the eval mask)."""
+def batch_shapes(mesh: Mesh, batch: int, size: int, *, mask: bool = False, mix: bool = False) -> dict:
+    """The abstract global batch the pipeline feeds: NHWC float32 RGB images, int32 labels (and the eval mask, or
+    a mixing stage's partner labels and label weights: `mixing.mix_batch`)."""
     rows = NamedSharding(mesh, P("data"))
     shapes = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=rows),
               "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)}  # fmt: skip
     if mask:
         shapes["mask"] = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=rows)
+    if mix:
+        shapes["label_mix"] = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
+        shapes["mix"] = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=rows)
     return shapes
 
 
@@ -58,21 +62,27 @@ def compile_checked(fn, args: tuple, *, what: str, fits: str, held=(), host_extr
     return compiled
 
 
-def compiled_steps(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_step, eval_step) -> tuple:
-    """(train step, eval step) compiled for the run's batches, each checked against the memory it can use.
+def compiled_steps(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_steps: dict, eval_step) -> tuple:
+    """({stage index: train step}, eval step) compiled for the run's batches, each checked against the memory it
+    can use: every stage still to run (progressive learning) is compiled here, once, before the first step.
 
     Raises:
       memory.NotEnoughMemory: a step cannot fit (a ValueError: the CLI's one line, exit 2).
     """
-    size = run.preprocessing.resolution
     remat = {"none": "remat=dots or remat=block, ", "dots": "remat=block, "}.get(cfg.remat, "")
-    batch = batch_shapes(mesh, cfg.global_batch, size)
-    train_step = compile_checked(
-        train_step, (run.state, batch, jnp.int32(run.step), run.root_key), what="the train step",
-        fits=f"a smaller global_batch (now {cfg.global_batch}), {remat}or a lower resolution (now {size})",
-        held=(run.state, run.root_key), host_extra=input_bytes(batch, cfg.num_workers), say=note,
-    )  # fmt: skip
+    compiled = {}
+    for stage in data.stages:
+        if stage.index not in train_steps:
+            continue
+        size, what = stage.size, "the train step" + (f" of stage {stage.index + 1}" if len(data.stages) > 1 else "")
+        batch = batch_shapes(mesh, cfg.global_batch, size, mix=stage.mixes)
+        compiled[stage.index] = compile_checked(
+            train_steps[stage.index], (run.state, batch, jnp.int32(run.step), run.root_key), what=what,
+            fits=f"a smaller global_batch (now {cfg.global_batch}), {remat}or a lower resolution (now {size})",
+            held=(run.state, run.root_key), host_extra=input_bytes(batch, cfg.num_workers), say=note,
+        )  # fmt: skip
     if data.val is not None:
+        size = data.eval_size
         weights = run.state["ema"] if cfg.ema_decay > 0 else run.state["weights"]
         batch = batch_shapes(mesh, data.eval_batch, size, mask=True)
         eval_step = compile_checked(
@@ -80,4 +90,4 @@ def compiled_steps(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_ste
             fits=f"a smaller eval_batch (now {data.eval_batch}) or a lower resolution (now {size})",
             held=(weights, run.state["rest"]), host_extra=input_bytes(batch, 0),
         )  # fmt: skip
-    return train_step, eval_step
+    return compiled, eval_step

@@ -137,8 +137,9 @@ def _place_initial(init, replicated) -> dict:
 # preprocessing and order (seed, batch), and the optimizer's state (its kind, and grad_clip on or off).
 # A resume may change the rest (lr and the schedule's other numbers, steps, augmentation, workers, cadences): each
 # change starts a new segment of the run, recorded in segments.jsonl (`workdir.write_config`).
-FIXED = ("variant", "init", "freeze", "stages", "resolution", "phi", "coefficients", "weight_source", "drop_path",
-         "dropout", "num_classes", "data", "val_data", "eval_crop", "global_batch", "seed", "optimizer")  # fmt: skip
+FIXED = ("variant", "init", "freeze", "stages", "resolution", "progressive", "phi", "coefficients", "weight_source",
+         "drop_path", "dropout", "num_classes", "data", "val_data", "eval_crop", "global_batch", "seed",
+         "optimizer")  # fmt: skip
 # Where the run is and how it was started: never a change of the run.
 NOT_SETTINGS = ("workdir", "resume")
 

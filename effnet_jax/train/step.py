@@ -34,7 +34,7 @@ from .modeling import WEIGHTS, build_model, cross_entropy
 from .optim import ema_update, make_optimizer, make_schedule
 
 __all__ = ["TrainStep", "fresh_state", "loss_and_grads", "make_train_step", "split", "standalone_step",
-           "with_optimizer"]  # fmt: skip
+           "with_dropout", "with_optimizer"]  # fmt: skip
 
 
 def with_optimizer(cfg: TrainConfig, model, tx: optax.GradientTransformation) -> tuple:
@@ -51,6 +51,16 @@ def split(model, optimizer) -> tuple[tuple, dict]:
     return (graphdef, opt_graphdef), {"weights": weights, "rest": rest, "opt": opt_state}
 
 
+def with_dropout(graphdef, state: dict, rate: float):
+    """`graphdef` with its classifier dropout at `rate` (a static attribute: progressive learning's stages each
+    compile their own step); the same graphdef when the rate is already `rate`."""
+    model = nnx.merge(graphdef, state["weights"], state["rest"])
+    if model.dropout.rate == rate:
+        return graphdef
+    model.dropout.rate = rate
+    return nnx.split(model, WEIGHTS, ...)[0]
+
+
 def fresh_state(build: Callable[[], tuple], sharding) -> dict:
     """The state of a fresh `build()` (model, optimizer), computed by one jitted call straight onto `sharding`; the
     EMA starts at the weights (in buffers of its own: both are donated)."""
@@ -63,14 +73,16 @@ def fresh_state(build: Callable[[], tuple], sharding) -> dict:
 
 
 def loss_and_grads(model, batch: dict, *, label_smoothing: float = 0.0, wrt=nnx.Param, **call):
-    """(loss, logits, grads) of `model` on `batch` ({"image", "label"}), as the step differentiates it: the smoothed
-    cross-entropy, `nnx.value_and_grad` over the merged model, and only the parameters `wrt` selects (frozen ones
-    cost no backward work). The model's BN statistics and RNG counters are updated in place; `call` goes to the
-    model (`drop_path_masks=`, `dropout_mask=`)."""
+    """(loss, logits, grads) of `model` on `batch` ({"image", "label"}, and a mixing stage's "label_mix" and "mix"),
+    as the step differentiates it: the smoothed cross-entropy, `nnx.value_and_grad` over the merged model, and only
+    the parameters `wrt` selects (frozen ones cost no backward work). The model's BN statistics and RNG counters are
+    updated in place; `call` goes to the model (`drop_path_masks=`, `dropout_mask=`)."""
 
     def loss_fn(model):
         logits = model(batch["image"], **call)
-        return cross_entropy(logits, batch["label"], label_smoothing), logits
+        loss = cross_entropy(logits, batch["label"], label_smoothing, label_mix=batch.get("label_mix"),
+                             mix=batch.get("mix"))  # fmt: skip
+        return loss, logits
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
     return loss, logits, grads
