@@ -5,9 +5,10 @@ one after the other; its val top-1 (EMA weights, eval mode, as `effnet eval` rep
 them, scikit-learn's default SVC, 3-nearest-neighbours and default logistic regression fitted on the same 1,437 /
 360 split (`effnet_jax.train.data.digits_split`), on the 64 raw pixels scaled to 0..1. Run from the repo root:
 
-    python benchmarks/digits.py [--seeds 0 1 2 3 4] [--set KEY=VALUE ...] [--out benchmarks/results]
+    python benchmarks/digits.py [--seeds 0 1 2 3 4] [--set KEY=VALUE ...] [--out benchmarks/results] [--name digits]
 
-Writes digits.json and digits.md. `--set` passes overrides to every run (for trying a recipe; they are recorded).
+Writes <name>.json and <name>.md (digits.*). `--set` passes overrides to every run (for trying a recipe, another
+variant, progressive learning; they are recorded).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument(
+        "--name", default="digits", help="the results' file name (a run with --set beside the preset's)"
+    )
     args = parser.parse_args()
     import sklearn
 
@@ -92,9 +96,16 @@ def main() -> int:
         "",
         f"{env['cpu_count']} CPUs ({env['cpu']}), jax {env['jax']}, flax {env['flax']}, scikit-learn "
         f"{env['sklearn']}, git {env['git_sha']}, {env['date']}; allocator: {'; '.join(env['allocator'])}. "
-        f"Command: `python benchmarks/digits.py{' --seeds ' + ' '.join(map(str, args.seeds))}{sets}`.",
+        f"Command: `python benchmarks/digits.py{' --seeds ' + ' '.join(map(str, args.seeds))}{sets}"
+        + (f" --name {args.name}`." if args.name != "digits" else "`."),
         "",
-        f"Recipe: b0 at {cfg.resolution} px, {cfg.steps} steps of {cfg.global_batch}, {cfg.optimizer} lr {cfg.lr}, "
+        f"Recipe: {cfg.variant} at {cfg.resolution} px"
+        + (
+            f" (progressive learning: {cfg.progressive} stages from {cfg.progressive_size or 'half the side'})"
+            if cfg.progressive
+            else ""
+        )
+        + f", {cfg.steps} steps of {cfg.global_batch}, {cfg.optimizer} lr {cfg.lr}, "
         f"weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, EMA {cfg.ema_decay}, "
         f"crop_min_area {cfg.crop_min_area}, eval_crop {cfg.eval_crop}, augment {cfg.augment}.",
         "",
@@ -119,7 +130,7 @@ def main() -> int:
         "`effnet eval` reports it; 1 of 360 val images is 0.0028. Train s is the time the run records (start to "
         "summary, compile included); the load average column says what else the machine ran meanwhile.",
     ]
-    write_results(args.out, "digits", result, "\n".join(lines))
+    write_results(args.out, args.name, result, "\n".join(lines))
     return 0
 
 

@@ -220,3 +220,18 @@ def _ema(workdir, step):
     ckpt = Checkpointer(str(workdir / "checkpoints"), read_only=True)
     got = ckpt.manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore()))
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(got["ema"])[0]}
+
+
+def test_a_stages_dropout_is_its_graphdefs_and_the_same_rate_keeps_the_graphdef():
+    from flax import nnx
+
+    from effnet_jax.train.modeling import WEIGHTS, build_model
+    from effnet_jax.train.step import with_dropout
+
+    model = nnx.eval_shape(lambda: build_model(from_preset("smoke", ["dropout=0.2"]), 4))
+    graphdef, weights, rest = nnx.split(model, WEIGHTS, ...)
+    state = {"weights": weights, "rest": rest}
+    assert with_dropout(graphdef, state, 0.2) is graphdef
+    staged = with_dropout(graphdef, state, 0.05)
+    assert nnx.merge(staged, weights, rest).dropout.rate == 0.05
+    assert nnx.merge(graphdef, weights, rest).dropout.rate == 0.2  # the run's own graphdef is untouched

@@ -35,19 +35,21 @@ class Stage:
     dropout: float  # before the classifier
     mixup: float  # alpha; 0 = off
     cutmix: float  # alpha; 0 = off
+    randaugment: bool = True  # whether the run's augment reads randaugment_m (said in lines, not in records)
 
     @property
     def mixes(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
     def describe(self, stages: int) -> str:
-        return (f"stage {self.index + 1}/{stages}: steps {self.first}-{self.end - 1}, {self.size}px, "
-                f"randaugment_m {self.randaugment_m:.3g}, dropout {self.dropout:.3g}, mixup {self.mixup:.3g}, "
-                f"cutmix {self.cutmix:.3g}")  # fmt: skip
+        magnitude = f"randaugment_m {self.randaugment_m:.3g}, " if self.randaugment else ""
+        return (f"stage {self.index + 1}/{stages}: steps {self.first}-{self.end - 1}, {self.size}px, {magnitude}"
+                f"dropout {self.dropout:.3g}, mixup {self.mixup:.3g}, cutmix {self.cutmix:.3g}")  # fmt: skip
 
     def record(self) -> dict:
         """The metrics row marking where this stage starts (metrics.jsonl, TensorBoard, the plot)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("first", "end")}
+        skip = ("first", "end", "randaugment") + (() if self.randaugment else ("randaugment_m",))
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 def _lerp(start: float, end: float, t: float) -> float:
@@ -60,9 +62,9 @@ def plan(cfg: TrainConfig, steps: int, size: int, dropout: float) -> tuple[Stage
     Raises:
         ValueError: more stages than steps, or a first-stage side above the train side.
     """
-    n = cfg.progressive or 1
+    n, ra = cfg.progressive or 1, cfg.augment == "randaugment"
     if n == 1:
-        return (Stage(0, 0, steps, size, float(cfg.randaugment_m), dropout, cfg.mixup, cfg.cutmix),)
+        return (Stage(0, 0, steps, size, float(cfg.randaugment_m), dropout, cfg.mixup, cfg.cutmix, ra),)
     if n > steps:
         raise ValueError(f"progressive={n} stages need at least {n} steps; the run has {steps}")
     first = cfg.progressive_size or min(128, size // 2)
@@ -82,6 +84,7 @@ def plan(cfg: TrainConfig, steps: int, size: int, dropout: float) -> tuple[Stage
                 dropout=_lerp(cfg.progressive_dropout, dropout, t),
                 mixup=_lerp(cfg.progressive_mixup, cfg.mixup, t) if cfg.mixup else 0.0,  # off stays off
                 cutmix=_lerp(cfg.progressive_mixup, cfg.cutmix, t) if cfg.cutmix else 0.0,
+                randaugment=ra,
             )
         )
     return tuple(stages)
