@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 
 import effnet_torch
-from effnet_spec import STAGES
+from effnet_spec import stages_for
 
 
 def random_twin(weight_source: str, seed: int = 0, *, variant: str = "b0", stages: int | None = None
                 ) -> effnet_torch.EfficientNet:  # fmt: skip
-    """A twin (b0 unless `variant`; its first `stages` stages only, where the property does not need all seven, as
-    they compile several times faster) with every tensor random (BN statistics and counters too), so a wrong copy
-    cannot pass."""
+    """A twin (b0 unless `variant`; its first `stages` rows of the variant's own stage table only, where the property
+    does not need them all, as they compile several times faster) with every tensor random (BN statistics and
+    counters too), so a wrong copy cannot pass."""
     torch.manual_seed(seed)
-    rows = STAGES if stages is None else STAGES[:stages]
+    rows = stages_for(variant) if stages is None else stages_for(variant)[:stages]  # V2's tables are not V1's
     net = effnet_torch.EfficientNet.from_name(variant, weight_source=weight_source, stages=rows)
     with torch.no_grad():
         for name, t in net.state_dict().items():

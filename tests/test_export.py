@@ -2,11 +2,11 @@
 
 Random weights with random BN statistics (`_weights.random_twin`), so a wrong copy, padding or layout moves the
 logits. Models are cut to three stages: they hold every op the model has (stem, expand 1 and 6, kernels 3 and 5,
-strides 1 and 2, residual, SE, head) and export and compile several times faster than seven; whole networks go
-through every format in the README's export commands (b0, tests/test_readme.py) and the real Lite0 weights through
-ONNX Runtime here. The quick group runs b0 under TF SAME at an odd non-square size in each format (odd sides at three
-depths, where TF SAME pads unevenly), the real Lite0 weights and every bad input; the `slow` matrix the other
-(family, padding, size) cases, batches 1 and 5.
+strides 1 and 2, residual, SE, head; V2's first three, its Fused-MBConv blocks) and export and compile several times
+faster than the whole network; whole networks go through every format in the README's export commands (b0,
+tests/test_readme.py) and the real Lite0 weights through ONNX Runtime here. The quick group runs b0 and v2_b0 under
+TF SAME at an odd non-square size in each format (odd sides at three depths, where TF SAME pads unevenly), the real
+Lite0 weights and every bad input; the `slow` matrix the other (family, padding, size) cases, batches 1 and 5.
 """
 
 from __future__ import annotations
@@ -75,9 +75,39 @@ def _check_formats(model, size, tmp_path, formats=FORMATS):
             assert diff <= ATOL, f"{fmt} {model.spec.name} {model.spec.conv.padding} {size} batch {n}: {diff}"
 
 
-def test_each_format_reproduces_the_model_tf_same_non_square(tmp_path):
-    # 201 x 158 meets odd sides at the stem (201), stage 2 (101, 79) and stage 3 (51).
-    _check_formats(_model("b0", "timm_tf", stages=3), (201, 158), tmp_path)
+def _portable_onnx(path, spec, size: tuple[int, int]) -> list[dict]:
+    """Check the ONNX graph is the portable one: dynamic batch; TF-SAME pads static inside each Conv; each MBConv
+    block's depthwise conv one grouped Conv (a fused block has none); SiLU as x * Sigmoid(x); BN folded away.
+    Returns the grouped Convs' attributes."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [spec.in_channels, *size]
+    ops = [n.op_type for n in graph.node]
+    assert "Pad" not in ops and "BatchNormalization" not in ops and "Transpose" not in ops
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in convs]
+    depthwise = [a for a in attrs if a.get("group", 1) > 1]
+    assert len(depthwise) == sum(not b.fused for b in spec.blocks), "one grouped Conv per MBConv block"
+    sigmoid_of = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Sigmoid"}
+    silu = [n for n in graph.node if n.op_type == "Mul" and any(sigmoid_of.get(a) == b for a, b in (n.input,
+            n.input[::-1]))]  # fmt: skip
+    # stem, head; a fused block's kxk conv; an MBConv block's expand, depthwise and SE reduce
+    want = 2 + sum(1 if b.fused else b.has_expand + 1 + (b.se_ch > 0) for b in spec.blocks)
+    assert len(silu) == want and "HardSwish" not in ops
+    return depthwise
+
+
+# b0's first three stages hold every V1 op; v2_b0's first three are its Fused-MBConv stages, which hold what V2 adds
+# (the block without expand: one kxk conv; with it: kxk conv, then 1x1 project; strided and residual). V2's MBConv
+# stages are V1's block.
+@pytest.mark.parametrize("variant", ["b0", "v2_b0"])
+def test_each_format_reproduces_the_model_tf_same_non_square(variant, tmp_path):
+    # 201 x 158 meets odd sides at the stem (201), the next stride (101, 79) and the one after (51).
+    model = _model(variant, "timm_tf", stages=3)
+    _check_formats(model, (201, 158), tmp_path)
+    _portable_onnx(tmp_path / f"{model.spec.name}-onnx.bin", model.spec, (201, 158))
 
 
 # Each padding and family once at its native size and once at a non-square one: (b0, torchvision) and (lite0,
@@ -93,28 +123,11 @@ def test_each_format_reproduces_the_model(variant, weight_source, size, tmp_path
 
 
 def test_onnx_graph_is_the_portable_one(tmp_path):
-    """Dynamic batch; TF-SAME pads static inside each Conv; the depthwise conv one grouped Conv; SiLU as
-    x * Sigmoid(x); BN folded away."""
-    import onnx
-
     model = _model("b0", "timm_tf", stages=3)
     out = tmp_path / "b0.onnx"
     export(model, out, format="onnx", size=224, verify=False)
-    graph = onnx.load(out).graph
-    dims = graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 224, 224]
-    ops = [n.op_type for n in graph.node]
-    assert "Pad" not in ops and "BatchNormalization" not in ops and "Transpose" not in ops
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in convs]
-    depthwise = [a for a in attrs if a.get("group", 1) > 1]
-    assert len(depthwise) == len(model.spec.blocks), "one grouped Conv per block"
+    depthwise = _portable_onnx(out, model.spec, (224, 224))
     assert [0, 0, 1, 1] in [list(a.get("pads", [])) for a in depthwise], "TF-SAME: the extra pixel bottom/right"
-    sigmoid_of = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Sigmoid"}
-    silu = [n for n in graph.node if n.op_type == "Mul" and any(sigmoid_of.get(a) == b for a, b in (n.input,
-            n.input[::-1]))]  # fmt: skip
-    want = 2 + sum(b.has_expand + 1 + (b.se_ch > 0) for b in model.spec.blocks)  # stem, head; expand, dw, SE reduce
-    assert len(silu) == want and "HardSwish" not in ops
 
 
 def test_real_lite0_weights_give_predict_s_top5_through_onnx_runtime(tmp_path):

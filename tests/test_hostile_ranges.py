@@ -314,6 +314,10 @@ def test_training_on_damaged_metadata_is_one_line(shards, tmp_path, capsys):
         (["--tag", "a/b"], "--tag 'a/b': expected a word"),
         (["--only", "inference,nope"], "unknown suite(s) ['nope'] in --only"),
         (["--contenders", "jax,tf"], "unknown contender(s) ['tf'] in --contenders"),
+        (["--variants", "b0,v3_s"], "unknown variant(s) ['v3_s'] in --variants"),
+        (["--variants", "v2_b0", "--resolution", "0"], "--resolution 0: expected an integer in 1..4096"),
+        (["--variants", "v2_s", "--batch", "0"], "--batch 0: expected an integer in 1..1048576"),
+        (["--batch", "8"], "--batch sizes the --variants cases; give --variants too"),
     ],
 )
 def test_bench_flags_are_refused_before_any_work(argv, message, tmp_path, capsys):

@@ -11,11 +11,12 @@ __all__ = ["markdown", "plot", "ratios", "write_results"]
 
 
 def ratios(rows: list[dict]) -> list[str]:
-    """effnet_jax against the best torch eager and torch.compile at the headline cases (benchmarks/README.md,
-    "Targets"), where the run has the rows for them."""
+    """effnet_jax against the best torch eager and torch.compile at every case the run has a JAX row for, in the
+    order they ran (the default run's include the headline cases of benchmarks/README.md, "Targets")."""
     by = {(r["suite"], r["variant"], r["resolution"], r["batch"], r["contender"]): r for r in rows}
     out = []
-    for suite, v, res, b in [("inference", "b0", 224, 32), ("train", "b0", 224, 32), ("train", "b0", 128, 32)]:
+    ran = [(r["suite"], r["variant"], r["resolution"], r["batch"]) for r in rows if r["suite"] != "matmul"]
+    for suite, v, res, b in dict.fromkeys(ran):
         jax_row = by.get((suite, v, res, b, "jax"))
         if not jax_row:
             continue
@@ -33,6 +34,16 @@ def ratios(rows: list[dict]) -> list[str]:
     return out
 
 
+def _host_memory(env: dict) -> str:
+    """The malloc both frameworks ran on: it moves the CPU ratios (benchmarks/README.md, "Allocators")."""
+    allocator = env.get("allocator", "")
+    if allocator and not allocator.startswith("glibc"):
+        return f"{allocator} preloaded, for both frameworks (freed memory kept for reuse)."
+    if env.get("host_memory_retained"):
+        return "glibc, freed memory kept for reuse (`effnet_jax.ops.host_memory`), for both frameworks."
+    return "glibc defaults (freed big blocks go back to the kernel and fault in again next call)."
+
+
 def markdown(result: dict) -> str:
     """The markdown report of a `run_suites` result."""
     env = result["env"]
@@ -46,12 +57,7 @@ def markdown(result: dict) -> str:
         f"torch {env['torch']} ({env['torch_device']}, {env['torch_threads']} threads).",
         "Timing: medians over interleaved rounds after warm-up, synchronised; compile time reported apart. "
         "GFLOP/s = 2 x multiply-adds (train step: 3x forward) / median time.",
-        "Host memory: "
-        + (
-            "freed memory kept for reuse (`effnet_jax.ops.host_memory`), for both frameworks."
-            if env.get("host_memory_retained")
-            else "glibc defaults (freed big blocks go back to the kernel and fault in again next call)."
-        ),
+        f"Host memory: {_host_memory(env)}" + (f" XLA_FLAGS: `{env['xla_flags']}`." if env.get("xla_flags") else ""),
         "",
         "| suite | model | batch | contender | img/s | median ms | p90 ms | GFLOP/s | % of matmul peak "
         "| compile s | memory MB |",

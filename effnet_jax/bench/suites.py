@@ -23,6 +23,7 @@ __all__ = [
     "QUICK_TRAIN_CASES",
     "SUITES",
     "TRAIN_CASES",
+    "cases",
     "run_suites",
 ]
 
@@ -32,6 +33,7 @@ QUICK_INFERENCE_CASES = [("b0", 224, 1), ("b0", 224, 32)]
 # (variant, resolution, batch) for the train step (forward + backward + SGD-momentum update).
 TRAIN_CASES = [("b0", 224, 32), ("b0", 128, 32)]
 QUICK_TRAIN_CASES = [("b0", 128, 32)]
+VARIANTS_BATCH = 32  # `--variants` cases: the batch of the headline b0 cases
 SUITES = ("matmul", "inference", "train")
 CONTENDERS = ("jax", "torch_nchw", "torch_cl", "torch_compile")
 
@@ -52,6 +54,24 @@ def _warm(run: Callable[[], None], device: str, calls: int) -> tuple[float, floa
 
 
 # ---------------------------------------------------------------- suites
+
+
+def cases(args) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(inference, train) cases of a run: the default ones, or one each per `--variants` entry at `--resolution`
+    (default: the variant's eval side for inference, its train side, V2's smaller one, for the train step) and
+    `--batch`."""
+    variants = list(filter(None, args.variants.split(",")))
+    if not variants:
+        if args.quick:
+            return QUICK_INFERENCE_CASES, QUICK_TRAIN_CASES
+        return INFERENCE_CASES, TRAIN_CASES
+    from effnet_spec import resolve
+
+    batch = args.batch or VARIANTS_BATCH
+    specs = [resolve(v) for v in variants]
+    inference = [(v, args.resolution or s.resolution, batch) for v, s in zip(variants, specs)]
+    train = [(v, args.resolution or s.train_resolution, batch) for v, s in zip(variants, specs)]
+    return inference, train
 
 
 def _case_rows(suite, variant, res, batch, contenders, reps, torch_device, peaks, macs_per_image, notes) -> list[Row]:
@@ -140,8 +160,9 @@ def run_suites(args) -> dict:
                 )  # fmt: skip
         return table
 
+    inference_cases, train_cases = cases(args)
     if "inference" in wanted:
-        for variant, res, batch in QUICK_INFERENCE_CASES if args.quick else INFERENCE_CASES:
+        for variant, res, batch in inference_cases:
             print(f"inference {variant}@{res} batch {batch}", flush=True)
             macs = count_macs(resolve(variant, num_classes=NUM_CLASSES), res)
             reps = args.reps if batch * res * res <= 32 * 224 * 224 and variant != "b7" else max(3, args.reps // 3)
@@ -150,7 +171,7 @@ def run_suites(args) -> dict:
                 reps, torch_device, peaks, macs, notes,
             )  # fmt: skip
     if "train" in wanted:
-        for variant, res, batch in QUICK_TRAIN_CASES if args.quick else TRAIN_CASES:
+        for variant, res, batch in train_cases:
             print(f"train step {variant}@{res} batch {batch}", flush=True)
             macs = count_macs(resolve(variant, num_classes=NUM_CLASSES), res)
             rows += _case_rows(

@@ -16,10 +16,14 @@ from effnet_spec.atomic import unwritable_dir
 
 DEFAULT_OUT = "benchmarks/results"  # relative: resolved against the current directory
 MAX_REPS = 100_000  # timed rounds per case
+MAX_RESOLUTION = 4096  # as effnet train and effnet export take
+MAX_BATCH = 2**20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="b0 only, fewer reps (a few minutes on 2 cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="b0 only (unless --variants), fewer reps (a few minutes on 2 cores)"
+    )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, help=f"folder for JSON, markdown and PNG (default: ./{DEFAULT_OUT})"
     )
@@ -31,7 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--depthwise", default="auto", help="effnet_jax depthwise impl (default: per backend)")
     parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--compile-big", action="store_true", help="also torch.compile b3/b7 (minutes on CPU)")
+    parser.add_argument(
+        "--compile-big", action="store_true", help="also torch.compile the variants other than b0 (minutes each on CPU)"
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma list of variants (V2 too, e.g. b0,v2_b0,v2_s): their inference and train-step cases replace "
+        "the default ones",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="with --variants: image side (default: each variant's own, the train side for the train step)",
+    )
+    parser.add_argument("--batch", type=int, default=None, help="with --variants: images per call (default 32)")
 
 
 def _problem(args: argparse.Namespace) -> str | None:
@@ -46,7 +65,10 @@ def _problem(args: argparse.Namespace) -> str | None:
     bad = set(args.contenders.split(",")) - set(CONTENDERS)
     if bad:
         return f"unknown contender(s) {sorted(bad)} in --contenders; expected some of {', '.join(CONTENDERS)}"
-    problem = out_of_range(args, {"reps": (1, MAX_REPS)})
+    problem = out_of_range(args, {"reps": (1, MAX_REPS), "resolution": (1, MAX_RESOLUTION), "batch": (1, MAX_BATCH)})
+    if problem:
+        return problem
+    problem = _variants_problem(args)
     if problem:
         return problem
     if args.tag is not None and (not args.tag or os.sep in args.tag or args.tag in (".", "..")):
@@ -63,6 +85,20 @@ def _problem(args: argparse.Namespace) -> str | None:
             return "--torch-device cuda: torch is not installed"
         if not torch.cuda.is_available():
             return "--torch-device cuda: torch sees no CUDA device here; use --torch-device cpu (or auto)"
+    return None
+
+
+def _variants_problem(args: argparse.Namespace) -> str | None:
+    """--variants names known variants; --resolution and --batch size its cases and nothing else."""
+    from effnet_spec import VARIANTS
+
+    variants = list(filter(None, args.variants.split(",")))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        return f"unknown variant(s) {unknown} in --variants; expected some of {', '.join(VARIANTS)}"
+    for flag in ("resolution", "batch"):
+        if getattr(args, flag) is not None and not variants:
+            return f"--{flag} sizes the --variants cases; give --variants too"
     return None
 
 

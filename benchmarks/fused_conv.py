@@ -1,0 +1,240 @@
+"""Question: does XLA CPU run V2's Fused-MBConv convs (dense kxk, tens to hundreds of channels) as well as torch does?
+
+Per distinct fused-conv shape of a variant at `--res` / `--batch` (times the blocks that have it): forward, input
+gradient and kernel gradient of `effnet_jax.ops.dense.dense_conv` (what the model runs: XLA's conv and its
+autodiff), jitted, against torch's channels_last `aten.convolution` / `convolution_backward` (oneDNN), interleaved
+in one process; beside them a candidate kernel gradient written as kh*kw matmuls, one per tap, over the input's
+shifted strided window (checked against XLA's before timing). V1 has no such conv (its only kxk dense conv is the
+3-channel stem, which has native kernels), so `effnet bench`'s V2 ratios against b0's are read with this.
+`--model-ab V,...`: then the whole train step `effnet bench` times, as shipped and with the candidate kernel gradient
+in every fused conv (`dense_conv` patched while it is built), interleaved, `--rounds` rounds of `--reps`.
+
+`LD_PRELOAD=.../libtcmalloc_minimal.so.4 python benchmarks/fused_conv.py [--variants v2_b0,v2_s] [--res 128]
+[--batch 32] [--reps 5] [--model-ab v2_b0 --rounds 2]`; writes `benchmarks/results/fused-conv-<tag>.json` and `.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from functools import partial
+
+COLUMNS = ("jax fwd", "torch fwd", "jax dx", "torch dx", "jax dk", "jax dk taps", "torch dk")
+
+
+def fused_shapes(variant: str, res: int) -> dict[tuple[int, int, int, int, int], list[int]]:
+    """(input side, in channels, out channels, kernel, stride) -> the block indices whose fused conv has it."""
+    from effnet_spec import resolve
+
+    spec = resolve(variant)
+    side, shapes = -(-res // 2), {}  # after the stride-2 stem
+    for b in spec.blocks:
+        if b.fused:
+            shape = (side, b.in_ch, b.mid_ch if b.has_expand else b.out_ch, b.kernel, b.stride)
+            shapes.setdefault(shape, []).append(b.index)
+        side = -(-side // b.stride)
+    return shapes
+
+
+def taps_kernel_grad(x, g, kernel_shape, stride, padding):
+    """d(loss)/d(kernel) of a dense NHWC conv with ((top, bottom), (left, right)) `padding` as kh*kw plain matmuls,
+    one per tap: (C, N*Ho*Wo) @ (N*Ho*Wo, D)."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    kh, kw, c, d = kernel_shape
+    n, ho, wo, _ = g.shape
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    g2 = g.reshape(-1, d)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            end = (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c)
+            window = lax.slice(xp, (0, i, j, 0), end, (1, stride, stride, 1))
+            taps.append(window.reshape(-1, c).T @ g2)
+    return jnp.stack(taps).reshape(kernel_shape)
+
+
+def candidate_dense_conv():
+    """`dense_conv` with the candidate kernel gradient for the convs that reach XLA's conv (not 1x1, not the stem)."""
+    import jax
+
+    from effnet_jax.ops import dense
+
+    @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+    def conv(x, w, stride, padding):
+        return dense._lax_conv(x, w, stride, padding)
+
+    def conv_fwd(x, w, stride, padding):
+        return conv(x, w, stride, padding), (x, w)
+
+    def conv_bwd(stride, padding, res, g):
+        x, w = res
+        dx = jax.vjp(lambda x: dense._lax_conv(x, w, stride, padding), x)[1](g)[0]
+        return dx, taps_kernel_grad(x, g, w.shape, stride, padding)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+
+    def dense_conv(x, kernel, stride, padding):
+        kh, kw, cin, _ = kernel.shape
+        if (kh, kw, stride) == (1, 1, 1) or cin <= dense.SMALL_CIN:
+            return dense.dense_conv(x, kernel, stride, padding)
+        return conv(x, kernel, stride, tuple(tuple(int(p) for p in pair) for pair in padding))
+
+    return dense_conv
+
+
+def model_ab(variant: str, res: int, batch: int, rounds: int, reps: int) -> list[dict]:
+    """The train step as shipped vs with `candidate_dense_conv`, both built and warmed, then interleaved rounds."""
+    from _run import patched
+
+    from effnet_jax.bench.contenders import jax_train
+    from effnet_jax.bench.harness import interleaved
+
+    shipped, shipped_compile, _ = jax_train(variant, res, batch)
+    with patched({"effnet_jax.model.layers.dense_conv": candidate_dense_conv()}):
+        candidate, candidate_compile, _ = jax_train(variant, res, batch)
+    for run in (shipped, candidate, shipped, candidate):
+        run()
+    out = []
+    for r in range(rounds):
+        times = interleaved({"shipped": shipped, "candidate": candidate}, reps)
+        ms = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+        out.append(dict(variant=variant, res=res, batch=batch, round=r + 1, ms=ms,
+                        compile_s={"shipped": shipped_compile, "candidate": candidate_compile}))  # fmt: skip
+        print(f"{variant} train step round {r + 1}: shipped {ms['shipped']:.0f} ms, candidate "
+              f"{ms['candidate']:.0f} ms ({ms['shipped'] / ms['candidate']:.2f}x)", flush=True)  # fmt: skip
+    return out
+
+
+def measure(shape, batch: int, reps: int) -> dict[str, float]:
+    """Median ms of one call of each column at `shape`, interleaved."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from effnet_jax.bench.harness import interleaved
+    from effnet_jax.ops.dense import dense_conv
+
+    side, cin, cout, k, s = shape
+    p = k // 2
+    pads = ((p, p), (p, p))
+    conv = lambda x, w: dense_conv(x, w, s, pads)  # noqa: E731
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (batch, side, side, cin), jnp.float32)
+    w = jax.random.normal(keys[1], (k, k, cin, cout), jnp.float32) * 0.1
+    g = jax.random.normal(keys[2], jax.eval_shape(conv, x, w).shape, jnp.float32)
+    fwd = jax.jit(conv)
+    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+    dk = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+    dk_taps = jax.jit(lambda x, g: taps_kernel_grad(x, g, w.shape, s, pads))
+    want, got = np.asarray(dk(x, w, g)), np.asarray(dk_taps(x, g))
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), "the candidate computes another function"
+
+    cl = torch.channels_last
+    tx = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    tw = torch.from_numpy(np.asarray(w)).permute(3, 2, 0, 1).contiguous(memory_format=cl)
+    tg = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    conv_bwd = torch.ops.aten.convolution_backward
+
+    def torch_bwd(mask):
+        return lambda: conv_bwd(tg, tx, tw, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, mask)
+
+    fns = {
+        "jax fwd": lambda: fwd(x, w).block_until_ready(),
+        "torch fwd": lambda: torch.nn.functional.conv2d(tx, tw, stride=s, padding=p),
+        "jax dx": lambda: dx(x, w, g).block_until_ready(),
+        "torch dx": torch_bwd([True, False, False]),
+        "jax dk": lambda: dk(x, w, g).block_until_ready(),
+        "jax dk taps": lambda: dk_taps(x, g).block_until_ready(),
+        "torch dk": torch_bwd([False, True, False]),
+    }
+    with torch.no_grad():
+        for f in fns.values():  # compile and warm up
+            f()
+            f()
+        times = interleaved(fns, reps)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+def markdown(result: dict) -> str:
+    env, a = result["env"], result["args"]
+    lines = [
+        f"# Fused-MBConv convs, XLA CPU vs torch channels_last ({env['date']}, git {env['git_sha']})",
+        "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, load average at start {env['load_avg_start'][0]:.1f}; "
+        f"jax {env['jax']}, torch {env['torch']} ({env['torch_threads']} threads); allocator {env['allocator']}.",
+        f"Batch {a['batch']}, {a['res']} px, symmetric padding, float32; median ms of {a['reps']} interleaved calls, "
+        "times the blocks with that shape. dx / dk: input / kernel gradient; dk taps: the candidate (one matmul per "
+        "tap).",
+        "",
+        "| variant | blocks | input | conv | " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|---|" + "---:|" * len(COLUMNS),
+    ]
+    for r in result["rows"]:
+        conv = f"{r['cin']}->{r['cout']} k{r['kernel']} s{r['stride']}"
+        cells = " | ".join(f"{r['ms'][c]:.1f}" for c in COLUMNS)
+        lines.append(
+            f"| {r['variant']} | {','.join(map(str, r['blocks']))} | {r['side']}x{r['side']} | {conv} | {cells} |"
+        )
+    for variant, total in result["totals"].items():
+        cells = " | ".join(f"**{total[c]:.1f}**" for c in COLUMNS)
+        lines.append(f"| {variant} | all fused | | **total** | {cells} |")
+    lines += ["", "jax / torch, per variant (all fused convs): " + "; ".join(
+        f"{v}: fwd {t['jax fwd'] / t['torch fwd']:.2f}x, dx {t['jax dx'] / t['torch dx']:.2f}x, "
+        f"dk {t['jax dk'] / t['torch dk']:.2f}x (taps {t['jax dk taps'] / t['torch dk']:.2f}x)"
+        for v, t in result["totals"].items()) + " (> 1: JAX slower)"]  # fmt: skip
+    if result.get("model_ab"):
+        lines += [
+            "",
+            f"Whole train step (`effnet bench`'s), shipped vs the candidate kernel gradient in every fused conv, "
+            f"medians of {a['reps']} interleaved calls per round:",
+            "",
+            "| variant | px | batch | round | shipped ms | candidate ms | speed-up | compile s, shipped / candidate |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in result["model_ab"]:
+            ms, c = r["ms"], r["compile_s"]
+            lines.append(f"| {r['variant']} | {r['res']} | {r['batch']} | {r['round']} | {ms['shipped']:.0f} | "
+                         f"{ms['candidate']:.0f} | {ms['shipped'] / ms['candidate']:.2f}x | "
+                         f"{c['shipped']:.0f} / {c['candidate']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="v2_b0,v2_s")
+    parser.add_argument("--res", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--model-ab", default="", help="comma list of variants: also the whole train step A/B")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the model A/B")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="cpu")
+    args = parser.parse_args()
+
+    from effnet_jax.bench.harness import environment
+    from effnet_jax.bench.report import write_results
+
+    env = environment("cpu")
+    rows, totals = [], {}
+    for variant in args.variants.split(","):
+        for shape, blocks in fused_shapes(variant, args.res).items():
+            ms = {c: t * len(blocks) for c, t in measure(shape, args.batch, args.reps).items()}
+            side, cin, cout, k, s = shape
+            rows.append(dict(variant=variant, blocks=blocks, side=side, cin=cin, cout=cout, kernel=k, stride=s, ms=ms))
+            print(f"{variant} blocks {blocks} {side}px {cin}->{cout} k{k} s{s}: "
+                  + ", ".join(f"{c} {ms[c]:.1f}" for c in COLUMNS), flush=True)  # fmt: skip
+        totals[variant] = {c: sum(r["ms"][c] for r in rows if r["variant"] == variant) for c in COLUMNS}
+    ab = [row for v in filter(None, args.model_ab.split(",")) for row in model_ab(v, args.res, args.batch,
+          args.rounds, args.reps)]  # fmt: skip
+    env["load_avg_end"] = os.getloadavg()
+    result = {"env": env, "args": vars(args), "rows": rows, "totals": totals, "model_ab": ab}
+    write_results(args.out, f"fused-conv-{args.tag}", result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
