@@ -134,10 +134,10 @@ def markdown(result: dict) -> str:
         f"Batch {a['batch']}, {a['res']} px, symmetric padding, float32; median ms of {a['reps']} interleaved calls, "
         "times the blocks with that shape. dx / dk: input / kernel gradient; dk: XLA's; dk taps: one matmul per tap "
         '(`dense_conv(kernel_grad="taps")`); auto: the one `dense_conv` ships there on CPU.',
-        "",
-        "| variant | blocks | input | conv | auto | " + " | ".join(COLUMNS) + " |",
-        "|---|---|---|---|---|" + "---:|" * len(COLUMNS),
     ]
+    if result["rows"]:
+        lines += ["", "| variant | blocks | input | conv | auto | " + " | ".join(COLUMNS) + " |",
+                  "|---|---|---|---|---|" + "---:|" * len(COLUMNS)]  # fmt: skip
     for r in result["rows"]:
         conv = f"{r['cin']}->{r['cout']} k{r['kernel']} s{r['stride']}"
         cells = " | ".join(f"{r['ms'][c]:.1f}" for c in COLUMNS)
@@ -148,7 +148,7 @@ def markdown(result: dict) -> str:
     for variant, total in result["totals"].items():
         cells = " | ".join(f"**{total[c]:.1f}**" for c in COLUMNS)
         lines.append(f"| {variant} | all fused | | **total** | | {cells} |")
-    lines += ["", "jax / torch, per variant (all fused convs): " + "; ".join(
+    lines += [] if not result["totals"] else ["", "jax / torch, per variant (all fused convs): " + "; ".join(
         f"{v}: fwd {t['jax fwd'] / t['torch fwd']:.2f}x, dx {t['jax dx'] / t['torch dx']:.2f}x, "
         f"dk {t['jax dk'] / t['torch dk']:.2f}x (taps {t['jax dk taps'] / t['torch dk']:.2f}x, as shipped "
         f"{t['jax dk auto'] / t['torch dk']:.2f}x)"
