@@ -39,8 +39,10 @@ SMALL_CIN = 4
 # `$EFFNET_DENSE_KGRAD` overrides it.
 KERNEL_GRADS = ("lax", "taps")
 ENV_VAR = env.DENSE_KGRAD
-# Output channels from which "auto" takes the taps on CPU: with fewer (V2-B0's 32->16 first block) each tap's
-# matmul has too small an output to run fast and XLA's own kernel gradient measured faster.
+# Output channels from which "auto" takes the taps on CPU: with 16 (the first fused blocks of V2-B0..B3) each tap's
+# matmul has too small an output to run fast and XLA's own kernel gradient measured as fast or faster; from 24 on
+# (V2-S/M's 24, V2-L/XL's 32, every expanding block) the taps measured faster on every shape
+# (`benchmarks/results/fused-conv-cpu-128-b32-shipped.md`).
 TAPS_MIN_COUT = 24
 
 __all__ = ["ENV_VAR", "KERNEL_GRADS", "dense_conv", "pointwise_conv", "resolve_kernel_grad", "taps_kernel_grad"]
