@@ -1,6 +1,7 @@
 """The environment switches that ops and the CLI read, parsed in one place (stdlib only: jax stays unimported).
 
 EFFNET_DEPTHWISE=grouped|shift|shift_vjp   the depthwise formulation "auto" stands for (default: by backend)
+EFFNET_DENSE_KGRAD=lax|taps                the kxk dense conv kernel gradient "auto" stands for (default: by backend)
 EFFNET_NATIVE=0                            never build or use the native C++ kernels
 EFFNET_CACHE_DIR=DIR                       where native kernels are cached (default ~/.cache/effnet)
 EFFNET_RETAIN_HOST_MEMORY=1                the `effnet` command keeps freed host memory mapped
@@ -15,11 +16,12 @@ from __future__ import annotations
 import os
 
 __all__ = [
-    "ALLOCATOR", "CACHE_DIR", "COMPILATION_CACHE", "COMPILATION_CACHE_MIN_S", "DEPTHWISE", "MEMORY_LIMIT", "NATIVE",
-    "RETAIN_HOST_MEMORY", "flag", "text",
+    "ALLOCATOR", "CACHE_DIR", "COMPILATION_CACHE", "COMPILATION_CACHE_MIN_S", "DENSE_KGRAD", "DEPTHWISE",
+    "MEMORY_LIMIT", "NATIVE", "RETAIN_HOST_MEMORY", "flag", "text",
 ]  # fmt: skip
 
 DEPTHWISE = "EFFNET_DEPTHWISE"
+DENSE_KGRAD = "EFFNET_DENSE_KGRAD"
 DTYPE = "EFFNET_DTYPE"  # what ModelOptions(dtype="auto") resolves to, instead of the per-backend choice
 NATIVE = "EFFNET_NATIVE"
 CACHE_DIR = "EFFNET_CACHE_DIR"
