@@ -73,12 +73,16 @@ CASES = {
     # MBConv with SE at strides 2 and 1); the whole V2 base (b0, 25 blocks) in the other padding.
     "v2_s:4x2-symmetric-unbiased": ("v2_s", conventions_for("effnet"), True, None, V2_FOUR),
     "v2_b0-tf_same-biased": ("v2_b0", replace(conventions_for("timm_tf"), running_var="biased"), True, None, None),
+    # ... and each of the two in the other padding, cut: V2-S's four stages, the V2 base's first four (8 blocks)
+    "v2_s:4x2-tf_same-biased": ("v2_s", replace(conventions_for("timm_tf"), running_var="biased"), True, None, V2_FOUR),
+    "v2_b0:4-symmetric-unbiased": ("v2_b0", conventions_for("effnet"), True, None, stages_for("v2_b0")[:4]),
 }
 # Whole V2 variants: each residual branch's last BN scaled by 0.25, as in test_eval_parity.V2_RESIDUAL_GAIN (with O(1)
 # branches V2's residual stream grows to where float32 itself loses the digits).
 RESIDUAL_GAIN = {"v2_b0-tf_same-biased": 0.25}
 # the default group: each runs every check
-FAST = ("b0:4-symmetric-unbiased", "b0:4-symmetric-unbiased-scan", "v2_s:4x2-symmetric-unbiased")
+FAST = ("b0:4-symmetric-unbiased", "b0:4-symmetric-unbiased-scan", "v2_s:4x2-symmetric-unbiased",
+        "v2_s:4x2-tf_same-biased", "v2_b0:4-symmetric-unbiased")  # fmt: skip
 # Train-mode logits of the lite case: the logit scale is ~9 and each float32 twin is ~7e-5 from float64 (measured
 # JAX vs torch 1.4e-4), as in eval; the bound scales the same way (see test_eval_parity.LOGITS_RTOL).
 TRAIN_RTOL = 2e-5
