@@ -9,8 +9,6 @@ before any record is written.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +46,10 @@ def input_bytes(batch: dict, num_workers: int) -> int:
     return local * (2 + 2 * num_workers)
 
 
-def compile_checked(fn, args: tuple, *, what: str, fits: str, held=(), host_extra: int = 0, say=None, compiled=None):
-    """`fn.lower(*args).compile()` (or `compiled`, already that), refused on every process when it cannot fit on any
-    (`memory.check`); `say` (a note function) is told the need and what the process can use when it fits."""
-    compiled = compiled if compiled is not None else fn.lower(*args).compile()
+def compile_checked(fn, args: tuple, *, what: str, fits: str, held=(), host_extra: int = 0, say=None):
+    """`fn.lower(*args).compile()`, refused on every process when it cannot fit on any (`memory.check`); `say`
+    (a note function) is told the need and what the process can use when it fits."""
+    compiled = fn.lower(*args).compile()
     refusal = fit = None
     try:
         fit = memory.check(compiled, what=what, fits=fits, held=held, host_extra=host_extra)
@@ -64,47 +62,32 @@ def compile_checked(fn, args: tuple, *, what: str, fits: str, held=(), host_extr
     return compiled
 
 
-def _compile_all(lowered: list) -> list:
-    """Each lowered step compiled, several at once: XLA compiles one program on one thread (and releases the GIL),
-    so a run with progressive-learning stages and an eval step compiles them side by side on the host's cores."""
-    workers = min(len(lowered), os.cpu_count() or 1)
-    if workers <= 1:
-        return [lowering.compile() for lowering in lowered]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="effnet-compile") as pool:
-        return list(pool.map(lambda lowering: lowering.compile(), lowered))
-
-
 def compiled_steps(cfg: TrainConfig, mesh: Mesh, data: Data, run: Run, train_steps: dict, eval_step) -> tuple:
     """({stage index: train step}, eval step) compiled for the run's batches, each checked against the memory it
-    can use: every stage still to run (progressive learning) is compiled here, once, before the first step (lowered
-    one after the other, compiled side by side: `_compile_all`).
+    can use: every stage still to run (progressive learning) is compiled here, once, before the first step.
 
     Raises:
       memory.NotEnoughMemory: a step cannot fit (a ValueError: the CLI's one line, exit 2).
     """
     remat = {"none": "remat=dots or remat=block, ", "dots": "remat=block, "}.get(cfg.remat, "")
-    jobs = []  # (key, fn, args, checks): every step this run will call, lowered here in turn
+    compiled = {}
     for stage in data.stages:
         if stage.index not in train_steps:
             continue
         size, what = stage.size, "the train step" + (f" of stage {stage.index + 1}" if len(data.stages) > 1 else "")
         batch = batch_shapes(mesh, cfg.global_batch, size, mix=stage.mixes)
-        fits = f"a smaller global_batch (now {cfg.global_batch}), {remat}or a lower resolution (now {size})"
-        checks = dict(what=what, fits=fits, held=(run.state, run.root_key), say=note,
-                      host_extra=input_bytes(batch, cfg.num_workers))  # fmt: skip
-        args = (run.state, batch, jnp.int32(run.step), run.root_key)
-        jobs.append((stage.index, train_steps[stage.index], args, checks))
+        compiled[stage.index] = compile_checked(
+            train_steps[stage.index], (run.state, batch, jnp.int32(run.step), run.root_key), what=what,
+            fits=f"a smaller global_batch (now {cfg.global_batch}), {remat}or a lower resolution (now {size})",
+            held=(run.state, run.root_key), host_extra=input_bytes(batch, cfg.num_workers), say=note,
+        )  # fmt: skip
     if data.val is not None:
         size = data.eval_size
         weights = run.state["ema"] if cfg.ema_decay > 0 else run.state["weights"]
         batch = batch_shapes(mesh, data.eval_batch, size, mask=True)
-        fits = f"a smaller eval_batch (now {data.eval_batch}) or a lower resolution (now {size})"
-        checks = dict(what="the eval step", fits=fits, held=(weights, run.state["rest"]),
-                      host_extra=input_bytes(batch, 0))  # fmt: skip
-        jobs.append(("eval", eval_step, (weights, run.state["rest"], batch), checks))
-    executables = _compile_all([fn.lower(*args) for _, fn, args, _ in jobs])
-    compiled = {}
-    for (key, fn, args, checks), executable in zip(jobs, executables, strict=True):  # in order, on every process
-        compiled[key] = compile_checked(fn, args, compiled=executable, **checks)
-    eval_step = compiled.pop("eval", eval_step)
+        eval_step = compile_checked(
+            eval_step, (weights, run.state["rest"], batch), what="the eval step",
+            fits=f"a smaller eval_batch (now {data.eval_batch}) or a lower resolution (now {size})",
+            held=(weights, run.state["rest"]), host_extra=input_bytes(batch, 0),
+        )  # fmt: skip
     return compiled, eval_step
