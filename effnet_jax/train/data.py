@@ -33,6 +33,7 @@ from .. import images
 from ..logs import install_one_line_warnings, skip_warning, skipped_summary
 from . import mixing, records
 from .augment import EvalTransform, TrainTransform
+from .progressive import stage_at
 
 __all__ = [
     "DIGITS_SIDE",
@@ -470,7 +471,7 @@ class _TrainExample:
         image, label = self.source[index]
         rng = np.random.default_rng([self.seed, epoch, index])
         step, row = divmod(int(local_index), self.batches.local)
-        stage = next((s for s in self.stages if step < s.end), self.stages[-1])
+        stage = stage_at(self.stages, step)
         example = {"image": stage.transform(image, rng), "label": np.int32(label)}
         if stage.mixup > 0 or stage.cutmix > 0:
             example.update(mixing.draw(rng, stage.transform.size, row, self.batches.local, stage.mixup, stage.cutmix))

@@ -90,8 +90,9 @@ def plan(cfg: TrainConfig, steps: int, size: int, dropout: float) -> tuple[Stage
     return tuple(stages)
 
 
-def stage_at(stages: tuple[Stage, ...], step: int) -> Stage:
-    """The stage that trains step `step` (the last one for a step at or past the end)."""
+def stage_at(stages: tuple, step: int):
+    """The stage (a `Stage`, or the input pipeline's `data.StageInput`: anything with `end`, in step order) that
+    trains step `step` (the last one for a step at or past the end)."""
     for stage in stages:
         if step < stage.end:
             return stage
